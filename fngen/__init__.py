@@ -1,0 +1,8 @@
+"""fngen: formulas in, verified ``torch.autograd.Function`` modules out."""
+
+__version__ = "0.1.0"
+
+from fngen.api import build, check, generate, load, load_spec  # noqa: E402
+from fngen.errors import Location, SpecError  # noqa: E402
+
+__all__ = ["build", "check", "generate", "load", "load_spec", "Location", "SpecError", "__version__"]

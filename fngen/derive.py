@@ -1,0 +1,340 @@
+"""Differentiate a parsed formula: forward, backward and jvp programs.
+
+Two levels, like PyTorch's own ``derivatives.yaml``: tensor operations
+(reductions, matrix products, transposes) are differentiated by their
+vector-Jacobian rules here, and the pointwise regions between them by SymPy.
+
+The result is a `Derivation`: straight-line programs of SymPy assignments,
+common subexpressions shared (`schedule.py`), ready for the printer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from fngen import tensorops as T
+from fngen.formula import is_condition
+from fngen.model import FunctionSpec
+from fngen.schedule import Block, Step, schedule
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """Everything the templates need to write one Function."""
+
+    forward: tuple[Block, ...]
+    outputs: tuple[sp.Symbol, ...]
+    differentiable_outputs: tuple[bool, ...]
+    grad_symbols: tuple[sp.Symbol, ...]
+    saved: tuple[sp.Symbol, ...]
+    saved_for_jvp: tuple[sp.Symbol, ...]
+    shapes: tuple[sp.Symbol, ...]
+    backward: tuple[Block, ...]
+    grads: tuple[tuple[str, sp.Symbol | None], ...]
+    tangent_symbols: tuple[sp.Symbol | None, ...]
+    jvp: tuple[Block, ...]
+    output_tangents: tuple[sp.Symbol, ...]
+    derivatives: tuple[tuple[str, str, sp.Expr], ...]
+
+
+def mt(expr: sp.Expr) -> sp.Expr:
+    """``expr.mT``, undoing a transpose rather than stacking two."""
+    return expr.args[0] if isinstance(expr, T.TensorMT) else T.TensorMT(expr)
+
+
+class Deriver:
+    def __init__(self, fn: FunctionSpec):
+        self.fn = fn
+        self.formula = fn.formula
+        self.inputs = {i.name: fn.symbol(i.name) for i in fn.inputs}
+        self.tensor_inputs = [fn.symbol(i.name) for i in fn.tensor_inputs]
+        self.op_results = [op.result for op in self.formula.ops]
+        self.leaves = set(self.tensor_inputs) | set(self.op_results)
+        self.op_by_result = {op.result: op for op in self.formula.ops}
+        outputs = self.formula.outputs
+        self.outputs = [name for name, _ in outputs]
+        self.output_exprs = dict(outputs)
+        self.differentiable = [not is_condition(expr) for _, expr in outputs]
+        single = len(outputs) == 1
+        self.grad_symbols = [sp.Symbol("grad" if single else f"grad_{o.name}", real=True) for o in self.outputs]
+
+    # -- helpers ------------------------------------------------------
+
+    def leaves_of(self, expr: sp.Expr) -> list[sp.Symbol]:
+        found = expr.free_symbols & self.leaves
+        return sorted(found, key=lambda s: s.name)
+
+    def shape_of(self, expr: sp.Expr) -> sp.Expr:
+        return T.ShapeOf(*self.leaves_of(expr))
+
+    def pullback(self, upstream: sp.Expr, expr: sp.Expr, exact: bool, into: dict) -> None:
+        """Add the contributions of `upstream`, the gradient of the value of
+        pointwise `expr`, to the gradients of the leaves of `expr`.  `exact`:
+        `upstream` has exactly the broadcast shape of `expr`."""
+        leaves = self.leaves_of(expr)
+        for leaf in leaves:
+            derivative = sp.diff(expr, leaf)
+            if derivative == 0:
+                continue
+            contribution = upstream * derivative
+            # A matmul or transpose result is not summed to its shape here
+            # (that would need the result itself): its VJP sums the operand
+            # gradients to their shapes, which absorbs any later broadcast.
+            if not (exact and leaves == [leaf]) and not self.sums_own_broadcast(leaf):
+                contribution = T.SumToSize(contribution, T.ShapeOf(leaf))
+            into.setdefault(leaf, []).append(contribution)
+
+    def sums_own_broadcast(self, leaf: sp.Symbol) -> bool:
+        op = self.op_by_result.get(leaf)
+        return op is not None and isinstance(op.expr, (T.TensorMatmul, T.TensorMT))
+
+    def vjp(self, op, upstream: sp.Symbol) -> list[tuple[sp.Expr, sp.Expr, bool]]:
+        """(argument, its gradient, exact) for each argument of a tensor op."""
+        expr = op.expr
+        if isinstance(expr, (T.TensorSum, T.TensorMean)):
+            arg, dims, keepdim = expr.args
+            grad = upstream
+            if len(dims) and not keepdim:
+                grad = T.Unsqueeze(grad, dims)
+            grad = T.Expand(grad, self.shape_of(arg))
+            if isinstance(expr, T.TensorMean):
+                grad = grad / T.Numel(self.shape_of(arg), dims)
+            return [(arg, grad, True)]
+        if isinstance(expr, T.TensorMT):
+            return [(expr.args[0], T.TensorMT(upstream), False)]
+        if isinstance(expr, T.TensorMatmul):
+            a, b = expr.args
+            results = []
+            if isinstance(a, T.TensorMT):
+                results.append((a.args[0], T.TensorMatmul(b, T.TensorMT(upstream)), False))
+            else:
+                results.append((a, T.TensorMatmul(upstream, mt(b)), False))
+            if isinstance(b, T.TensorMT):
+                results.append((b.args[0], T.TensorMatmul(T.TensorMT(upstream), a), False))
+            else:
+                results.append((b, T.TensorMatmul(mt(a), upstream), False))
+            return results
+        raise TypeError(f"no VJP rule for {type(expr).__name__}")
+
+    def jvp_rule(self, expr: sp.Expr, tangent_of) -> sp.Expr:
+        """The tangent of a tensor op's result, given `tangent_of(arg)`."""
+        if isinstance(expr, (T.TensorSum, T.TensorMean)):
+            arg, dims, keepdim = expr.args
+            return type(expr)(tangent_of(arg), dims, keepdim)
+        if isinstance(expr, T.TensorMT):
+            return T.TensorMT(tangent_of(expr.args[0]))
+        if isinstance(expr, T.TensorMatmul):
+            a, b = expr.args
+            a_t, b_t = tangent_of(a), tangent_of(b)
+            terms = [T.TensorMatmul(a_t, b) if a_t != 0 else 0, T.TensorMatmul(a, b_t) if b_t != 0 else 0]
+            return sp.Add(*terms)
+        raise TypeError(f"no JVP rule for {type(expr).__name__}")
+
+    def covers(self, expr: sp.Expr, tangent: sp.Expr) -> bool:
+        """Whether `tangent`, a sum of terms, has the broadcast shape of
+        `expr` already: each leaf of `expr` appears in some term."""
+        if tangent.is_number:
+            return False
+        terms = tangent.args if isinstance(tangent, sp.Add) else (tangent,)
+        covered = set()
+        for term in terms:
+            covered |= term.free_symbols
+        tangents = {sp.Symbol(f"{leaf.name}_t", real=True): leaf for leaf in self.leaves}
+        covered |= {tangents[s] for s in covered if s in tangents}
+        return set(self.leaves_of(expr)) <= covered
+
+    # -- backward -----------------------------------------------------
+
+    def gradient_expressions(self) -> dict[sp.Symbol, sp.Expr]:
+        """Each tensor input's gradient as an expression over leaves, inputs
+        and incoming gradients; `grad:` overrides replace derived ones."""
+        contributions: dict[sp.Symbol, list[sp.Expr]] = {}
+        for (out, expr), grad, diff in zip(self.formula.outputs, self.grad_symbols, self.differentiable):
+            if diff:
+                self.pullback(grad, expr, exact=True, into=contributions)
+        self.op_grads: list[tuple[sp.Symbol, sp.Expr]] = []
+        for op in reversed(self.formula.ops):
+            parts = contributions.pop(op.result, [])
+            if not parts:
+                continue
+            total = sp.Add(*parts)
+            upstream = total
+            if not total.is_Symbol:
+                upstream = sp.Symbol(f"grad_{op.result.name}", real=True)
+                self.op_grads.append((upstream, total))
+            for arg, grad, exact in self.vjp(op, upstream):
+                self.pullback(grad, arg, exact, contributions)
+        grads = {leaf: sp.Add(*contributions.get(leaf, [])) for leaf in self.tensor_inputs}
+        overrides = dict(self.fn.grads)
+        for name, expr in overrides.items():
+            leaf = self.inputs[name]
+            if set(self.leaves_of(expr)) | {leaf} != {leaf} or len(self.tensor_inputs) > 1:
+                expr = T.SumToSize(expr, T.ShapeOf(leaf))
+            grads[leaf] = expr
+        return grads
+
+    def substitute_outputs(self, exprs: list[sp.Expr]) -> list[sp.Expr]:
+        """Express derivatives through the outputs where they contain them
+        (``exp'(x) = exp(x)`` becomes the saved output)."""
+        result = []
+        for expr in exprs:
+            for out, out_expr in self.output_exprs.items():
+                if out_expr != out and not is_condition(out_expr) and out_expr.free_symbols:
+                    expr = expr.subs(out_expr, out)
+            result.append(expr)
+        return result
+
+    def needed_recomputation(self, exprs) -> list:
+        """Tensor ops whose results the backward needs but are not outputs:
+        they are recomputed from saved tensors (saving an intermediate would
+        break double backward)."""
+        outputs = set(self.outputs)
+        needed: set[sp.Symbol] = set()
+        frontier = set().union(*(e.free_symbols for e in exprs)) if exprs else set()
+        while frontier:
+            symbol = frontier.pop()
+            if symbol in self.op_by_result and symbol not in outputs and symbol not in needed:
+                needed.add(symbol)
+                frontier |= self.op_by_result[symbol].expr.free_symbols
+        return [op for op in self.formula.ops if op.result in needed]
+
+    def referenced(self, exprs) -> tuple[set, set]:
+        """(tensors, shapes) the expressions use from the forward."""
+        tensors, shapes = set(), set()
+        available = set(self.tensor_inputs) | set(self.outputs)
+        for expr in exprs:
+            for shape in expr.atoms(T.ShapeOf):
+                shapes |= set(shape.args)
+            bare = expr.replace(lambda e: isinstance(e, T.ShapeOf), lambda e: sp.Integer(0))
+            tensors |= bare.free_symbols & available
+        return tensors, shapes - tensors
+
+    def derive(self):
+        grads = self.gradient_expressions()
+        order = [g for g in self.tensor_inputs if grads[g] != 0]
+        grad_names = {leaf: sp.Symbol(f"grad_{leaf.name}", real=True) for leaf in order}
+        op_grads = self.op_grads
+        exprs = [e for _, e in op_grads] + [grads[leaf] for leaf in order]
+        candidates = [exprs, self.substitute_outputs(exprs)]
+        best = None
+        for option in candidates:
+            recompute = self.needed_recomputation(option)
+            all_exprs = [op.expr for op in recompute] + option
+            tensors, shapes = self.referenced(all_exprs)
+            cost = (len(tensors), len(shapes), sum(sp.count_ops(e) for e in all_exprs))
+            if best is None or cost < best[0]:
+                best = (cost, option, recompute, tensors, shapes)
+        _, option, recompute, tensors, shapes = best
+
+        # Guards: which inputs' gradients each step serves.
+        index = {leaf: i for i, leaf in enumerate(order)}
+        op_grad_targets = [target for target, _ in op_grads]
+        steps: list[Step] = []
+        final = []
+        for leaf, expr in zip(order, option[len(op_grads) :]):
+            final.append(Step(grad_names[leaf], expr, frozenset({index[leaf]})))
+        later = list(final)
+        middle = []
+        for target, expr in reversed(list(zip(op_grad_targets, option[: len(op_grads)]))):
+            guard = frozenset().union(*(s.guard for s in later if target in s.expr.free_symbols))
+            step = Step(target, expr, guard)
+            middle.insert(0, step)
+            later.append(step)
+        for op in reversed(recompute):
+            guard = frozenset().union(*(s.guard for s in later if op.result in s.expr.free_symbols))
+            step = Step(op.result, op.expr, guard)
+            steps.insert(0, step)
+            later.append(step)
+        steps += middle + final
+        everyone = frozenset(index.values())
+        finals = {step.target for step in final}
+        backward = schedule(steps, everyone, self.taken_names(), keep_guards=finals)
+        saved = tuple(s for s in self.tensor_inputs + self.outputs if s in tensors)
+        shape_syms = tuple(s for s in self.tensor_inputs + self.outputs if s in shapes)
+        grads_out = tuple((name, grad_names.get(self.inputs[name])) for name in self.inputs)
+        return self._finish(backward, saved, shape_syms, grads_out, grads)
+
+    def taken_names(self) -> set[str]:
+        names = set(self.inputs) | {o.name for o in self.outputs} | {r.name for r in self.op_results}
+        return names | {g.name for g in self.grad_symbols}
+
+    # -- forward and jvp ------------------------------------------------
+
+    def forward_program(self) -> tuple[Block, ...]:
+        steps = [Step(op.result, op.expr, frozenset()) for op in self.formula.ops]
+        for out, expr in self.formula.outputs:
+            if expr != out:
+                steps.append(Step(out, expr, frozenset()))
+        return schedule(steps, frozenset(), self.taken_names())
+
+    def jvp_program(self):
+        tangents = {leaf: sp.Symbol(f"{leaf.name}_t", real=True) for leaf in self.tensor_inputs}
+        steps = []
+
+        def tangent_of(expr):
+            if isinstance(expr, T.TensorMT):
+                inner = tangent_of(expr.args[0])
+                return T.TensorMT(inner) if inner != 0 else inner
+            terms = []
+            for leaf in self.leaves_of(expr):
+                derivative = sp.diff(expr, leaf)
+                if derivative != 0 and leaf in tangents:
+                    terms.append(derivative * tangents[leaf])
+            return sp.Add(*terms)
+
+        for op in self.formula.ops:
+            tangent = self.jvp_rule(op.expr, tangent_of)
+            tangents[op.result] = sp.Symbol(f"{op.result.name}_t", real=True)
+            steps.append(Step(tangents[op.result], tangent, frozenset()))
+        output_tangents = []
+        for (out, expr), diff in zip(self.formula.outputs, self.differentiable):
+            symbol = sp.Symbol(f"{out.name}_t", real=True)
+            if out in tangents:
+                symbol = tangents[out]
+            else:
+                tangent = tangent_of(expr) if diff else sp.Integer(0)
+                if not self.covers(expr, tangent):
+                    tangent = T.Expand(tangent, self.shape_of(expr))
+                steps.append(Step(symbol, tangent, frozenset()))
+            output_tangents.append(symbol)
+        recompute = self.needed_recomputation([s.expr for s in steps])
+        steps = [Step(op.result, op.expr, frozenset()) for op in recompute] + steps
+        exprs = self.substitute_outputs([s.expr for s in steps])
+        steps = [Step(s.target, e, s.guard) for s, e in zip(steps, exprs)]
+        taken = self.taken_names() | {t.name for t in tangents.values()}
+        blocks = schedule(steps, frozenset(), taken)
+        tensors, _ = self.referenced([s.expr for s in steps])
+        tangent_symbols = tuple(tangents.get(self.inputs[i.name]) for i in self.fn.inputs)
+        return blocks, tuple(output_tangents), tensors, tangent_symbols
+
+    def _finish(self, backward, saved, shapes, grads_out, grads):
+        forward = self.forward_program()
+        jvp, output_tangents, jvp_tensors, tangent_symbols = self.jvp_program()
+        derivatives = tuple(
+            (out.name, leaf.name, sp.diff(expr, leaf))
+            for out, expr in self.formula.outputs
+            for leaf in self.leaves_of(expr)
+            if not self.formula.ops
+        )
+        saved_for_jvp = tuple(s for s in self.tensor_inputs + self.outputs if s in jvp_tensors)
+        return Derivation(
+            forward=forward,
+            outputs=tuple(self.outputs),
+            differentiable_outputs=tuple(self.differentiable),
+            grad_symbols=tuple(self.grad_symbols),
+            saved=saved,
+            saved_for_jvp=saved_for_jvp,
+            shapes=shapes,
+            backward=backward,
+            grads=grads_out,
+            tangent_symbols=tangent_symbols,
+            jvp=jvp,
+            output_tangents=output_tangents,
+            derivatives=derivatives,
+        )
+
+
+def derive(fn: FunctionSpec) -> Derivation:
+    return Deriver(fn).derive()

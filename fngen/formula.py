@@ -1,0 +1,386 @@
+"""Parse formula text into SymPy, safely.
+
+The text is parsed by Python's `ast` and walked under a whitelist of node
+types; every node becomes a SymPy object directly.  Nothing is ever handed to
+`eval`, `exec`, `sympify` or `parse_expr`.
+
+Pointwise statements are inlined into the expressions that use them; tensor
+operations (reductions, ``@``, ``.T``) become `OpNode`s whose results are new
+leaf symbols, so that `derive.py` can differentiate them by their VJP rules.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import keyword
+from typing import Callable
+
+import sympy as sp
+
+from fngen import tensorops as T
+from fngen.errors import Location, SpecError
+from fngen.functions import POINTWISE_FUNCTIONS, indicator
+from fngen.model import Formula, OpNode
+
+Locator = Callable[[int, int], Location]
+
+MAX_FORMULA_LENGTH = 200_000
+MAX_CONSTANT_EXPONENT = 1024
+REDUCTIONS = {"sum": T.TensorSum, "mean": T.TensorMean}
+CONSTANTS = {"pi": sp.pi}
+_BOOL_NAMES = {"true": True, "false": False, "True": True, "False": False}
+_BINARY = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a**b,
+    ast.BitXor: lambda a, b: a**b,
+}
+_COMPARE = {
+    ast.Lt: sp.StrictLessThan,
+    ast.LtE: sp.LessThan,
+    ast.Gt: sp.StrictGreaterThan,
+    ast.GtE: sp.GreaterThan,
+    ast.Eq: sp.Eq,
+    ast.NotEq: sp.Ne,
+}
+_OPERATOR_NAMES = {ast.FloorDiv: "//", ast.Mod: "%", ast.BitAnd: "&", ast.BitOr: "|"}
+
+
+def is_condition(expr: sp.Basic) -> bool:
+    """Whether `expr` is a truth value (a comparison) rather than a number."""
+    # A SymPy Symbol is also a Boolean: a condition is a Boolean that is no Expr.
+    return isinstance(expr, sp.logic.boolalg.Boolean) and not isinstance(expr, sp.Expr)
+
+
+def tensor_leaves(expr: sp.Basic, leaves: frozenset[sp.Symbol] | set) -> set[sp.Symbol]:
+    return expr.free_symbols & set(leaves)
+
+
+class FormulaParser:
+    """Turns one formula's text into a `Formula` graph.
+
+    `symbols` maps each known input name to its SymPy symbol; when it is None,
+    every unknown name becomes a new tensor input, in order of first use.
+    `tensor_names` are the inputs that are tensors (the others are numbers).
+    """
+
+    def __init__(
+        self,
+        locate: Locator,
+        symbols: dict[str, sp.Symbol] | None,
+        tensor_names: set[str] | None = None,
+        extra_names: dict[str, sp.Expr] | None = None,
+    ):
+        self.locate = locate
+        self.declared = symbols is not None
+        self.symbols: dict[str, sp.Symbol] = dict(symbols or {})
+        self.tensor_names = set(tensor_names if tensor_names is not None else self.symbols)
+        self.extra_names = dict(extra_names or {})
+        self.env: dict[str, sp.Expr] = {}
+        self.statement_lines: dict[str, int] = {}
+        self.ops: list[OpNode] = []
+        self.taken: set[str] = set(self.symbols) | set(self.extra_names)
+
+    # -- entry points -----------------------------------------------------
+
+    def parse_statements(self, text: str, location: Location, outputs: list[str] | None) -> Formula:
+        module = self._parse(text)
+        if not module.body:
+            raise SpecError(location, "formula is empty", "write 'name = expression'")
+        statements = []
+        for stmt in module.body:
+            name, expr = self._statement(stmt)
+            statements.append((name, expr))
+        names = outputs if outputs else [statements[-1][0]]
+        result = []
+        for name in names:
+            if name not in self.env:
+                raise SpecError(location, f"output '{name}' is not assigned by the formula")
+            result.append((sp.Symbol(name, real=True), self.env[name]))
+        return Formula(text, tuple(self.ops), tuple(result), tuple(statements), location)
+
+    def parse_expression(self, text: str) -> sp.Expr:
+        module = self._parse(text)
+        if len(module.body) != 1 or not isinstance(module.body[0], ast.Expr):
+            node = module.body[0] if module.body else module
+            raise self._error(node, "expected a single expression")
+        return self._number(module.body[0].value)
+
+    # -- statements -------------------------------------------------------
+
+    def _parse(self, text: str) -> ast.Module:
+        if len(text) > MAX_FORMULA_LENGTH:
+            raise SpecError(self.locate(0, 0), f"formula is longer than {MAX_FORMULA_LENGTH} characters")
+        try:
+            return ast.parse(text.strip("\n"), mode="exec")
+        except SyntaxError as err:
+            line = (err.lineno or 1) - 1
+            column = max((err.offset or 1) - 1, 0)
+            raise SpecError(self.locate(line, column), f"invalid formula syntax: {err.msg}") from None
+        except (ValueError, RecursionError, MemoryError):
+            raise SpecError(self.locate(0, 0), "formula cannot be parsed (nested too deeply or not text)") from None
+
+    def _statement(self, stmt: ast.stmt) -> tuple[str, sp.Expr]:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+            raise self._error(stmt, "expected a statement 'name = expression'")
+        target = stmt.targets[0]
+        name = target.id
+        if name in self.env:
+            raise self._error(target, f"'{name}' is already assigned at line {self.statement_lines[name]}")
+        if name in self.symbols or name in self.extra_names:
+            raise self._error(target, f"'{name}' is an input and cannot be assigned")
+        if name in POINTWISE_FUNCTIONS or name in REDUCTIONS or name in CONSTANTS:
+            raise self._error(target, f"'{name}' is a function or constant and cannot be assigned")
+        check_identifier(name, self.locate(stmt.lineno - 1, stmt.col_offset))
+        self.statement = (name, stmt.value)
+        try:
+            expr = self._number(stmt.value)
+        except RecursionError:
+            raise self._error(stmt, "formula is nested too deeply") from None
+        if name in self.symbols:
+            raise self._error(target, f"'{name}' is an input and cannot be assigned")
+        self.taken.add(name)
+        self.env[name] = expr
+        self.statement_lines[name] = stmt.lineno
+        return name, expr
+
+    # -- expressions ------------------------------------------------------
+
+    def _error(self, node: ast.AST, message: str, hint: str | None = None) -> SpecError:
+        line = getattr(node, "lineno", 1) - 1
+        column = getattr(node, "col_offset", 0)
+        return SpecError(self.locate(line, column), message, hint)
+
+    def _number(self, node: ast.AST) -> sp.Expr:
+        """Visit `node` as a number: a comparison used as a number is 1 or 0."""
+        expr = self._visit(node)
+        if isinstance(expr, T.TensorMT):
+            expr = self._lift(expr, node)
+        return indicator(expr) if is_condition(expr) else expr
+
+    def _visit(self, node: ast.AST) -> sp.Expr:
+        method = getattr(self, f"_visit_{type(node).__name__}", None)
+        if method is None:
+            raise self._error(node, f"{_describe(node)} is not allowed in a formula")
+        return method(node)
+
+    def _visit_Constant(self, node: ast.Constant):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._error(node, f"{_describe(node)} is not allowed in a formula", "expected a number")
+        if isinstance(value, int):
+            return sp.Integer(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise self._error(node, "the number is not finite")
+        # The decimal text, not the binary double: 0.1 stays exactly 1/10.
+        return sp.Rational(repr(value))
+
+    def _visit_Name(self, node: ast.Name):
+        name = node.id
+        if name in self.env:
+            return self.env[name]
+        if name in self.symbols:
+            return self.symbols[name]
+        if name in self.extra_names:
+            return self.extra_names[name]
+        if name in CONSTANTS:
+            return CONSTANTS[name]
+        if name in POINTWISE_FUNCTIONS or name in REDUCTIONS:
+            raise self._error(node, f"'{name}' is a function: call it with arguments")
+        if name in _BOOL_NAMES:
+            raise self._error(node, f"'{name}' is only allowed as keepdim=")
+        if not self.declared and name.isidentifier() and not keyword.iskeyword(name):
+            check_identifier(name, self.locate(node.lineno - 1, node.col_offset))
+            symbol = sp.Symbol(name, real=True)
+            self.symbols[name] = symbol
+            self.tensor_names.add(name)
+            self.taken.add(name)
+            return symbol
+        known = list(self.env) + list(self.symbols) + list(self.extra_names)
+        raise self._error(node, f"unknown name '{name}'", _did_you_mean(name, known))
+
+    def _visit_UnaryOp(self, node: ast.UnaryOp):
+        if isinstance(node.op, ast.USub):
+            return -self._number(node.operand)
+        if isinstance(node.op, ast.UAdd):
+            return self._number(node.operand)
+        raise self._error(node, f"unary operator {_describe(node.op)} is not supported")
+
+    def _visit_BinOp(self, node: ast.BinOp):
+        if isinstance(node.op, ast.MatMult):
+            return self._matmul(node)
+        combine = _BINARY.get(type(node.op))
+        if combine is None:
+            symbol = _OPERATOR_NAMES.get(type(node.op), type(node.op).__name__)
+            raise self._error(node, f"operator '{symbol}' is not supported")
+        left, right = self._number(node.left), self._number(node.right)
+        if isinstance(node.op, (ast.Pow, ast.BitXor)):
+            self._check_power(node, left, right)
+        if isinstance(node.op, ast.Div) and right == 0:
+            raise self._error(node.right, "division by zero")
+        return combine(left, right)
+
+    def _check_power(self, node, base, exponent):
+        if base.is_number and exponent.is_number:
+            if abs(complex(exponent)) > MAX_CONSTANT_EXPONENT:
+                raise self._error(node, "constant power is too large", f"exponents up to {MAX_CONSTANT_EXPONENT}")
+        if base == 0 and exponent.is_number and exponent.is_negative:
+            raise self._error(node, "division by zero")
+
+    def _visit_Compare(self, node: ast.Compare):
+        if len(node.ops) != 1:
+            raise self._error(node, "chained comparisons are not supported", "use where() twice")
+        left, right = self._number(node.left), self._number(node.comparators[0])
+        return _COMPARE[type(node.ops[0])](left, right)
+
+    def _visit_Attribute(self, node: ast.Attribute):
+        if node.attr != "T":
+            raise self._error(node, f"attribute '.{node.attr}' is not supported", "only '.T' is")
+        operand = self._number(node.value)
+        self._require_tensor(node.value, operand, "'.T'")
+        return T.TensorMT(operand)
+
+    def _matmul(self, node: ast.BinOp):
+        operands = []
+        for side in (node.left, node.right):
+            expr = self._visit(side)
+            if is_condition(expr):
+                expr = indicator(expr)
+            self._require_tensor(side, expr, "'@'")
+            operands.append(expr)
+        return self._lift(T.TensorMatmul(*operands), node)
+
+    def _visit_Call(self, node: ast.Call):
+        if not isinstance(node.func, ast.Name):
+            raise self._error(node, "only calls of named functions are allowed")
+        name = node.func.id
+        if name in REDUCTIONS:
+            return self._reduction(node, name)
+        function = POINTWISE_FUNCTIONS.get(name)
+        if function is None:
+            raise self._error(
+                node.func,
+                f"unknown function '{name}'",
+                _did_you_mean(name, list(POINTWISE_FUNCTIONS) + list(REDUCTIONS)),
+            )
+        if node.keywords:
+            raise self._error(node.keywords[0], f"{name}() takes no keyword arguments")
+        if len(node.args) != function.arity:
+            plural = "" if function.arity == 1 else "s"
+            raise self._error(node, f"{name}() takes {function.arity} argument{plural}, got {len(node.args)}")
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            raise self._error(node, "'*' arguments are not allowed in a formula")
+        if name == "where":
+            condition = self._visit(node.args[0])
+            if not is_condition(condition):
+                raise self._error(node.args[0], "where() needs a comparison as its first argument")
+            return function.build(condition, self._number(node.args[1]), self._number(node.args[2]))
+        return function.build(*(self._number(a) for a in node.args))
+
+    def _reduction(self, node: ast.Call, name: str):
+        if not 1 <= len(node.args) <= 2:
+            raise self._error(node, f"{name}() takes an expression and an optional dim, got {len(node.args)} arguments")
+        operand = self._number(node.args[0])
+        self._require_tensor(node.args[0], operand, f"{name}()")
+        dims_node = node.args[1] if len(node.args) == 2 else None
+        keepdim = False
+        for kw in node.keywords:
+            if kw.arg == "dim" and dims_node is None:
+                dims_node = kw.value
+            elif kw.arg == "keepdim":
+                keepdim = self._bool(kw.value)
+            else:
+                raise self._error(kw.value, f"{name}() got an unexpected argument '{kw.arg}'", "expected dim= or keepdim=")
+        dims = () if dims_node is None else self._dims(dims_node)
+        op = REDUCTIONS[name](operand, sp.Tuple(*dims), sp.true if keepdim else sp.false)
+        return self._lift(op, node)
+
+    def _dims(self, node: ast.AST) -> tuple[int, ...]:
+        items = node.elts if isinstance(node, ast.Tuple) else [node]
+        dims = []
+        for item in items:
+            sign = 1
+            if isinstance(item, ast.UnaryOp) and isinstance(item.op, ast.USub):
+                sign, item = -1, item.operand
+            if not (isinstance(item, ast.Constant) and type(item.value) is int):
+                raise self._error(item, "dim must be an int or a tuple of ints")
+            dims.append(sign * item.value)
+        if not dims or len(set(dims)) != len(dims):
+            raise self._error(node, "dim must name distinct dimensions")
+        return tuple(dims)
+
+    def _bool(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Name) and node.id in _BOOL_NAMES:
+            return _BOOL_NAMES[node.id]
+        if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+            return node.value
+        raise self._error(node, "keepdim must be true or false")
+
+    def _require_tensor(self, node, expr, what):
+        tensors = {self.symbols[n] for n in self.tensor_names if n in self.symbols}
+        tensors |= {op.result for op in self.ops}
+        if not (expr.free_symbols & tensors):
+            raise self._error(node, f"{what} needs a tensor operand, got a scalar expression")
+
+    def _lift(self, expr: sp.Expr, node: ast.AST) -> sp.Symbol:
+        """Make the tensor operation `expr` a graph node with a leaf symbol,
+        named after its statement when it is the statement's whole value."""
+        statement, value = getattr(self, "statement", ("expr", None))
+        if node is value and statement not in self.taken:
+            name = statement
+        else:
+            base = f"{statement}_{_OP_NAMES[type(expr)]}"
+            name, n = base, 1
+            while name in self.taken:
+                name, n = f"{base}{n}", n + 1
+        self.taken.add(name)
+        result = sp.Symbol(name, real=True)
+        location = self.locate(node.lineno - 1, node.col_offset)
+        self.ops.append(OpNode(result, expr, location))
+        return result
+
+
+_OP_NAMES = {T.TensorSum: "sum", T.TensorMean: "mean", T.TensorMatmul: "matmul", T.TensorMT: "mT"}
+
+# Names the generated code itself uses; an input or statement of that name
+# would shadow them.
+RESERVED_NAMES = frozenset(
+    {"torch", "math", "ctx", "grad", "self", "super", "inputs", "output", "outputs", "None", "True", "False"}
+)
+
+
+def check_identifier(name: str, location: Location, what: str = "name") -> None:
+    """Refuse names that would not be plain, safe Python identifiers in the output."""
+    if not name.isidentifier() or not name.isascii():
+        raise SpecError(location, f"{what} '{name}' is not an identifier")
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        raise SpecError(location, f"{what} '{name}' is a Python keyword")
+    if name.startswith("_") or name.startswith("grad_") or name.startswith("needs_"):
+        raise SpecError(location, f"{what} '{name}' is reserved", "names may not start with '_', 'grad_' or 'needs_'")
+    if name in RESERVED_NAMES:
+        raise SpecError(location, f"{what} '{name}' is reserved", "it would shadow a name the generated code uses")
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _describe(node: ast.AST) -> str:
+    descriptions = {
+        ast.Constant: "this constant",
+        ast.Lambda: "a lambda",
+        ast.Subscript: "indexing",
+        ast.List: "a list",
+        ast.Dict: "a dict",
+        ast.Tuple: "a tuple",
+        ast.BoolOp: "'and'/'or'",
+        ast.IfExp: "'if ... else'",
+        ast.Starred: "'*'",
+        ast.Await: "'await'",
+        ast.NamedExpr: "':='",
+    }
+    return descriptions.get(type(node), f"'{type(node).__name__}'")

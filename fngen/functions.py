@@ -1,0 +1,214 @@
+"""The pointwise functions a formula may call, as SymPy objects.
+
+Smooth functions are SymPy's own (``exp``, ``sin``, ``erf`` ...).  Functions
+whose derivative PyTorch defines by convention at a kink or a step get a class
+of their own here, so that SymPy differentiates them the way PyTorch does:
+
+* ``relu'(0) = 0``, ``abs'(0) = 0``, ``clamp`` passes the gradient on its
+  closed interval, ties of ``max``/``min`` split the gradient in half;
+* ``sign heaviside floor ceil round`` have a zero derivative everywhere
+  (SymPy would produce a ``DiracDelta``, which has no torch counterpart).
+
+Conditions are SymPy relationals and ``where`` is a ``Piecewise``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p, log2, log10
+
+ZERO = sp.Integer(0)
+ONE = sp.Integer(1)
+HALF = sp.Rational(1, 2)
+
+
+def indicator(condition: sp.Basic) -> sp.Expr:
+    """1 where `condition` holds, else 0."""
+    return sp.Piecewise((ONE, condition), (ZERO, True))
+
+
+class _StepLike(sp.Function):
+    """A piecewise-constant function: its derivative is zero by convention."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return ZERO
+
+
+class Sign(_StepLike):
+    """``torch.sign``."""
+
+
+class Heaviside(_StepLike):
+    """1 where the argument is > 0, else 0 (``heaviside(0) = 0``)."""
+
+
+class Floor(_StepLike):
+    """``torch.floor``."""
+
+
+class Ceil(_StepLike):
+    """``torch.ceil``."""
+
+
+class Round(_StepLike):
+    """``torch.round`` (half to even)."""
+
+
+class Abs(sp.Function):
+    """``torch.abs``, with ``abs'(0) = 0`` like PyTorch."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return Sign(self.args[0])
+
+
+class Relu(sp.Function):
+    """``torch.relu``, with ``relu'(0) = 0`` like PyTorch."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return indicator(self.args[0] > 0)
+
+
+class Sigmoid(sp.Function):
+    """``torch.sigmoid``; its derivative is written in terms of itself."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+
+class Softplus(sp.Function):
+    """``log(1 + exp(x))`` computed stably by ``torch.nn.functional.softplus``."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return Sigmoid(self.args[0])
+
+
+class LogSigmoid(sp.Function):
+    """``log(sigmoid(x))`` computed stably."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return Sigmoid(-self.args[0])
+
+
+class Hypot(sp.Function):
+    """``sqrt(a**2 + b**2)`` without overflow, as ``torch.hypot``."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        return self.args[argindex - 1] / self
+
+
+class Maximum(sp.Function):
+    """``torch.maximum``: ties split the gradient in half."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        a, b = self.args if argindex == 1 else reversed(self.args)
+        return sp.Piecewise((ONE, a > b), (HALF, sp.Eq(a, b)), (ZERO, True))
+
+
+class Minimum(sp.Function):
+    """``torch.minimum``: ties split the gradient in half."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        a, b = self.args if argindex == 1 else reversed(self.args)
+        return sp.Piecewise((ONE, a < b), (HALF, sp.Eq(a, b)), (ZERO, True))
+
+
+class Clamp(sp.Function):
+    """``torch.clamp(x, lo, hi)``: the gradient passes where ``lo <= x <= hi``."""
+
+    nargs = 3
+
+    def fdiff(self, argindex=1):
+        x, lo, hi = self.args
+        if argindex == 1:
+            return indicator(sp.And(x >= lo, x <= hi))
+        if argindex == 2:
+            return indicator(x < lo)
+        return indicator(x > hi)
+
+
+@dataclass(frozen=True)
+class FormulaFunction:
+    """A function name a formula may call, with its arity and SymPy builder."""
+
+    name: str
+    arity: int
+    build: Callable[..., sp.Expr]
+
+
+def _rsqrt(x):
+    return 1 / sp.sqrt(x)
+
+
+def _where(condition, a, b):
+    return sp.Piecewise((a, condition), (b, True))
+
+
+_BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
+    "abs": (1, Abs),
+    "sign": (1, Sign),
+    "sqrt": (1, sp.sqrt),
+    "rsqrt": (1, _rsqrt),
+    "exp": (1, sp.exp),
+    "expm1": (1, expm1),
+    "log": (1, sp.log),
+    "log2": (1, log2),
+    "log10": (1, log10),
+    "log1p": (1, log1p),
+    "sin": (1, sp.sin),
+    "cos": (1, sp.cos),
+    "tan": (1, sp.tan),
+    "asin": (1, sp.asin),
+    "acos": (1, sp.acos),
+    "atan": (1, sp.atan),
+    "atan2": (2, sp.atan2),
+    "sinh": (1, sp.sinh),
+    "cosh": (1, sp.cosh),
+    "tanh": (1, sp.tanh),
+    "asinh": (1, sp.asinh),
+    "acosh": (1, sp.acosh),
+    "atanh": (1, sp.atanh),
+    "sigmoid": (1, Sigmoid),
+    "logsigmoid": (1, LogSigmoid),
+    "softplus": (1, Softplus),
+    "relu": (1, Relu),
+    "erf": (1, sp.erf),
+    "erfc": (1, sp.erfc),
+    "erfinv": (1, sp.erfinv),
+    "lgamma": (1, sp.loggamma),
+    "digamma": (1, sp.digamma),
+    "heaviside": (1, Heaviside),
+    "floor": (1, Floor),
+    "ceil": (1, Ceil),
+    "round": (1, Round),
+    "pow": (2, sp.Pow),
+    "hypot": (2, Hypot),
+    "min": (2, Minimum),
+    "max": (2, Maximum),
+    "clamp": (3, Clamp),
+    "where": (3, _where),
+}
+
+POINTWISE_FUNCTIONS: dict[str, FormulaFunction] = {
+    name: FormulaFunction(name, arity, build) for name, (arity, build) in _BUILDERS.items()
+}

@@ -1,0 +1,123 @@
+"""The data model of a spec: frozen dataclasses, populated once by `spec.py`.
+
+Nothing here does I/O.  Every entity keeps the `Location` it came from so
+that later stages can still report errors against the spec file.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from fngen.errors import Location
+
+
+class InputKind(enum.Enum):
+    TENSOR = "tensor"
+    FLOAT = "float"
+    INT = "int"
+    BOOL = "bool"
+
+    @property
+    def is_tensor(self) -> bool:
+        return self is InputKind.TENSOR
+
+
+DEFAULT_DOMAIN = (-2.0, 2.0)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One argument of a generated function, in signature order."""
+
+    name: str
+    kind: InputKind
+    location: Location
+    default: object = None
+    has_default: bool = False
+    domain: tuple[float, float] = DEFAULT_DOMAIN
+    param: tuple[int | str, ...] | None = None
+    init: str | None = None
+    optional: bool = False
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.kind.is_tensor
+
+    @property
+    def is_param(self) -> bool:
+        return self.param is not None
+
+
+@dataclass(frozen=True)
+class OpNode:
+    """A tensor-level operation of a formula: ``result = expr`` where expr is a
+    `tensorops` call (a reduction, a matrix product, a transpose) whose
+    arguments are pointwise expressions over earlier leaves."""
+
+    result: sp.Symbol
+    expr: sp.Expr
+    location: Location
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A parsed formula as a graph.
+
+    *Leaves* are the input symbols and the results of `ops`.  Every other
+    statement is pointwise and has been inlined, so `outputs` and the
+    arguments of `ops` are SymPy expressions over leaves only.
+    """
+
+    text: str
+    ops: tuple[OpNode, ...]
+    outputs: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    statements: tuple[tuple[str, sp.Expr], ...]
+    location: Location
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    atol: float | None = None
+    rtol: float | None = None
+    skip: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    location: Location
+    doc: str | None
+    formula: Formula
+    inputs: tuple[InputSpec, ...]
+    symbols: tuple[tuple[str, sp.Symbol], ...]
+    grads: tuple[tuple[str, sp.Expr], ...] = ()
+    check: CheckSpec = field(default_factory=CheckSpec)
+    once_differentiable: bool = False
+
+    def __post_init__(self):
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate input names in {self.name}")
+
+    @property
+    def tensor_inputs(self) -> tuple[InputSpec, ...]:
+        return tuple(i for i in self.inputs if i.is_tensor)
+
+    def symbol(self, name: str) -> sp.Symbol:
+        return dict(self.symbols)[name]
+
+    def input(self, name: str) -> InputSpec:
+        return next(i for i in self.inputs if i.name == name)
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    doc: str | None
+    functions: tuple[FunctionSpec, ...]
+    check_device: str | None = None
+    check_dtype: str | None = None

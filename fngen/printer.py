@@ -1,0 +1,356 @@
+"""Print SymPy expressions as torch source code.
+
+One printer class in the manner of SymPy's own code printers: a declarative
+table of functions, a ``_print_<Class>`` method per node that needs one, and
+strictness: a node with no rule raises `PrintError` at generation time rather
+than producing wrong code.  Floats round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p, log2, log10
+from sympy.printing.precedence import PRECEDENCE, precedence
+from sympy.printing.str import StrPrinter
+
+from fngen import functions as F
+from fngen import tensorops as T
+
+
+class PrintError(Exception):
+    """An expression has no torch translation (a bug in fngen, not in the spec)."""
+
+
+TORCH_FUNCTIONS: dict[type, str] = {
+    sp.exp: "torch.exp",
+    expm1: "torch.expm1",
+    sp.log: "torch.log",
+    log1p: "torch.log1p",
+    log2: "torch.log2",
+    log10: "torch.log10",
+    sp.sin: "torch.sin",
+    sp.cos: "torch.cos",
+    sp.tan: "torch.tan",
+    sp.asin: "torch.asin",
+    sp.acos: "torch.acos",
+    sp.atan: "torch.atan",
+    sp.sinh: "torch.sinh",
+    sp.cosh: "torch.cosh",
+    sp.tanh: "torch.tanh",
+    sp.asinh: "torch.asinh",
+    sp.acosh: "torch.acosh",
+    sp.atanh: "torch.atanh",
+    sp.erf: "torch.erf",
+    sp.erfc: "torch.erfc",
+    sp.erfinv: "torch.erfinv",
+    sp.loggamma: "torch.lgamma",
+    F.Abs: "torch.abs",
+    F.Sign: "torch.sign",
+    F.Floor: "torch.floor",
+    F.Ceil: "torch.ceil",
+    F.Round: "torch.round",
+    F.Relu: "torch.relu",
+    F.Sigmoid: "torch.sigmoid",
+    F.Softplus: "torch.nn.functional.softplus",
+    F.LogSigmoid: "torch.nn.functional.logsigmoid",
+}
+
+# Functions of two tensors: torch wants tensors on both sides.
+TORCH_BINARY: dict[type, str] = {
+    sp.atan2: "torch.atan2",
+    F.Hypot: "torch.hypot",
+    F.Maximum: "torch.maximum",
+    F.Minimum: "torch.minimum",
+}
+
+_RELATIONS = {
+    sp.StrictLessThan: "<",
+    sp.LessThan: "<=",
+    sp.StrictGreaterThan: ">",
+    sp.GreaterThan: ">=",
+    sp.Equality: "==",
+    sp.Unequality: "!=",
+}
+
+_ALLOWED = (
+    sp.Symbol,
+    sp.Number,
+    sp.NumberSymbol,
+    sp.Add,
+    sp.Mul,
+    sp.Pow,
+    sp.Piecewise,
+    sp.core.relational.Relational,
+    sp.And,
+    sp.Or,
+    sp.Not,
+    sp.polygamma,
+    F.Heaviside,
+    F.Clamp,
+    T.TensorOp,
+    *TORCH_FUNCTIONS,
+    *TORCH_BINARY,
+)
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+class TorchPrinter(StrPrinter):
+    """Prints an expression as a torch expression.
+
+    `names` renames symbols (``alpha`` -> ``ctx.alpha``); `shape_names`
+    gives the expression for the shape of a tensor that is not at hand
+    (``ctx.x_shape``); `dtype_of` is a tensor whose dtype a constant-valued
+    ``torch.where`` takes.
+    """
+
+    printmethod = "_torchcode"
+
+    def __init__(self, names=None, shape_names=None, dtype_of="grad"):
+        super().__init__()
+        self.names = dict(names or {})
+        self.shape_names = dict(shape_names or {})
+        self.dtype_of = dtype_of
+        self.uses_math = False
+
+    def doprint(self, expr):
+        return super().doprint(expr)
+
+    def _print(self, expr, **kwargs):
+        if isinstance(expr, sp.Basic) and not isinstance(expr, (sp.Tuple, sp.logic.boolalg.BooleanAtom)):
+            if not isinstance(expr, _ALLOWED):
+                raise PrintError(f"no torch translation for {type(expr).__name__}: {expr}")
+            if expr.is_number and not isinstance(expr, (sp.Number, sp.NumberSymbol)) and not expr.is_Relational:
+                return self._print_constant(expr)
+        return super()._print(expr, **kwargs)
+
+    # -- atoms ------------------------------------------------------------
+
+    def _print_Symbol(self, expr):
+        return self.names.get(expr, expr.name)
+
+    def _print_constant(self, expr):
+        value = sp.N(expr, 17)
+        if not (value.is_real and value.is_finite):
+            raise PrintError(f"constant {expr} is not a finite real number")
+        return self._print_float(float(value))
+
+    def _print_float(self, value: float) -> str:
+        text = repr(value)
+        return f"({text})" if value < 0 else text
+
+    def _print_Float(self, expr):
+        return self._print_float(float(expr))
+
+    def _print_Rational(self, expr):
+        p, q = int(expr.p), int(expr.q)
+        if max(abs(p), q) > 2**53 or _is_power_of_ten(q):
+            return self._print_float(float(expr))
+        return f"{p}/{q}"
+
+    def _print_Integer(self, expr):
+        if abs(int(expr)) > 2**53:
+            return self._print_float(float(expr))
+        return str(int(expr))
+
+    def _print_Pi(self, expr):
+        self.uses_math = True
+        return "math.pi"
+
+    def _print_Exp1(self, expr):
+        self.uses_math = True
+        return "math.e"
+
+    def _print_NumberSymbol(self, expr):
+        return self._print_constant(expr)
+
+    _print_EulerGamma = _print_NumberSymbol
+    _print_Catalan = _print_NumberSymbol
+    _print_GoldenRatio = _print_NumberSymbol
+
+    def _print_Infinity(self, expr):
+        raise PrintError("infinity in a formula")
+
+    _print_NegativeInfinity = _print_Infinity
+    _print_ComplexInfinity = _print_Infinity
+    _print_NaN = _print_Infinity
+
+    # -- arithmetic -------------------------------------------------------
+
+    def _print_Pow(self, expr, rational=False):
+        base, exponent = expr.args
+        if exponent == sp.S.Half:
+            return f"torch.sqrt({self._print(base)})"
+        if exponent == -sp.S.Half:
+            return f"torch.rsqrt({self._print(base)})"
+        level = precedence(expr)
+        if exponent == -1:
+            return f"1 / {self.parenthesize(base, PRECEDENCE['Mul'], strict=True)}"
+        if exponent.is_Number and exponent.is_negative:
+            return f"1 / {self.parenthesize(sp.Pow(base, -exponent, evaluate=False), PRECEDENCE['Mul'], strict=True)}"
+        if exponent.is_Rational and not exponent.is_Integer:
+            power = self._print_float(float(exponent))
+        else:
+            power = self.parenthesize(exponent, level, strict=True)
+        return f"{self.parenthesize(base, level, strict=True)}**{power}"
+
+    def _print_Mul(self, expr):
+        pieces = [f for f in expr.args if isinstance(f, sp.Piecewise)]
+        if pieces:
+            rest = sp.Mul(*[f for f in expr.args if f is not pieces[0]])
+            branches = [(rest * value, condition) for value, condition in pieces[0].args]
+            return self._print_Piecewise(sp.Piecewise(*branches, evaluate=False))
+        return super()._print_Mul(expr)
+
+    # -- functions --------------------------------------------------------
+
+    def _print_Function(self, expr):
+        cls = type(expr)
+        if cls in TORCH_FUNCTIONS:
+            return f"{TORCH_FUNCTIONS[cls]}({self._print(expr.args[0])})"
+        if cls in TORCH_BINARY:
+            return self._print_binary(expr)
+        raise PrintError(f"no torch translation for function {cls.__name__}")
+
+    def _print_binary(self, expr):
+        a, b = expr.args
+        cls = type(expr)
+        if cls in (F.Maximum, F.Minimum) and (a.is_number or b.is_number):
+            tensor, bound = (b, a) if a.is_number else (a, b)
+            side = "min" if cls is F.Maximum else "max"
+            return f"torch.clamp({self._print(tensor)}, {side}={self._print(bound)})"
+        if a.is_number or b.is_number:
+            tensor = b if a.is_number else a
+            like = self._print(tensor)
+            a_text = f"torch.full_like({like}, {self._print(a)})" if a.is_number else self._print(a)
+            b_text = f"torch.full_like({like}, {self._print(b)})" if b.is_number else self._print(b)
+            return f"{TORCH_BINARY[cls]}({a_text}, {b_text})"
+        return f"{TORCH_BINARY[cls]}({self._print(a)}, {self._print(b)})"
+
+    _print_atan2 = _print_binary
+
+    def _print_Clamp(self, expr):
+        x, lo, hi = (self._print(a) for a in expr.args)
+        return f"torch.clamp({x}, {lo}, {hi})"
+
+    def _print_polygamma(self, expr):
+        order, x = expr.args
+        if order == 0:
+            return f"torch.digamma({self._print(x)})"
+        return f"torch.polygamma({self._print(order)}, {self._print(x)})"
+
+    def _print_Heaviside(self, expr):
+        return self._print(F.indicator(expr.args[0] > 0))
+
+    # -- conditions -------------------------------------------------------
+
+    def _print_Relational(self, expr):
+        op = _RELATIONS[type(expr)]
+        level = PRECEDENCE["Relational"]
+        return f"{self.parenthesize(expr.lhs, level)} {op} {self.parenthesize(expr.rhs, level)}"
+
+    def _print_And(self, expr):
+        return " & ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Or(self, expr):
+        return " | ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Not(self, expr):
+        return f"~({self._print(expr.args[0])})"
+
+    def _print_Piecewise(self, expr):
+        branches = list(expr.args)
+        if branches[-1][1] != sp.true:
+            raise PrintError("a Piecewise without a default branch")
+        constant = all(value.is_number for value, _ in branches)
+        if constant and len(branches) == 2 and branches[0][0] == 1 and branches[1][0] == 0:
+            return f"({self._print(branches[0][1])}).to({self.dtype_of}.dtype)"
+        text = self._print(branches[-1][0])
+        for value, condition in reversed(branches[:-1]):
+            text = f"torch.where({self._print(condition)}, {self._print(value)}, {text})"
+        return f"{text}.to({self.dtype_of}.dtype)" if constant else text
+
+    # -- tensor operations --------------------------------------------------
+
+    def _postfix(self, expr) -> str:
+        """`expr` printed so that a method call or attribute can follow it."""
+        text = self._print(expr)
+        if isinstance(expr, T.TensorMatmul):
+            return f"({text})"
+        if isinstance(expr, (sp.Symbol, T.TensorOp)):
+            return text
+        if isinstance(expr, sp.Function) and not expr.is_number:
+            return text
+        if isinstance(expr, sp.Pow) and expr.exp in (sp.S.Half, -sp.S.Half):
+            return text
+        return f"({text})"
+
+    def _reduction(self, expr, method):
+        arg, dims, keepdim = expr.args
+        options = []
+        if len(dims):
+            options.append(f"dim={self._dims(dims)}")
+        if keepdim:
+            options.append("keepdim=True")
+        return f"{self._postfix(arg)}.{method}({', '.join(options)})"
+
+    @staticmethod
+    def _dims(dims) -> str:
+        values = [int(d) for d in dims]
+        return str(values[0]) if len(values) == 1 else f"({', '.join(map(str, values))})"
+
+    def _print_TensorSum(self, expr):
+        return self._reduction(expr, "sum")
+
+    def _print_TensorMean(self, expr):
+        return self._reduction(expr, "mean")
+
+    def _print_TensorMatmul(self, expr):
+        a, b = expr.args
+        level = PRECEDENCE["Mul"]
+        left = self.parenthesize(a, level, strict=False)
+        right = self.parenthesize(b, level, strict=True)
+        return f"{left} @ {right}"
+
+    def _print_TensorMT(self, expr):
+        return f"{self._postfix(expr.args[0])}.mT"
+
+    def _print_ShapeOf(self, expr):
+        shapes = [self.shape_names.get(s, f"{self._print(s)}.shape") for s in expr.args]
+        if len(shapes) == 1:
+            return shapes[0]
+        return f"torch.broadcast_shapes({', '.join(shapes)})"
+
+    def _print_SumToSize(self, expr):
+        return f"{self._postfix(expr.args[0])}.sum_to_size({self._print(expr.args[1])})"
+
+    def _print_Unsqueeze(self, expr):
+        arg, dims = expr.args
+        dims = [int(d) for d in dims]
+        # Non-negative dims from the front, then negative ones from the back:
+        # each insertion then lands where the reduction removed a dimension.
+        order = sorted(d for d in dims if d >= 0) + sorted((d for d in dims if d < 0), reverse=True)
+        text = self._postfix(arg)
+        return text + "".join(f".unsqueeze({d})" for d in order)
+
+    def _print_Expand(self, expr):
+        arg, shape = expr.args
+        if arg.is_number:
+            return f"torch.full({self._print(shape)}, {self._print(arg)}, dtype={self.dtype_of}.dtype, device={self.dtype_of}.device)"
+        return f"{self._postfix(arg)}.expand({self._print(shape)})"
+
+    def _print_Numel(self, expr):
+        shape, dims = expr.args
+        text = self._print(shape)
+        if not len(dims):
+            return f"{text}.numel()"
+        product = " * ".join(f"{text}[{int(d)}]" for d in dims)
+        return product if len(dims) == 1 else f"({product})"
+
+
+def print_torch(expr: sp.Expr, **options) -> str:
+    return TorchPrinter(**options).doprint(expr)

@@ -1,0 +1,437 @@
+"""Turn a parsed YAML document into the frozen data model, validating it.
+
+Strict like torchgen's loader: unknown keys, wrong types and bad names are
+errors located at the offending key or value.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import re
+from pathlib import Path
+
+import sympy as sp
+
+from fngen.errors import Location, SpecError
+from fngen.formula import FormulaParser, check_identifier
+from fngen.model import (
+    DEFAULT_DOMAIN,
+    CheckSpec,
+    Formula,
+    FunctionSpec,
+    InputKind,
+    InputSpec,
+    Spec,
+)
+from fngen.yamlnodes import Node, load_yaml
+
+FORMAT_VERSION = 1
+TOP_KEYS = ("fngen", "doc", "check", "functions")
+FUNCTION_KEYS = ("doc", "formula", "inputs", "outputs", "grad", "check", "once_differentiable")
+INPUT_KEYS = ("type", "default", "domain", "param", "init", "optional")
+SPEC_CHECK_KEYS = ("device", "dtype")
+FUNCTION_CHECK_KEYS = ("shapes", "atol", "rtol", "skip")
+CHECK_NAMES = ("reference", "gradcheck", "double_backward", "forward_ad", "vmap", "compile", "float32")
+DTYPES = ("float64", "float32")
+INITS = {
+    "zeros": (0, ()),
+    "ones": (0, ()),
+    "constant": (1, ()),
+    "uniform": (2, ()),
+    "normal": (2, ()),
+    "kaiming_uniform": (0, ("a",)),
+    "xavier_uniform": (0, ("gain",)),
+}
+_SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, parse and validate a spec file; raises `SpecError`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SpecError(None, f"cannot read {path}: {err.strerror or err}") from None
+    return parse_spec(data, str(path))
+
+
+def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
+    root = load_yaml(text, filename)
+    mapping = _mapping(root, "the spec", TOP_KEYS)
+    if "fngen" not in mapping:
+        raise SpecError(root.location, "missing key 'fngen'", "the first line should be 'fngen: 1'")
+    version = mapping["fngen"]
+    if version.value != FORMAT_VERSION or isinstance(version.value, bool):
+        raise SpecError(version.location, f"unsupported format version {version.value!r}", "expected 1")
+    doc = _optional_str(mapping.get("doc"), "doc")
+    device, dtype = None, None
+    if "check" in mapping:
+        check = _mapping(mapping["check"], "check", SPEC_CHECK_KEYS)
+        if "device" in check:
+            device = _str(check["device"], "device")
+            if not _DEVICE.match(device):
+                raise SpecError(check["device"].location, f"unknown device '{device}'", "cpu, cuda, cuda:N or mps")
+        if "dtype" in check:
+            dtype = _choice(check["dtype"], "dtype", DTYPES)
+    if "functions" not in mapping:
+        raise SpecError(root.location, "missing key 'functions'")
+    functions_node = mapping["functions"]
+    functions = _mapping(functions_node, "functions", None)
+    if not functions:
+        raise SpecError(functions_node.location, "'functions' is empty")
+    built = []
+    generated: dict[str, str] = {}
+    for name, node in functions.items():
+        location = functions_node.keys[name]
+        fn = FunctionBuilder(name, node, location).build()
+        for generated_name in generated_names(name):
+            if generated_name in generated:
+                raise SpecError(
+                    location,
+                    f"function '{name}' generates '{generated_name}', which function "
+                    f"'{generated[generated_name]}' also generates",
+                )
+            generated[generated_name] = name
+        built.append(fn)
+    return Spec(filename, doc, tuple(built), device, dtype)
+
+
+def class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def generated_names(name: str) -> tuple[str, str, str]:
+    """The Function class, the functional wrapper and the Module."""
+    return (f"{class_name(name)}Function", name, class_name(name))
+
+
+class FunctionBuilder:
+    """Validates one entry of `functions:` and builds its `FunctionSpec`."""
+
+    def __init__(self, name: str, node: Node, location: Location):
+        self.name = name
+        self.node = node
+        self.location = location
+
+    def build(self) -> FunctionSpec:
+        name, location = self.name, self.location
+        if not _SNAKE_CASE.match(name):
+            raise SpecError(location, f"function name '{name}' is not a snake_case identifier")
+        check_identifier(name, location, "function name")
+        fields = _mapping(self.node, f"function '{name}'", FUNCTION_KEYS)
+        if "formula" not in fields:
+            raise SpecError(self.node.location, f"function '{name}' has no 'formula'")
+        doc = _optional_str(fields.get("doc"), "doc")
+        inputs = self._inputs(fields.get("inputs"))
+        outputs = self._outputs(fields.get("outputs"))
+        formula_node = fields["formula"]
+        text = _str(formula_node, "formula")
+        symbols = {i.name: _symbol(i) for i in inputs} if inputs is not None else None
+        tensors = {i.name for i in inputs if i.is_tensor} if inputs is not None else None
+        parser = FormulaParser(formula_node.locate, symbols, tensors)
+        formula = parser.parse_statements(text, formula_node.location, outputs)
+        if inputs is None:
+            inputs = tuple(InputSpec(n, InputKind.TENSOR, formula_node.location) for n in parser.symbols)
+            symbols = dict(parser.symbols)
+        grads = self._grads(fields.get("grad"), formula, parser, symbols, inputs)
+        self._check_used(formula, grads, inputs, symbols)
+        for output, _ in formula.outputs:
+            if output.name in symbols:
+                raise SpecError(formula_node.location, f"output '{output.name}' is also an input")
+        if not any(i.is_tensor for i in inputs):
+            raise SpecError(formula_node.location, f"function '{name}' has no tensor input")
+        once = False
+        if "once_differentiable" in fields:
+            once = _bool(fields["once_differentiable"], "once_differentiable")
+        check = self._check(fields.get("check"), inputs)
+        return FunctionSpec(
+            name=name,
+            location=location,
+            doc=doc,
+            formula=formula,
+            inputs=tuple(inputs),
+            symbols=tuple(symbols.items()),
+            grads=tuple(grads.items()),
+            check=check,
+            once_differentiable=once,
+        )
+
+    # -- inputs -------------------------------------------------------------
+
+    def _inputs(self, node: Node | None) -> tuple[InputSpec, ...] | None:
+        if node is None:
+            return None
+        entries = _mapping(node, "inputs", None)
+        if not entries:
+            raise SpecError(node.location, "'inputs' is empty")
+        generated = set(generated_names(self.name))
+        inputs = []
+        for name, value in entries.items():
+            location = node.keys[name]
+            check_identifier(name, location, "input name")
+            if name in generated:
+                raise SpecError(location, f"input '{name}' has the name of a generated class or function")
+            inputs.append(self._input(name, value, location))
+        return tuple(inputs)
+
+    def _input(self, name: str, node: Node, location: Location) -> InputSpec:
+        if isinstance(node.value, str) or node.value is None:
+            kind = _kind(node) if node.value is not None else InputKind.TENSOR
+            return InputSpec(name, kind, location)
+        fields = _mapping(node, f"input '{name}'", INPUT_KEYS)
+        param = fields.get("param")
+        kind = _kind(fields["type"]) if "type" in fields else InputKind.TENSOR
+        if param is not None and kind is not InputKind.TENSOR:
+            raise SpecError(param.location, "a param must be a tensor")
+        spec = dict(name=name, kind=kind, location=location)
+        if "default" in fields:
+            if kind.is_tensor:
+                raise SpecError(fields["default"].location, "only float, int and bool inputs take a default")
+            spec.update(default=_default(fields["default"], kind), has_default=True)
+        if "domain" in fields:
+            if not kind.is_tensor:
+                raise SpecError(fields["domain"].location, "only tensor inputs have a domain")
+            spec["domain"] = _domain(fields["domain"])
+        if param is not None:
+            spec["param"] = _dims(param)
+        if "init" in fields:
+            if param is None:
+                raise SpecError(fields["init"].location, "'init' needs 'param'")
+            spec["init"] = _init(fields["init"], spec["param"])
+        if "optional" in fields:
+            optional = _bool(fields["optional"], "optional")
+            if optional and not kind.is_tensor:
+                raise SpecError(fields["optional"].location, "only tensors can be optional")
+            if optional:
+                raise SpecError(fields["optional"].location, "optional tensors are not supported yet")
+            spec["optional"] = optional
+        return InputSpec(**spec)
+
+    def _outputs(self, node: Node | None) -> list[str] | None:
+        if node is None:
+            return None
+        if not isinstance(node.value, list) or not node.value:
+            raise SpecError(node.location, "'outputs' must be a non-empty list of names")
+        names = []
+        for item in node.value:
+            name = _str(item, "output")
+            check_identifier(name, item.location, "output name")
+            if name in names:
+                raise SpecError(item.location, f"output '{name}' is listed twice")
+            names.append(name)
+        if len(names) > 1:
+            raise SpecError(node.location, "several outputs are not supported yet")
+        return names
+
+    def _grads(self, node, formula: Formula, parser: FormulaParser, symbols, inputs) -> dict[str, sp.Expr]:
+        if node is None:
+            return {}
+        entries = _mapping(node, "grad", None)
+        outputs = [out for out, _ in formula.outputs]
+        extra = {}
+        if len(outputs) == 1:
+            extra["grad"] = sp.Symbol("grad", real=True)
+        for out in outputs:
+            extra[f"grad_{out.name}"] = sp.Symbol("grad" if len(outputs) == 1 else f"grad_{out.name}", real=True)
+        names = dict(parser.env)
+        names.update({out.name: out for out in outputs})
+        names.update(extra)
+        tensors = {i.name for i in inputs if i.is_tensor}
+        grads = {}
+        for name, value in entries.items():
+            key_location = node.keys[name]
+            if name not in symbols:
+                raise SpecError(key_location, f"'{name}' is not an input", _did_you_mean(name, list(symbols)))
+            if name not in tensors:
+                raise SpecError(key_location, f"'{name}' is not a tensor input: its gradient is always None")
+            text = _str(value, "grad")
+            expression = FormulaParser(value.locate, symbols, tensors, names).parse_expression(text)
+            if any(o.args for o in expression.atoms(sp.Function) if type(o).__module__ == "fngen.tensorops"):
+                raise SpecError(value.location, "a grad override must be pointwise")
+            grads[name] = expression
+        return grads
+
+    def _check_used(self, formula: Formula, grads, inputs, symbols) -> None:
+        used = set()
+        for _, expr in formula.outputs:
+            used |= expr.free_symbols
+        for op in formula.ops:
+            used |= op.expr.free_symbols
+        for expr in grads.values():
+            used |= expr.free_symbols
+        for spec in inputs:
+            if symbols[spec.name] not in used:
+                raise SpecError(spec.location, f"input '{spec.name}' is not used by the formula")
+
+    def _check(self, node: Node | None, inputs) -> CheckSpec:
+        if node is None:
+            return CheckSpec()
+        fields = _mapping(node, "check", FUNCTION_CHECK_KEYS)
+        shapes = []
+        tensors = {i.name for i in inputs if i.is_tensor}
+        if "shapes" in fields:
+            for name, value in _mapping(fields["shapes"], "shapes", None).items():
+                if name not in tensors:
+                    raise SpecError(fields["shapes"].keys[name], f"'{name}' is not a tensor input")
+                shape = _dims(value)
+                if not all(isinstance(d, int) for d in shape):
+                    raise SpecError(value.location, "check shapes must be integers")
+                shapes.append((name, shape))
+        tolerances = {}
+        for key in ("atol", "rtol"):
+            if key in fields:
+                tolerances[key] = _positive(fields[key], key)
+        skips = []
+        if "skip" in fields:
+            for name, reason in _mapping(fields["skip"], "skip", CHECK_NAMES).items():
+                skips.append((name, _str(reason, "skip reason")))
+        return CheckSpec(tuple(shapes), tolerances.get("atol"), tolerances.get("rtol"), tuple(skips))
+
+
+# -- small validators ----------------------------------------------------
+
+
+def _mapping(node: Node, what: str, allowed: tuple[str, ...] | None) -> dict[str, Node]:
+    if not isinstance(node.value, dict):
+        raise SpecError(node.location, f"{what} must be a mapping")
+    if allowed is not None:
+        for key in node.value:
+            if key not in allowed:
+                raise SpecError(
+                    node.keys[key],
+                    f"unknown key '{key}' in {what}",
+                    _did_you_mean(key, list(allowed)) or f"expected one of: {', '.join(allowed)}",
+                )
+    return node.value
+
+
+def _str(node: Node, what: str) -> str:
+    if not isinstance(node.value, str):
+        raise SpecError(node.location, f"{what} must be a string")
+    return node.value
+
+
+def _optional_str(node: Node | None, what: str) -> str | None:
+    return None if node is None else _str(node, what)
+
+
+def _bool(node: Node, what: str) -> bool:
+    if not isinstance(node.value, bool):
+        raise SpecError(node.location, f"{what} must be true or false")
+    return node.value
+
+
+def _number(node: Node, what: str) -> float:
+    value = node.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(node.location, f"{what} must be a finite number")
+    return float(value)
+
+
+def _positive(node: Node, what: str) -> float:
+    value = _number(node, what)
+    if value <= 0:
+        raise SpecError(node.location, f"{what} must be positive")
+    return value
+
+
+def _choice(node: Node, what: str, choices) -> str:
+    value = _str(node, what)
+    if value not in choices:
+        raise SpecError(node.location, f"unknown {what} '{value}'", f"expected one of: {', '.join(choices)}")
+    return value
+
+
+def _kind(node: Node) -> InputKind:
+    value = _str(node, "input type")
+    try:
+        return InputKind(value)
+    except ValueError:
+        choices = [k.value for k in InputKind]
+        raise SpecError(node.location, f"unknown input type '{value}'", _did_you_mean(value, choices) or f"expected one of: {', '.join(choices)}") from None
+
+
+def _default(node: Node, kind: InputKind):
+    value = node.value
+    if kind is InputKind.BOOL:
+        return _bool(node, "default")
+    if kind is InputKind.INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(node.location, "default must be an int")
+        return value
+    return _number(node, "default")
+
+
+def _domain(node: Node) -> tuple[float, float]:
+    if not isinstance(node.value, list) or len(node.value) != 2:
+        raise SpecError(node.location, "domain must be a list [lo, hi]")
+    lo, hi = (_number(n, "domain bound") for n in node.value)
+    if not lo < hi:
+        raise SpecError(node.location, "domain must have lo < hi")
+    return (lo, hi)
+
+
+def _dims(node: Node) -> tuple[int | str, ...]:
+    if not isinstance(node.value, list):
+        raise SpecError(node.location, "a shape must be a list of sizes")
+    dims = []
+    for item in node.value:
+        value = item.value
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                raise SpecError(item.location, "a size must not be negative")
+            dims.append(value)
+        elif isinstance(value, str):
+            check_identifier(value, item.location, "dimension name")
+            dims.append(value)
+        else:
+            raise SpecError(item.location, "a size must be an integer or a name")
+    return tuple(dims)
+
+
+def _init(node: Node, dims) -> str:
+    """Validate ``zeros``, ``uniform(a, b)``, ``kaiming_uniform(a=...)``, ...;
+    the text is kept and re-parsed by the code generator."""
+    text = _str(node, "init")
+    parse_init(text, node.locate, [d for d in dims if isinstance(d, str)])
+    return text
+
+
+def parse_init(text: str, locate, dim_names) -> tuple[str, list[sp.Expr], dict[str, sp.Expr]]:
+    """(initialiser, positional args, keyword args) of an init string."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError):
+        raise SpecError(locate(0, 0), f"invalid init '{text}'", f"expected one of: {', '.join(INITS)}") from None
+    name = tree.id if isinstance(tree, ast.Name) else getattr(tree.func, "id", None) if isinstance(tree, ast.Call) else None
+    if name not in INITS:
+        raise SpecError(locate(0, 0), f"unknown init '{text}'", _did_you_mean(str(name), list(INITS)) or f"expected one of: {', '.join(INITS)}")
+    arity, keywords = INITS[name]
+    args = tree.args if isinstance(tree, ast.Call) else []
+    kwargs = tree.keywords if isinstance(tree, ast.Call) else []
+    if len(args) != arity or any(k.arg not in keywords for k in kwargs):
+        raise SpecError(locate(0, 0), f"init {name}() takes {arity} argument(s)" + (f" and {', '.join(k + '=' for k in keywords)}" if keywords else ""))
+    symbols = {d: sp.Symbol(d, integer=True, positive=True) for d in dim_names}
+    parser = FormulaParser(locate, symbols, set())
+
+    def number(arg):
+        return parser.parse_expression(ast.unparse(arg))
+
+    return name, [number(a) for a in args], {k.arg: number(k.value) for k in kwargs}
+
+
+def _symbol(spec: InputSpec) -> sp.Symbol:
+    if spec.kind is InputKind.INT:
+        return sp.Symbol(spec.name, integer=True)
+    return sp.Symbol(spec.name, real=True)
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+__all__ = ["load_spec", "parse_spec", "class_name", "generated_names", "DEFAULT_DOMAIN"]

@@ -1,0 +1,79 @@
+"""Tensor-level operations as opaque SymPy functions.
+
+SymPy differentiates the pointwise regions of a formula.  The operations here
+are *not* pointwise (reductions, matrix products, broadcasting bookkeeping):
+`derive.py` differentiates them by their vector-Jacobian rules, the way
+PyTorch's ``derivatives.yaml`` does, and the printer writes them as torch
+calls.  SymPy must never differentiate them, so `fdiff` refuses.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+
+class TensorOp(sp.Function):
+    """Base class: a tensor-level operation that SymPy treats as opaque."""
+
+    # Elementwise products with other factors commute; the op's own
+    # arguments keep their order (a @ b is one node, never reordered).
+    is_commutative = True
+
+    def fdiff(self, argindex=1):
+        raise TypeError(f"{type(self).__name__} is differentiated by its VJP rule, not by SymPy")
+
+
+class TensorSum(TensorOp):
+    """``e.sum(dim, keepdim)``; args: (e, dims, keepdim), an empty dims Tuple is all."""
+
+    nargs = 3
+
+
+class TensorMean(TensorOp):
+    """``e.mean(dim, keepdim)``; args as TensorSum."""
+
+    nargs = 3
+
+
+class TensorMatmul(TensorOp):
+    """``a @ b`` (batched like ``torch.matmul``)."""
+
+    # Binds like Python's '@' next to '*': parenthesised inside a product.
+    precedence = 45
+
+    nargs = 2
+
+
+class TensorMT(TensorOp):
+    """``e.mT``: swap the last two dimensions."""
+
+    nargs = 1
+
+
+class ShapeOf(TensorOp):
+    """The broadcast shape of its tensor arguments (``x.shape`` for one)."""
+
+
+class SumToSize(TensorOp):
+    """``e.sum_to_size(shape)``: sum a gradient back to an input's shape."""
+
+    nargs = 2
+
+
+class Unsqueeze(TensorOp):
+    """Re-insert the reduced dimensions ``dims`` (a Tuple) of a reduction."""
+
+    nargs = 2
+
+
+class Expand(TensorOp):
+    """``e.expand(shape)``."""
+
+    nargs = 2
+
+
+class Numel(TensorOp):
+    """The number of elements of ``shape`` over ``dims`` (all when empty)."""
+
+    nargs = 2
+
