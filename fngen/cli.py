@@ -1,0 +1,104 @@
+"""The command line.  Only this module prints or exits.
+
+Exit codes: 0 ok; 1 a check failed or an output is stale; 2 a usage or spec
+error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+
+import click
+
+from fngen import __version__
+from fngen.errors import SpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+EPILOG = """\b
+Exit codes:
+  0  success
+  1  a check failed, or (build --check) the output is stale
+  2  usage error, or an error in a spec file
+"""
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fngen")
+def main():
+    """fngen: formulas in, verified torch.autograd.Function modules out."""
+
+
+@main.command(epilog=EPILOG)
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", required=True, help="The module to write, or - for stdout.")
+@click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if OUTPUT is stale.")
+@click.option("--diff", is_flag=True, help="Write nothing; show how OUTPUT would change.")
+def build(spec, output, check_only, diff):
+    """Generate the module for SPEC into OUTPUT (atomically)."""
+    from fngen.api import generate, write_if_changed
+
+    try:
+        source = generate(spec)
+    except SpecError as err:
+        _fail(str(err))
+    if output == "-" and not (check_only or diff):
+        click.echo(source, nl=False)
+        return
+    path = Path(output)
+    try:
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+    except (OSError, UnicodeDecodeError) as err:
+        _fail(f"error: cannot read {output}: {err}")
+    if diff:
+        lines = difflib.unified_diff(
+            (current or "").splitlines(keepends=True),
+            source.splitlines(keepends=True),
+            fromfile=f"{output} (current)",
+            tofile=f"{output} (generated)",
+        )
+        click.echo("".join(lines), nl=False)
+    if check_only or diff:
+        if current != source:
+            if check_only:
+                click.echo(f"{output} is stale: run 'fngen build {spec} -o {output}'", err=True)
+            sys.exit(EXIT_FAILED)
+        return
+    try:
+        changed = write_if_changed(path, source)
+    except OSError as err:
+        _fail(f"error: cannot write {output}: {err.strerror or err}")
+    click.echo(f"{'wrote' if changed else 'unchanged'} {output}", err=True)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the spec's, else cpu).")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None, help="Default: the spec's, else float64.")
+@click.option("--only", "only", multiple=True, help="Check only this function (repeatable).")
+def check(specs, device, dtype, only):
+    """Verify the generated gradients of each SPEC with gradcheck and more."""
+    from fngen.api import load_spec
+    from fngen.checker import DeviceError, check_spec
+
+    ok = True
+    for spec_path in specs:
+        try:
+            spec = load_spec(spec_path)
+            if only and not any(fn.name in only for fn in spec.functions):
+                continue
+            report = check_spec(spec, device=device, dtype=dtype, only=[n for n in only if n in {f.name for f in spec.functions}] or None)
+        except SpecError as err:
+            _fail(str(err))
+        except DeviceError as err:
+            _fail(f"error: {err}")
+        click.echo(f"{spec_path}: " + report.table())
+        ok &= report.ok
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
