@@ -505,7 +505,7 @@ class Prelu(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        torch.nn.init.constant_(self.a, 1 / 4)
+        torch.nn.init.constant_(self.a, 0.25)
 
     def forward(self, x):
         return prelu(x, self.a)

@@ -5,6 +5,7 @@ All logic lives here; the Jinja2 template only places the precomputed strings.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from importlib import resources
 
@@ -54,12 +55,15 @@ def _join_guard(guard, needs) -> str:
 class FunctionWriter:
     """Computes every string the template needs for one function."""
 
-    def __init__(self, fn: FunctionSpec, derivation: Derivation):
+    def __init__(self, fn: FunctionSpec, variants: list[tuple[frozenset[str], Derivation]]):
         self.fn = fn
-        self.d = derivation
+        # One derivation per combination of absent optional tensors; the
+        # one with every tensor present comes last and describes the API.
+        self.variants = variants
+        self.d = variants[-1][1]
+        self.optional = [i.name for i in fn.inputs if i.optional]
         self.uses_math = False
-        self.names = {sym: name for name, sym in fn.symbols}
-        self.first_tensor = fn.tensor_inputs[0].name
+        self.first_tensor = next(i.name for i in fn.tensor_inputs if not i.optional)
 
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
         return TorchPrinter(shape_names=shape_names, dtype_of=dtype_of)
@@ -76,35 +80,63 @@ class FunctionWriter:
         self.uses_math |= printer.uses_math
         return lines
 
+    def branches(self, body, in_ctx: bool) -> list[str]:
+        """`body(derivation)` for each variant, behind ``if bias is None:``
+        (or ``ctx.bias_is_none``) tests when there are optional tensors."""
+        if len(self.variants) == 1:
+            return body(self.d)
+        lines = []
+        for n, (absent, d) in enumerate(self.variants):
+            tests = []
+            for name in self.optional:
+                test = f"ctx.{name}_is_none" if in_ctx else f"{name} is None"
+                if name not in absent:
+                    test = f"not {test}" if in_ctx else f"{name} is not None"
+                tests.append(test)
+            head = "else:" if n == len(self.variants) - 1 else f"{'if' if n == 0 else 'elif'} {' and '.join(tests)}:"
+            lines.append(head)
+            lines += [f"    {line}" for line in body(d)]
+        return lines
+
     # -- the Function -----------------------------------------------------
 
     def forward(self) -> list[str]:
-        lines = self.emit(self.d.forward, self.printer(self.first_tensor), {})
-        lines.append(f"return {', '.join(o.name for o in self.d.outputs)}")
-        return lines
+        def body(d):
+            lines = self.emit(d.forward, self.printer(self.first_tensor), {})
+            return lines + [f"return {', '.join(o.name for o in d.outputs)}"]
+
+        return self.branches(body, in_ctx=False)
 
     def setup_context(self) -> list[str]:
-        fn, d = self.fn, self.d
+        fn = self.fn
         lines = [f"{', '.join(i.name for i in fn.inputs)}{',' if len(fn.inputs) == 1 else ''} = inputs"]
-        outputs = ", ".join(o.name for o in d.outputs)
-        kept = set(d.saved) | set(d.shapes) | set(self.jvp_saved)
-        needs_outputs = any(o in kept for o in d.outputs)
-        needs_outputs |= not all(d.differentiable_outputs)
-        if needs_outputs:
-            lines.append(f"{outputs}{',' if len(d.outputs) == 1 else ''} = output" if len(d.outputs) > 1 else f"{outputs} = output")
-        for out, differentiable in zip(d.outputs, d.differentiable_outputs):
+        outputs = [o.name for o in self.d.outputs]
+        kept = set()
+        for _, d in self.variants:
+            kept |= set(d.saved) | set(d.shapes) | set(d.saved_for_jvp)
+        if any(o in kept for o in self.d.outputs) or not all(self.d.differentiable_outputs):
+            lines.append(f"{', '.join(outputs)}{',' if len(outputs) > 1 else ''} = output")
+        for out, differentiable in zip(self.d.outputs, self.d.differentiable_outputs):
             if not differentiable:
                 lines.append(f"ctx.mark_non_differentiable({out.name})")
-        if d.saved:
-            lines.append(f"ctx.save_for_backward({', '.join(s.name for s in d.saved)})")
-        if self.jvp_saved:
-            lines.append(f"ctx.save_for_forward({', '.join(s.name for s in self.jvp_saved)})")
-        for symbol in d.shapes:
-            lines.append(f"ctx.{symbol.name}_shape = {symbol.name}.shape")
         for spec in fn.inputs:
             if not spec.is_tensor:
                 lines.append(f"ctx.{spec.name} = {spec.name}")
-        return lines
+        for name in self.optional:
+            lines.append(f"ctx.{name}_is_none = {name} is None")
+
+        def body(d):
+            saves = []
+            if d.saved:
+                saves.append(f"ctx.save_for_backward({', '.join(s.name for s in d.saved)})")
+            if d.saved_for_jvp:
+                saves.append(f"ctx.save_for_forward({', '.join(s.name for s in d.saved_for_jvp)})")
+            for symbol in d.shapes:
+                saves.append(f"ctx.{symbol.name}_shape = {symbol.name}.shape")
+            return saves or ["pass"]
+
+        body_lines = self.branches(body, in_ctx=False)
+        return lines + ([] if body_lines == ["pass"] else body_lines)
 
     def _unpack(self, saved) -> list[str]:
         if not saved:
@@ -116,15 +148,12 @@ class FunctionWriter:
         return [f"{i.name} = ctx.{i.name}" for i in self.fn.inputs if not i.is_tensor]
 
     def backward(self) -> list[str]:
-        fn, d = self.fn, self.d
+        return self.branches(self._backward, in_ctx=True)
+
+    def _backward(self, d: Derivation) -> list[str]:
         lines = self._unpack(d.saved) + self._scalars()
-        needs = {}
         grad_names = [name for name, symbol in d.grads if symbol is not None]
-        index = 0
-        for spec, (name, symbol) in zip(fn.inputs, d.grads):
-            if symbol is not None:
-                needs[index] = f"needs_{name}"
-                index += 1
+        needs = {i: f"needs_{name}" for i, name in enumerate(grad_names)}
         if grad_names:
             flags = [f"needs_{name}" if symbol is not None else "_" for name, symbol in d.grads]
             if len(flags) == 1:
@@ -133,22 +162,19 @@ class FunctionWriter:
                 lines.append(f"{', '.join(flags)} = ctx.needs_input_grad")
             lines.append(" = ".join(f"grad_{n}" for n in grad_names) + " = None")
         shape_names = {s: f"ctx.{s.name}_shape" for s in d.shapes}
-        lines += self.emit(d.backward, self.printer("grad" if len(d.outputs) == 1 else d.grad_symbols[0].name, shape_names), needs)
+        lines += self.emit(d.backward, self.printer(d.grad_symbols[0].name, shape_names), needs)
         results = [f"grad_{name}" if symbol is not None else "None" for name, symbol in d.grads]
         lines.append(f"return {', '.join(results)}{',' if len(results) == 1 else ''}")
         return lines
 
-    @property
-    def jvp_saved(self):
-        return self.d.saved_for_jvp
-
     def jvp(self) -> list[str]:
-        d = self.d
-        lines = self._unpack(self.jvp_saved) + self._scalars()
-        tangent = next(t for t in d.tangent_symbols if t is not None)
-        lines += self.emit(d.jvp, self.printer(tangent.name), {})
-        lines.append(f"return {', '.join(t.name for t in d.output_tangents)}")
-        return lines
+        def body(d):
+            lines = self._unpack(d.saved_for_jvp) + self._scalars()
+            tangent = next(t for t in d.tangent_symbols if t is not None)
+            lines += self.emit(d.jvp, self.printer(tangent.name), {})
+            return lines + [f"return {', '.join(t.name for t in d.output_tangents)}"]
+
+        return self.branches(body, in_ctx=True)
 
     def jvp_params(self) -> str:
         return ", ".join(t.name if t is not None else f"_{i.name}" for i, t in zip(self.fn.inputs, self.d.tangent_symbols))
@@ -269,11 +295,21 @@ def _literal(value) -> str:
 
 def _python(expr: sp.Expr) -> str:
     """An init argument (an expression of dimension names) as Python."""
+    if expr.is_number:
+        return repr(float(expr))
     return pycode(expr, fully_qualified_modules=True)
 
 
+def variants(fn: FunctionSpec) -> list[tuple[frozenset[str], Derivation]]:
+    """A derivation for each combination of absent optional tensors, the
+    one with all present last."""
+    optional = [i.name for i in fn.inputs if i.optional]
+    combos = list(itertools.product([True, False], repeat=len(optional)))
+    return [(frozenset(n for n, a in zip(optional, combo) if a), derive(fn, frozenset(n for n, a in zip(optional, combo) if a))) for combo in combos]
+
+
 def render(spec: Spec) -> str:
-    writers = [FunctionWriter(fn, derive(fn)) for fn in spec.functions]
+    writers = [FunctionWriter(fn, variants(fn)) for fn in spec.functions]
     contexts = [w.context() for w in writers]
     all_names = []
     for c in contexts:

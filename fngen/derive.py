@@ -16,7 +16,7 @@ import sympy as sp
 
 from fngen import tensorops as T
 from fngen.formula import is_condition
-from fngen.model import FunctionSpec
+from fngen.model import Formula, FunctionSpec, OpNode
 from fngen.schedule import Block, Step, schedule
 
 
@@ -45,11 +45,20 @@ def mt(expr: sp.Expr) -> sp.Expr:
 
 
 class Deriver:
-    def __init__(self, fn: FunctionSpec):
+    def __init__(self, fn: FunctionSpec, absent: frozenset[str] = frozenset()):
         self.fn = fn
-        self.formula = fn.formula
         self.inputs = {i.name: fn.symbol(i.name) for i in fn.inputs}
-        self.tensor_inputs = [fn.symbol(i.name) for i in fn.tensor_inputs]
+        # An absent optional tensor counts as zero.
+        zero = {self.inputs[name]: sp.Integer(0) for name in absent}
+        self.formula = Formula(
+            fn.formula.text,
+            tuple(OpNode(op.result, op.expr.xreplace(zero), op.location) for op in fn.formula.ops),
+            tuple((out, expr.xreplace(zero)) for out, expr in fn.formula.outputs),
+            fn.formula.statements,
+            fn.formula.location,
+        )
+        self.overrides = {name: expr.xreplace(zero) for name, expr in fn.grads if name not in absent}
+        self.tensor_inputs = [fn.symbol(i.name) for i in fn.tensor_inputs if i.name not in absent]
         self.op_results = [op.result for op in self.formula.ops]
         self.leaves = set(self.tensor_inputs) | set(self.op_results)
         self.op_by_result = {op.result: op for op in self.formula.ops}
@@ -167,8 +176,7 @@ class Deriver:
             for arg, grad, exact in self.vjp(op, upstream):
                 self.pullback(grad, arg, exact, contributions)
         grads = {leaf: sp.Add(*contributions.get(leaf, [])) for leaf in self.tensor_inputs}
-        overrides = dict(self.fn.grads)
-        for name, expr in overrides.items():
+        for name, expr in self.overrides.items():
             leaf = self.inputs[name]
             if set(self.leaves_of(expr)) | {leaf} != {leaf} or len(self.tensor_inputs) > 1:
                 expr = T.SumToSize(expr, T.ShapeOf(leaf))
@@ -316,7 +324,7 @@ class Deriver:
             (out.name, leaf.name, sp.diff(expr, leaf))
             for out, expr in self.formula.outputs
             for leaf in self.leaves_of(expr)
-            if not self.formula.ops
+            if not self.formula.ops and not is_condition(expr)
         )
         saved_for_jvp = tuple(s for s in self.tensor_inputs + self.outputs if s in jvp_tensors)
         return Derivation(
@@ -336,5 +344,6 @@ class Deriver:
         )
 
 
-def derive(fn: FunctionSpec) -> Derivation:
-    return Deriver(fn).derive()
+def derive(fn: FunctionSpec, absent: frozenset[str] = frozenset()) -> Derivation:
+    """The programs of `fn`, with the optional tensors in `absent` left out."""
+    return Deriver(fn, absent).derive()

@@ -141,7 +141,14 @@ class FunctionBuilder:
         for output, _ in formula.outputs:
             if output.name in symbols:
                 raise SpecError(formula_node.location, f"output '{output.name}' is also an input")
-        if not any(i.is_tensor for i in inputs):
+        for spec in inputs:
+            if spec.optional and any(symbols[spec.name] in op.expr.free_symbols for op in formula.ops):
+                raise SpecError(
+                    spec.location,
+                    f"optional input '{spec.name}' is used inside a reduction or matrix product",
+                    "an absent tensor counts as zero only in pointwise parts",
+                )
+        if not any(i.is_tensor and not i.optional for i in inputs):
             raise SpecError(formula_node.location, f"function '{name}' has no tensor input")
         once = False
         if "once_differentiable" in fields:
@@ -205,8 +212,6 @@ class FunctionBuilder:
             optional = _bool(fields["optional"], "optional")
             if optional and not kind.is_tensor:
                 raise SpecError(fields["optional"].location, "only tensors can be optional")
-            if optional:
-                raise SpecError(fields["optional"].location, "optional tensors are not supported yet")
             spec["optional"] = optional
         return InputSpec(**spec)
 
@@ -222,8 +227,6 @@ class FunctionBuilder:
             if name in names:
                 raise SpecError(item.location, f"output '{name}' is listed twice")
             names.append(name)
-        if len(names) > 1:
-            raise SpecError(node.location, "several outputs are not supported yet")
         return names
 
     def _grads(self, node, formula: Formula, parser: FormulaParser, symbols, inputs) -> dict[str, sp.Expr]:

@@ -28,23 +28,24 @@ MAX_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 100  # far deeper than any spec; keeps hostile input off the stack
 
 _CORE = "tag:yaml.org,2002:"
-_STR, _MAP, _SEQ = _CORE + "str", _CORE + "map", _CORE + "seq"
+_STR, _FLOAT, _MAP, _SEQ = (_CORE + name for name in ("str", "float", "map", "seq"))
 _SCALAR_TAGS = {_CORE + name for name in ("str", "int", "float", "bool", "null")}
 _CORE_TAGS = _SCALAR_TAGS | {_MAP, _SEQ}
 _TAG_NAMES = {type(None): "null", bool: "bool", int: "int", float: "float", str: "str"}
 
-_NULLS = {"", "~", "null", "Null", "NULL"}
-_BOOLS = {"true": True, "True": True, "TRUE": True}
-_BOOLS |= {"false": False, "False": False, "FALSE": False}
-_SPECIAL_FLOATS = {
-    sign + inf: float(sign + "inf")
-    for sign in ("", "+", "-")
-    for inf in (".inf", ".Inf", ".INF")
-} | {nan: float("nan") for nan in (".nan", ".NaN", ".NAN")}
+# Plain scalars with a fixed meaning (yes/no/on/off are deliberately not here).
+_INFS = (".inf", ".Inf", ".INF")
+_WORDS: dict[str, object] = {
+    **dict.fromkeys(["", "~", "null", "Null", "NULL"]),
+    **dict.fromkeys(["true", "True", "TRUE"], True),
+    **dict.fromkeys(["false", "False", "FALSE"], False),
+    **{sign + inf: float(sign + "inf") for sign in ("", "+", "-") for inf in _INFS},
+    **dict.fromkeys([".nan", ".NaN", ".NAN"], float("nan")),
+}
 # No leading zeros: `007` is octal in YAML 1.1 and decimal in 1.2, so it stays a str.
-_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_INT_TEXT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 _EXPONENT = r"([eE][-+]?[0-9]+)"
-_FLOAT = re.compile(
+_FLOAT_TEXT = re.compile(
     rf"[-+]?([0-9]+\.[0-9]*{_EXPONENT}?|\.[0-9]+{_EXPONENT}?|[0-9]+{_EXPONENT})"
 )
 # The line breaks YAML counts (str.splitlines agrees on every printable char).
@@ -74,77 +75,63 @@ class Node:
 
 
 def load_yaml(text: str | bytes, filename: str) -> Node:
-    """Parse a whole spec file. Raises SpecError (never anything else) for every bad input."""
-    text = _decode(text, filename)
+    """Parse a whole spec file.
+
+    Raises SpecError (never anything else) for every bad input."""
+    start = Location(filename, 1, 1)
+    loader = _Loader(_decode(text, start), filename)
     try:
-        loader = _Loader(text, filename)
-        try:
-            root = loader.get_single_node()
-            if root is None or _is_blank(root):
-                raise SpecError(Location(filename, 1, 1), "spec file is empty")
-            node = loader.build(root)
-        finally:
-            loader.dispose()
+        root = loader.get_single_node()
+        # Nothing but comments composes to None, a bare `---` to an empty scalar.
+        if root is None or (root.value == "" and not root.style and not root.tag):
+            raise SpecError(start, "spec file is empty")
+        node = loader.build(root)
     except yaml.YAMLError as error:
-        raise _syntax_error(error, filename) from None
-    except RecursionError:  # MAX_DEPTH should come first; this guards a deep caller
-        raise SpecError(
-            Location(filename, 1, 1), "spec file is nested too deeply"
-        ) from None
+        raise _syntax_error(error, start) from None
+    except RecursionError:  # MAX_DEPTH comes first unless the caller is deep already
+        raise SpecError(start, "spec file is nested too deeply") from None
+    finally:
+        loader.dispose()
     if not isinstance(node.value, dict):
         raise SpecError(node.location, "the top level of a spec file must be a mapping")
     return node
 
 
-def _decode(text: str | bytes, filename: str) -> str:
+def _decode(text: str | bytes, start: Location) -> str:
     """Check size and encoding up front, so PyYAML only ever sees printable text."""
-    start = Location(filename, 1, 1)
-    size = (
-        len(text)
-        if isinstance(text, bytes)
-        else len(text.encode("utf-8", "surrogatepass"))
-    )
-    if size > MAX_BYTES:
-        raise SpecError(
-            start, f"spec file is too large ({size} bytes, the limit is 10 MiB)"
-        )
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if len(data) > MAX_BYTES:
+        message = f"spec file is too large ({len(data)} bytes, the limit is 10 MiB)"
+        raise SpecError(start, message)
     if isinstance(text, bytes):
         if b"\0" in text:
-            raise SpecError(
-                start, "spec file is not UTF-8 text", "it contains a NUL byte"
-            )
+            raise SpecError(start, "spec file is not UTF-8 text", "it has a NUL byte")
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as error:
             bad = f"byte 0x{text[error.start]:02x} at offset {error.start}"
             raise SpecError(start, "spec file is not UTF-8 text", bad) from None
     text = text.removeprefix("\ufeff")  # a BOM would shift every column of line 1
-    bad = Reader.NON_PRINTABLE.search(text)
+    bad = Reader.NON_PRINTABLE.search(text)  # exactly what PyYAML would refuse
     if bad:
         breaks = list(_BREAK.finditer(text, 0, bad.start()))
         column = bad.start() - (breaks[-1].end() if breaks else 0) + 1
-        where = Location(filename, len(breaks) + 1, column)
-        raise SpecError(
-            where, f"character U+{ord(bad.group()):04X} is not allowed in YAML"
-        )
+        where = start.shifted(len(breaks), column)
+        message = f"character U+{ord(bad.group()):04X} is not allowed in YAML"
+        raise SpecError(where, message)
     return text
 
 
-def _syntax_error(error: yaml.YAMLError, filename: str) -> SpecError:
-    """PyYAML's problem (and its context, e.g. "while scanning a simple key")."""
-    mark = getattr(error, "problem_mark", None)
-    where = (
-        Location(filename, mark.line + 1, mark.column + 1)
-        if mark
-        else Location(filename, 1, 1)
-    )
-    message = getattr(error, "problem", None) or str(error)
-    context, context_mark = getattr(error, "context", None), getattr(
-        error, "context_mark", None
-    )
+def _syntax_error(error: yaml.YAMLError, start: Location) -> SpecError:
+    """PyYAML's problem, at its mark, after its context ("while scanning ...")."""
+    if not isinstance(error, yaml.MarkedYAMLError):  # not expected; never mind
+        return SpecError(start, f"invalid YAML: {error}")
+    mark, message = error.problem_mark, error.problem or str(error)
+    where = start.shifted(mark.line, mark.column + 1) if mark else start
+    context, at = error.context, error.context_mark
     if context:
-        if context_mark and (not mark or context_mark.line != mark.line):
-            context += f" at line {context_mark.line + 1}"
+        if at and (not mark or at.line != mark.line):
+            context += f" at line {at.line + 1}"
         message = f"{context}, {message}"
     return SpecError(where, f"invalid YAML: {message}")
 
@@ -174,25 +161,20 @@ class _Loader(yaml.SafeLoader):
         return token
 
     def resolve(self, kind, value, implicit):
-        return None  # tag None means "implicit"; `_scalar` decides the type
+        return None  # tag None means "implicit"; `scalar` decides the type
 
     def compose_node(self, parent, index):
         event = self.peek_event()
         where = self.where(event.start_mark)
         if isinstance(event, yaml.AliasEvent):
-            raise SpecError(
-                where, "YAML aliases are not supported", "write the value out"
-            )
+            raise SpecError(where, "YAML aliases are not supported", "write it out")
         if event.anchor is not None:
             raise SpecError(where, "YAML anchors are not supported")
         if event.tag is not None and event.tag not in _CORE_TAGS:
             raise SpecError(where, f"YAML tag {_short(event.tag)!r} is not supported")
         if self.depth >= MAX_DEPTH:
-            raise SpecError(
-                where,
-                "spec file is nested too deeply",
-                f"the limit is {MAX_DEPTH} levels",
-            )
+            limit = f"the limit is {MAX_DEPTH} levels"
+            raise SpecError(where, "spec file is nested too deeply", limit)
         self.depth += 1
         try:
             return super().compose_node(parent, index)
@@ -204,33 +186,28 @@ class _Loader(yaml.SafeLoader):
     def build(self, node: yaml.Node) -> Node:
         where = self.where(node.start_mark)
         if isinstance(node, yaml.MappingNode):
-            self.check_tag(node, _MAP, "mapping")
+            self.check_tag(node, {_MAP}, "mapping")
             values: dict[str, Node] = {}
             keys: dict[str, Location] = {}
             for key_node, value_node in node.value:
                 key, key_where = self.key(key_node), self.where(key_node.start_mark)
                 if key in keys:
-                    raise SpecError(
-                        key_where,
-                        f"duplicate key {key!r}",
-                        f"first defined at line {keys[key].line}",
-                    )
+                    first = f"first defined at line {keys[key].line}"
+                    raise SpecError(key_where, f"duplicate key {key!r}", first)
                 keys[key] = key_where
                 values[key] = self.build(value_node)
             return Node(values, where, keys=keys)
         if isinstance(node, yaml.SequenceNode):
-            self.check_tag(node, _SEQ, "sequence")
+            self.check_tag(node, {_SEQ}, "sequence")
             return Node([self.build(item) for item in node.value], where)
-        return Node(
-            self.scalar(node), where, style=node.style, text_start=self.text_start(node)
-        )
+        text_start = self.text_start(node)
+        return Node(self.scalar(node), where, style=node.style, text_start=text_start)
 
-    def check_tag(self, node: yaml.Node, allowed: str, kind: str) -> None:
-        if node.tag is not None and node.tag != allowed:
-            raise SpecError(
-                self.where(node.start_mark),
-                f"YAML tag {_short(node.tag)!r} cannot be used on a {kind}",
-            )
+    def check_tag(self, node: yaml.Node, allowed: set[str], kind: str) -> None:
+        """Explicit core tags must fit the node (other tags never get here)."""
+        if node.tag is not None and node.tag not in allowed:
+            message = f"YAML tag {_short(node.tag)!r} cannot be used on a {kind}"
+            raise SpecError(self.where(node.start_mark), message)
 
     def key(self, node: yaml.Node) -> str:
         where = self.where(node.start_mark)
@@ -248,14 +225,11 @@ class _Loader(yaml.SafeLoader):
         where = self.where(node.start_mark)
         if node.tag is None:
             return node.value if node.style else _plain_value(node.value, where)
-        if node.tag not in _SCALAR_TAGS:
-            raise SpecError(
-                where, f"YAML tag {_short(node.tag)!r} cannot be used on a scalar"
-            )
+        self.check_tag(node, _SCALAR_TAGS, "scalar")
         if node.tag == _STR:
             return node.value
         value = _plain_value(node.value, where)
-        if node.tag == _CORE + "float" and type(value) is int:
+        if node.tag == _FLOAT and type(value) is int:
             value = float(value)
         if _CORE + _TAG_NAMES[type(value)] != node.tag:
             raise SpecError(where, f"{node.value!r} is not a valid {_short(node.tag)}")
@@ -282,30 +256,16 @@ def _plain_value(text: str, where: Location) -> object:
     """The value of a plain scalar: YAML 1.2's core schema, minus its rarer
     spellings (`1_000`, `0x1f`, `0o17` and `007` stay strings), so a typo
     never silently becomes a number."""
-    if text in _NULLS:
-        return None
-    if text in _BOOLS:
-        return _BOOLS[text]
-    if text in _SPECIAL_FLOATS:
-        return _SPECIAL_FLOATS[text]
-    if _INT.fullmatch(text):
+    if text in _WORDS:
+        return _WORDS[text]
+    if _INT_TEXT.fullmatch(text):
         try:
             return int(text)
         except ValueError:  # Python refuses to parse more than ~4300 digits
             raise SpecError(where, "integer has too many digits") from None
-    if _FLOAT.fullmatch(text):
+    if _FLOAT_TEXT.fullmatch(text):
         return float(text)
     return text
-
-
-def _is_blank(node: yaml.Node) -> bool:
-    """A document with nothing but `---` in it composes to an empty plain scalar."""
-    return (
-        isinstance(node, yaml.ScalarNode)
-        and node.tag is None
-        and not node.style
-        and not node.value
-    )
 
 
 def _leading_spaces(text: str) -> int:
