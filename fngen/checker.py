@@ -211,8 +211,29 @@ class FunctionChecker:
         self.torch.autograd.gradgradcheck(self.func, args, atol=1e-5, rtol=1e-4)
 
     def check_forward_ad(self):
+        if self.fn.grads:
+            return self._forward_matches_backward()
         self._gradcheck(check_forward_ad=True, check_backward_ad=False, check_undefined_grad=False, check_batched_forward_grad=True)
         self._gradcheck(check_batched_grad=True)
+
+    def _forward_matches_backward(self):
+        """With a `grad:` override there is no true derivative to compare
+        with: the jvp must be the transpose of the overridden vjp."""
+        torch = self.torch
+        args = [a.detach() if torch.is_tensor(a) else a for a in self.inputs(torch.float64)]
+        for i, arg in enumerate(args):
+            if not torch.is_tensor(arg):
+                continue
+
+            def along(x, i=i):
+                return self.func(*args[:i], x, *args[i + 1 :])
+
+            forward = torch.autograd.functional.jacobian(along, arg, strategy="forward-mode", vectorize=True)
+            backward = torch.autograd.functional.jacobian(along, arg)
+            problem = _compare(forward, backward, self.tol)
+            if problem:
+                return f"jvp and vjp of {self.fn.inputs[i].name} disagree: {problem}"
+        return None
 
     def check_vmap(self):
         torch = self.torch
@@ -271,6 +292,9 @@ class FunctionChecker:
     def run(self, checks) -> FunctionReport:
         report = FunctionReport(self.fn.name)
         skips = dict(self.fn.check.skip)
+        if self.fn.grads:
+            overridden = ", ".join(name for name, _ in self.fn.grads)
+            skips.setdefault("gradcheck", f"the gradient of {overridden} is overridden by grad:")
         if self.fn.once_differentiable:
             skips.setdefault("double_backward", "once_differentiable")
             skips.setdefault("vmap", "once_differentiable")

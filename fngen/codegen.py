@@ -19,7 +19,7 @@ from fngen.derive import Derivation, derive
 from fngen.model import FunctionSpec, InputKind, InputSpec, Spec
 from fngen.printer import TorchPrinter
 from fngen.schedule import Block
-from fngen.spec import class_name, parse_init
+from fngen.spec import class_name, dimension_names, parse_init
 
 BLACK_MODE = black.Mode(target_versions={black.TargetVersion.PY310}, line_length=88)
 
@@ -182,34 +182,48 @@ class FunctionWriter:
     # -- the wrappers -------------------------------------------------------
 
     def signature(self) -> str:
+        """Declared defaults; an optional tensor defaults to None where no
+        argument without a default follows it."""
         parts = []
-        for spec in self.fn.inputs:
+        defaults_from_here = True
+        for spec in reversed(self.fn.inputs):
             if spec.has_default:
                 parts.append(f"{spec.name}={_literal(spec.default)}")
+            elif spec.optional and defaults_from_here:
+                parts.append(f"{spec.name}=None")
             else:
                 parts.append(spec.name)
-        return ", ".join(parts)
+                defaults_from_here = False
+        return ", ".join(reversed(parts))
 
     def module_parts(self) -> dict:
         fn = self.fn
-        dim_names: list[str] = []
-        for spec in fn.inputs:
-            for dim in spec.param or ():
-                if isinstance(dim, str) and dim not in dim_names:
-                    dim_names.append(dim)
+        dim_names = dimension_names(fn.inputs)
         scalars = [i for i in fn.inputs if not i.is_tensor]
         params = [i for i in fn.inputs if i.is_param]
+        flags = [i for i in params if i.optional]
         init_args = [f"{d}: int" for d in dim_names]
-        ordered = sorted(scalars, key=lambda i: i.has_default)
-        for spec in ordered:
+        for spec in sorted(scalars, key=lambda i: i.has_default):
             annotation = {InputKind.FLOAT: "float", InputKind.INT: "int", InputKind.BOOL: "bool"}[spec.kind]
             default = f" = {_literal(spec.default)}" if spec.has_default else ""
             init_args.append(f"{spec.name}: {annotation}{default}")
+        init_args += [f"{spec.name}: bool = True" for spec in flags]
         body = [f"self.{d} = {d}" for d in dim_names] + [f"self.{s.name} = {s.name}" for s in scalars]
+        reset = []
         for spec in params:
             shape = ", ".join(str(d) for d in spec.param)
-            body.append(f"self.{spec.name} = torch.nn.Parameter(torch.empty({shape}))")
-        reset = [self.init_line(spec) for spec in params]
+            parameter = f"torch.nn.Parameter(torch.empty({shape}))"
+            if spec.optional:
+                body += [
+                    f"if {spec.name}:",
+                    f"    self.{spec.name} = {parameter}",
+                    "else:",
+                    f'    self.register_parameter("{spec.name}", None)',
+                ]
+                reset += [f"if self.{spec.name} is not None:", f"    {self.init_line(spec)}"]
+            else:
+                body.append(f"self.{spec.name} = {parameter}")
+                reset.append(self.init_line(spec))
         if reset:
             body.append("self.reset_parameters()")
         call = []
@@ -219,11 +233,10 @@ class FunctionWriter:
                 call.append(f"self.{spec.name}")
             else:
                 call.append(spec.name)
-                forward.append(spec.name)
-        shown = dim_names + [s.name for s in scalars]
-        extra = None
-        if shown:
-            extra = 'f"' + ", ".join(f"{n}={{self.{n}}}" for n in shown) + '"'
+                forward.append(f"{spec.name}=None" if spec.optional else spec.name)
+        shown = [f"{n}={{self.{n}}}" for n in dim_names + [s.name for s in scalars]]
+        shown += [f"{s.name}={{self.{s.name} is not None}}" for s in flags]
+        extra = 'f"' + ", ".join(shown) + '"' if shown else None
         return dict(
             init_params="".join(f", {a}" for a in init_args),
             init_body=body,
@@ -238,8 +251,12 @@ class FunctionWriter:
         text = spec.init
         if text is None:
             text = "kaiming_uniform(a=sqrt(5))" if len(spec.param) >= 2 else "zeros"
-        dims = [d for d in spec.param if isinstance(d, str)]
+        dims = dimension_names(self.fn.inputs)
         name, args, kwargs = parse_init(text, lambda line, col: spec.location, dims)
+        # The dimension sizes are attributes of the Module.
+        on_self = {sp.Symbol(d, integer=True, positive=True): sp.Symbol(f"self.{d}") for d in dims}
+        args = [a.xreplace(on_self) for a in args]
+        kwargs = {k: v.xreplace(on_self) for k, v in kwargs.items()}
         printed = [_python(a) for a in args] + [f"{k}={_python(v)}" for k, v in kwargs.items()]
         if any("math." in p for p in printed):
             self.uses_math = True

@@ -281,13 +281,23 @@ class Deriver:
         tangents = {leaf: sp.Symbol(f"{leaf.name}_t", real=True) for leaf in self.tensor_inputs}
         steps = []
 
+        # With a `grad:` override the jvp must be the transpose of the
+        # overridden vjp: for ``x: grad * h`` the partial derivative is h.
+        overridden = {}
+        if len(self.outputs) == 1 and not self.formula.ops:
+            grad = self.grad_symbols[0]
+            for name, expr in self.overrides.items():
+                overridden[self.inputs[name]] = sp.diff(_strip_sum_to_size(expr), grad)
+
         def tangent_of(expr):
             if isinstance(expr, T.TensorMT):
                 inner = tangent_of(expr.args[0])
                 return T.TensorMT(inner) if inner != 0 else inner
             terms = []
             for leaf in self.leaves_of(expr):
-                derivative = sp.diff(expr, leaf)
+                derivative = overridden.get(leaf, None)
+                if derivative is None:
+                    derivative = sp.diff(expr, leaf)
                 if derivative != 0 and leaf in tangents:
                     terms.append(derivative * tangents[leaf])
             return sp.Add(*terms)
@@ -313,7 +323,8 @@ class Deriver:
         steps = [Step(s.target, e, s.guard) for s, e in zip(steps, exprs)]
         taken = self.taken_names() | {t.name for t in tangents.values()}
         blocks = schedule(steps, frozenset(), taken)
-        tensors, _ = self.referenced([s.expr for s in steps])
+        tensors, shapes = self.referenced([s.expr for s in steps])
+        tensors |= shapes
         tangent_symbols = tuple(tangents.get(self.inputs[i.name]) for i in self.fn.inputs)
         return blocks, tuple(output_tangents), tensors, tangent_symbols
 
@@ -342,6 +353,10 @@ class Deriver:
             output_tangents=output_tangents,
             derivatives=derivatives,
         )
+
+
+def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:
+    return expr.args[0] if isinstance(expr, T.SumToSize) else expr
 
 
 def derive(fn: FunctionSpec, absent: frozenset[str] = frozenset()) -> Derivation:

@@ -176,12 +176,20 @@ class FunctionBuilder:
             raise SpecError(node.location, "'inputs' is empty")
         generated = set(generated_names(self.name))
         inputs = []
+        self.inits: list[tuple[Node, str]] = []
         for name, value in entries.items():
             location = node.keys[name]
             check_identifier(name, location, "input name")
             if name in generated:
                 raise SpecError(location, f"input '{name}' has the name of a generated class or function")
             inputs.append(self._input(name, value, location))
+        dims = dimension_names(inputs)
+        for init_node, _ in self.inits:
+            parse_init(init_node.value, init_node.locate, dims)
+        names = {i.name for i in inputs}
+        for dim in dims:
+            if dim in names:
+                raise SpecError(node.location, f"dimension name '{dim}' is also an input name")
         return tuple(inputs)
 
     def _input(self, name: str, node: Node, location: Location) -> InputSpec:
@@ -207,7 +215,8 @@ class FunctionBuilder:
         if "init" in fields:
             if param is None:
                 raise SpecError(fields["init"].location, "'init' needs 'param'")
-            spec["init"] = _init(fields["init"], spec["param"])
+            spec["init"] = _str(fields["init"], "init")
+            self.inits.append((fields["init"], name))
         if "optional" in fields:
             optional = _bool(fields["optional"], "optional")
             if optional and not kind.is_tensor:
@@ -395,16 +404,19 @@ def _dims(node: Node) -> tuple[int | str, ...]:
     return tuple(dims)
 
 
-def _init(node: Node, dims) -> str:
-    """Validate ``zeros``, ``uniform(a, b)``, ``kaiming_uniform(a=...)``, ...;
-    the text is kept and re-parsed by the code generator."""
-    text = _str(node, "init")
-    parse_init(text, node.locate, [d for d in dims if isinstance(d, str)])
-    return text
+def dimension_names(inputs) -> list[str]:
+    """The named dimensions of the params, in order of first appearance."""
+    names: list[str] = []
+    for spec in inputs:
+        for dim in spec.param or ():
+            if isinstance(dim, str) and dim not in names:
+                names.append(dim)
+    return names
 
 
 def parse_init(text: str, locate, dim_names) -> tuple[str, list[sp.Expr], dict[str, sp.Expr]]:
-    """(initialiser, positional args, keyword args) of an init string."""
+    """(initialiser, positional args, keyword args) of an init string such as
+    ``uniform(-1/sqrt(in_features), 1/sqrt(in_features))``."""
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except (SyntaxError, ValueError, RecursionError):
