@@ -170,10 +170,22 @@ class FunctionChecker:
         return [a for a in args if self.torch.is_tensor(a)]
 
     def grads(self, function, args, seed_grads):
+        """Outputs and input gradients; a gradient that autograd does not
+        reach (a step function in the reference) is None, that is zero."""
         outputs = [o for o in _outputs(function(*args)) if o.is_floating_point()]
         tensors = self.differentiable(args)
-        grads = self.torch.autograd.grad(outputs, tensors, seed_grads[: len(outputs)], allow_unused=True)
+        pairs = [(o, g) for o, g in zip(outputs, seed_grads) if o.requires_grad]
+        grads = [None] * len(tensors)
+        if pairs:
+            grads = self.torch.autograd.grad(
+                [o for o, _ in pairs], tensors, [g for _, g in pairs], allow_unused=True
+            )
         return [o.detach() for o in outputs], list(grads)
+
+    @property
+    def run_tol(self):
+        """Tolerances for comparisons in the dtype under check."""
+        return self.tol if self.dtype == self.torch.float64 else FLOAT32_TOL
 
     def check_reference(self):
         from fngen.reference import reference_forward
@@ -183,7 +195,7 @@ class FunctionChecker:
         seeds = [self.torch.randn(o.shape, dtype=o.dtype, device=o.device) for o in generated if o.is_floating_point()]
         out_gen, grads_gen = self.grads(self.func, args, seeds)
         out_ref, grads_ref = self.grads(lambda *a: reference_forward(self.fn, *a), args, seeds)
-        tol = self.tol if self.dtype == self.torch.float64 else FLOAT32_TOL
+        tol = self.run_tol
         for i, (a, b) in enumerate(zip(out_gen, out_ref)):
             problem = _compare(a, b, tol)
             if problem:
@@ -245,7 +257,7 @@ class FunctionChecker:
         for i in range(batch):
             single = _outputs(self.func(*[a[i] if torch.is_tensor(a) else a for a in detached]))
             for a, b in zip(mapped, single):
-                problem = _compare(a[i], b, self.tol)
+                problem = _compare(a[i], b, self.run_tol)
                 if problem:
                     return f"sample {i}: {problem}"
         # torch.func.grad and jacrev through the Function too.
@@ -265,7 +277,7 @@ class FunctionChecker:
         seeds = [torch.randn(o.shape, dtype=o.dtype, device=o.device) for o in _outputs(self.func(*args)) if o.is_floating_point()]
         out_eager, grads_eager = self.grads(self.func, args, seeds)
         out_comp, grads_comp = self.grads(compiled, args, seeds)
-        tol = self.tol if self.dtype == torch.float64 else FLOAT32_TOL
+        tol = self.run_tol
         for a, b in zip(out_comp + grads_comp, out_eager + grads_eager):
             problem = _compare(a, b, tol)
             if problem:
