@@ -5,4 +5,13 @@ __version__ = "0.1.0"
 from fngen.api import build, check, generate, load, load_spec  # noqa: E402
 from fngen.errors import Location, SpecError  # noqa: E402
 
-__all__ = ["build", "check", "generate", "load", "load_spec", "Location", "SpecError", "__version__"]
+__all__ = [
+    "build",
+    "check",
+    "generate",
+    "load",
+    "load_spec",
+    "Location",
+    "SpecError",
+    "__version__",
+]

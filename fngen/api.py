@@ -6,6 +6,7 @@ Building (`load_spec`, `generate`, `build`) never imports torch; `load` and
 
 from __future__ import annotations
 
+import linecache
 import os
 import sys
 import tempfile
@@ -70,6 +71,13 @@ def load(spec: Spec | str | os.PathLike, name: str | None = None) -> types.Modul
     module = types.ModuleType(name)
     module.__file__ = f"<fngen {spec.path}>"
     code = compile(source, module.__file__, "exec")
+    # Let inspect.getsource and tracebacks show the generated lines.
+    linecache.cache[module.__file__] = (
+        len(source),
+        None,
+        source.splitlines(True),
+        module.__file__,
+    )
     sys.modules[name] = module
     try:
         exec(code, module.__dict__)  # generated code, the equivalent of an import

@@ -65,7 +65,10 @@ class Report:
         header = "function".ljust(width) + "  " + "  ".join(CHECK_NAMES)
         lines = [f"fngen check on {self.device} ({self.dtype})", header]
         for f in self.functions:
-            cells = [marks[f.outcomes[c].ok if c in f.outcomes else None].center(len(c)) for c in CHECK_NAMES]
+            cells = [
+                marks[f.outcomes[c].ok if c in f.outcomes else None].center(len(c))
+                for c in CHECK_NAMES
+            ]
             lines.append(f.name.ljust(width) + "  " + "  ".join(cells).rstrip())
         notes = []
         for f in self.functions:
@@ -89,9 +92,13 @@ def resolve_device(device: str):
         raise DeviceError(f"unknown device '{device}': {err}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device '{device}' is not available: torch.cuda.is_available() is False")
+            raise DeviceError(
+                f"device '{device}' is not available: torch.cuda.is_available() is False"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device '{device}' is not available: {torch.cuda.device_count()} CUDA device(s)")
+            raise DeviceError(
+                f"device '{device}' is not available: {torch.cuda.device_count()} CUDA device(s)"
+            )
     elif dev.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise DeviceError(f"device '{device}' is not available")
@@ -100,7 +107,9 @@ def resolve_device(device: str):
     return dev
 
 
-def sample_inputs(fn: FunctionSpec, dtype, device, generator, batch: tuple[int, ...] = ()):
+def sample_inputs(
+    fn: FunctionSpec, dtype, device, generator, batch: tuple[int, ...] = ()
+):
     """Inputs for `fn`: tensors uniform in their domain, scalars their default."""
     import torch
 
@@ -108,7 +117,9 @@ def sample_inputs(fn: FunctionSpec, dtype, device, generator, batch: tuple[int, 
     args = []
     for spec in fn.inputs:
         if not spec.is_tensor:
-            args.append(spec.default if spec.has_default else DEFAULT_SCALARS[spec.kind])
+            args.append(
+                spec.default if spec.has_default else DEFAULT_SCALARS[spec.kind]
+            )
             continue
         if spec.name in shapes:
             shape = shapes[spec.name]
@@ -117,7 +128,9 @@ def sample_inputs(fn: FunctionSpec, dtype, device, generator, batch: tuple[int, 
         else:
             shape = (3, 4)
         lo, hi = spec.domain
-        value = torch.rand(batch + tuple(shape), generator=generator, dtype=torch.float64)
+        value = torch.rand(
+            batch + tuple(shape), generator=generator, dtype=torch.float64
+        )
         value = (value * (hi - lo) + lo).to(dtype=dtype, device=device)
         args.append(value.requires_grad_())
     return args
@@ -164,7 +177,9 @@ class FunctionChecker:
 
     def inputs(self, dtype=None, batch=()):
         generator = self.torch.Generator().manual_seed(self.seed)
-        return sample_inputs(self.fn, dtype or self.dtype, self.device, generator, batch)
+        return sample_inputs(
+            self.fn, dtype or self.dtype, self.device, generator, batch
+        )
 
     def differentiable(self, args):
         return [a for a in args if self.torch.is_tensor(a)]
@@ -192,9 +207,15 @@ class FunctionChecker:
 
         args = self.inputs()
         generated = _outputs(self.func(*args))
-        seeds = [self.torch.randn(o.shape, dtype=o.dtype, device=o.device) for o in generated if o.is_floating_point()]
+        seeds = [
+            self.torch.randn(o.shape, dtype=o.dtype, device=o.device)
+            for o in generated
+            if o.is_floating_point()
+        ]
         out_gen, grads_gen = self.grads(self.func, args, seeds)
-        out_ref, grads_ref = self.grads(lambda *a: reference_forward(self.fn, *a), args, seeds)
+        out_ref, grads_ref = self.grads(
+            lambda *a: reference_forward(self.fn, *a), args, seeds
+        )
         tol = self.run_tol
         for i, (a, b) in enumerate(zip(out_gen, out_ref)):
             problem = _compare(a, b, tol)
@@ -213,7 +234,13 @@ class FunctionChecker:
     def _gradcheck(self, **options):
         args = self.inputs(self.torch.float64)
         tol = {k: v for k, v in self.tol.items()}
-        return self.torch.autograd.gradcheck(self.func, args, atol=max(tol["atol"], 1e-6), rtol=max(tol["rtol"], 1e-4), **options)
+        return self.torch.autograd.gradcheck(
+            self.func,
+            args,
+            atol=max(tol["atol"], 1e-6),
+            rtol=max(tol["rtol"], 1e-4),
+            **options,
+        )
 
     def check_gradcheck(self):
         self._gradcheck()
@@ -225,14 +252,21 @@ class FunctionChecker:
     def check_forward_ad(self):
         if self.fn.grads:
             return self._forward_matches_backward()
-        self._gradcheck(check_forward_ad=True, check_backward_ad=False, check_undefined_grad=False, check_batched_forward_grad=True)
+        self._gradcheck(
+            check_forward_ad=True,
+            check_backward_ad=False,
+            check_undefined_grad=False,
+            check_batched_forward_grad=True,
+        )
         self._gradcheck(check_batched_grad=True)
 
     def _forward_matches_backward(self):
         """With a `grad:` override there is no true derivative to compare
         with: the jvp must be the transpose of the overridden vjp."""
         torch = self.torch
-        args = [a.detach() if torch.is_tensor(a) else a for a in self.inputs(torch.float64)]
+        args = [
+            a.detach() if torch.is_tensor(a) else a for a in self.inputs(torch.float64)
+        ]
         for i, arg in enumerate(args):
             if not torch.is_tensor(arg):
                 continue
@@ -240,7 +274,9 @@ class FunctionChecker:
             def along(x, i=i):
                 return self.func(*args[:i], x, *args[i + 1 :])
 
-            forward = torch.autograd.functional.jacobian(along, arg, strategy="forward-mode", vectorize=True)
+            forward = torch.autograd.functional.jacobian(
+                along, arg, strategy="forward-mode", vectorize=True
+            )
             backward = torch.autograd.functional.jacobian(along, arg)
             problem = _compare(forward, backward, self.tol)
             if problem:
@@ -255,7 +291,9 @@ class FunctionChecker:
         detached = [a.detach() if torch.is_tensor(a) else a for a in args]
         mapped = _outputs(torch.func.vmap(self.func, in_dims=in_dims)(*detached))
         for i in range(batch):
-            single = _outputs(self.func(*[a[i] if torch.is_tensor(a) else a for a in detached]))
+            single = _outputs(
+                self.func(*[a[i] if torch.is_tensor(a) else a for a in detached])
+            )
             for a, b in zip(mapped, single):
                 problem = _compare(a[i], b, self.run_tol)
                 if problem:
@@ -264,17 +302,29 @@ class FunctionChecker:
         tensors = [i for i, a in enumerate(detached) if torch.is_tensor(a)]
 
         def total(*a):
-            return sum(o.sum() for o in _outputs(self.func(*a)) if o.is_floating_point())
+            return sum(
+                o.sum() for o in _outputs(self.func(*a)) if o.is_floating_point()
+            )
 
-        torch.func.grad(total, argnums=tuple(tensors))(*[a[0] if torch.is_tensor(a) else a for a in detached])
+        torch.func.grad(total, argnums=tuple(tensors))(
+            *[a[0] if torch.is_tensor(a) else a for a in detached]
+        )
         return None
 
     def check_compile(self):
         torch = self.torch
         torch._dynamo.reset()
-        compiled = torch.compile(self.func, fullgraph=True, backend="aot_eager" if self.device.type != "cuda" else "inductor")
+        compiled = torch.compile(
+            self.func,
+            fullgraph=True,
+            backend="aot_eager" if self.device.type != "cuda" else "inductor",
+        )
         args = self.inputs()
-        seeds = [torch.randn(o.shape, dtype=o.dtype, device=o.device) for o in _outputs(self.func(*args)) if o.is_floating_point()]
+        seeds = [
+            torch.randn(o.shape, dtype=o.dtype, device=o.device)
+            for o in _outputs(self.func(*args))
+            if o.is_floating_point()
+        ]
         out_eager, grads_eager = self.grads(self.func, args, seeds)
         out_comp, grads_comp = self.grads(compiled, args, seeds)
         tol = self.run_tol
@@ -287,8 +337,15 @@ class FunctionChecker:
     def check_float32(self):
         torch = self.torch
         wide = self.inputs(torch.float64)
-        narrow = [a.detach().float().requires_grad_() if torch.is_tensor(a) else a for a in wide]
-        seeds = [torch.randn(o.shape, dtype=torch.float64, device=o.device) for o in _outputs(self.func(*wide)) if o.is_floating_point()]
+        narrow = [
+            a.detach().float().requires_grad_() if torch.is_tensor(a) else a
+            for a in wide
+        ]
+        seeds = [
+            torch.randn(o.shape, dtype=torch.float64, device=o.device)
+            for o in _outputs(self.func(*wide))
+            if o.is_floating_point()
+        ]
         out64, grads64 = self.grads(self.func, wide, seeds)
         out32, grads32 = self.grads(self.func, narrow, [s.float() for s in seeds])
         for a, b in zip(out32 + grads32, out64 + grads64):
@@ -306,7 +363,9 @@ class FunctionChecker:
         skips = dict(self.fn.check.skip)
         if self.fn.grads:
             overridden = ", ".join(name for name, _ in self.fn.grads)
-            skips.setdefault("gradcheck", f"the gradient of {overridden} is overridden by grad:")
+            skips.setdefault(
+                "gradcheck", f"the gradient of {overridden} is overridden by grad:"
+            )
         if self.fn.once_differentiable:
             skips.setdefault("double_backward", "once_differentiable")
             skips.setdefault("vmap", "once_differentiable")
@@ -329,7 +388,11 @@ def _reason(err: Exception) -> str:
     first = text[0] if text else type(err).__name__
     if len(first) > 160:
         first = first[:157] + "..."
-    return f"{type(err).__name__}: {first}" if not first.startswith(type(err).__name__) else first
+    return (
+        f"{type(err).__name__}: {first}"
+        if not first.startswith(type(err).__name__)
+        else first
+    )
 
 
 def check_spec(

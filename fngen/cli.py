@@ -38,9 +38,22 @@ def main():
 
 @main.command(epilog=EPILOG)
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "output", required=True, help="The module to write, or - for stdout.")
-@click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if OUTPUT is stale.")
-@click.option("--diff", is_flag=True, help="Write nothing; show how OUTPUT would change.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    help="The module to write, or - for stdout.",
+)
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Write nothing; exit 1 if OUTPUT is stale.",
+)
+@click.option(
+    "--diff", is_flag=True, help="Write nothing; show how OUTPUT would change."
+)
 def build(spec, output, check_only, diff):
     """Generate the module for SPEC into OUTPUT (atomically)."""
     from fngen.api import generate, write_if_changed
@@ -68,7 +81,9 @@ def build(spec, output, check_only, diff):
     if check_only or diff:
         if current != source:
             if check_only:
-                click.echo(f"{output} is stale: run 'fngen build {spec} -o {output}'", err=True)
+                click.echo(
+                    f"{output} is stale: run 'fngen build {spec} -o {output}'", err=True
+                )
             sys.exit(EXIT_FAILED)
         return
     try:
@@ -80,9 +95,20 @@ def build(spec, output, check_only, diff):
 
 @main.command(epilog=EPILOG)
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the spec's, else cpu).")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None, help="Default: the spec's, else float64.")
-@click.option("--only", "only", multiple=True, help="Check only this function (repeatable).")
+@click.option(
+    "--device",
+    default=None,
+    help="cpu, cuda, cuda:N or mps (default: the spec's, else cpu).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float64", "float32"]),
+    default=None,
+    help="Default: the spec's, else float64.",
+)
+@click.option(
+    "--only", "only", multiple=True, help="Check only this function (repeatable)."
+)
 def check(specs, device, dtype, only):
     """Verify the generated gradients of each SPEC with gradcheck and more."""
     from fngen.api import load_spec
@@ -94,7 +120,12 @@ def check(specs, device, dtype, only):
             spec = load_spec(spec_path)
             if only and not any(fn.name in only for fn in spec.functions):
                 continue
-            report = check_spec(spec, device=device, dtype=dtype, only=[n for n in only if n in {f.name for f in spec.functions}] or None)
+            report = check_spec(
+                spec,
+                device=device,
+                dtype=dtype,
+                only=[n for n in only if n in {f.name for f in spec.functions}] or None,
+            )
         except SpecError as err:
             _fail(str(err))
         except DeviceError as err:

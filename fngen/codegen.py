@@ -55,7 +55,9 @@ def _join_guard(guard, needs) -> str:
 class FunctionWriter:
     """Computes every string the template needs for one function."""
 
-    def __init__(self, fn: FunctionSpec, variants: list[tuple[frozenset[str], Derivation]]):
+    def __init__(
+        self, fn: FunctionSpec, variants: list[tuple[frozenset[str], Derivation]]
+    ):
         self.fn = fn
         # One derivation per combination of absent optional tensors; the
         # one with every tensor present comes last and describes the API.
@@ -68,7 +70,9 @@ class FunctionWriter:
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
         return TorchPrinter(shape_names=shape_names, dtype_of=dtype_of)
 
-    def emit(self, blocks: tuple[Block, ...], printer: TorchPrinter, needs: dict[int, str]) -> list[str]:
+    def emit(
+        self, blocks: tuple[Block, ...], printer: TorchPrinter, needs: dict[int, str]
+    ) -> list[str]:
         lines = []
         for block in blocks:
             indent = ""
@@ -93,7 +97,11 @@ class FunctionWriter:
                 if name not in absent:
                     test = f"not {test}" if in_ctx else f"{name} is not None"
                 tests.append(test)
-            head = "else:" if n == len(self.variants) - 1 else f"{'if' if n == 0 else 'elif'} {' and '.join(tests)}:"
+            head = (
+                "else:"
+                if n == len(self.variants) - 1
+                else f"{'if' if n == 0 else 'elif'} {' and '.join(tests)}:"
+            )
             lines.append(head)
             lines += [f"    {line}" for line in body(d)]
         return lines
@@ -109,13 +117,19 @@ class FunctionWriter:
 
     def setup_context(self) -> list[str]:
         fn = self.fn
-        lines = [f"{', '.join(i.name for i in fn.inputs)}{',' if len(fn.inputs) == 1 else ''} = inputs"]
+        lines = [
+            f"{', '.join(i.name for i in fn.inputs)}{',' if len(fn.inputs) == 1 else ''} = inputs"
+        ]
         outputs = [o.name for o in self.d.outputs]
         kept = set()
         for _, d in self.variants:
             kept |= set(d.saved) | set(d.shapes) | set(d.saved_for_jvp)
-        if any(o in kept for o in self.d.outputs) or not all(self.d.differentiable_outputs):
-            lines.append(f"{', '.join(outputs)}{',' if len(outputs) > 1 else ''} = output")
+        if any(o in kept for o in self.d.outputs) or not all(
+            self.d.differentiable_outputs
+        ):
+            lines.append(
+                f"{', '.join(outputs)}{',' if len(outputs) > 1 else ''} = output"
+            )
         for out, differentiable in zip(self.d.outputs, self.d.differentiable_outputs):
             if not differentiable:
                 lines.append(f"ctx.mark_non_differentiable({out.name})")
@@ -128,9 +142,13 @@ class FunctionWriter:
         def body(d):
             saves = []
             if d.saved:
-                saves.append(f"ctx.save_for_backward({', '.join(s.name for s in d.saved)})")
+                saves.append(
+                    f"ctx.save_for_backward({', '.join(s.name for s in d.saved)})"
+                )
             if d.saved_for_jvp:
-                saves.append(f"ctx.save_for_forward({', '.join(s.name for s in d.saved_for_jvp)})")
+                saves.append(
+                    f"ctx.save_for_forward({', '.join(s.name for s in d.saved_for_jvp)})"
+                )
             for symbol in d.shapes:
                 saves.append(f"ctx.{symbol.name}_shape = {symbol.name}.shape")
             return saves or ["pass"]
@@ -155,15 +173,22 @@ class FunctionWriter:
         grad_names = [name for name, symbol in d.grads if symbol is not None]
         needs = {i: f"needs_{name}" for i, name in enumerate(grad_names)}
         if grad_names:
-            flags = [f"needs_{name}" if symbol is not None else "_" for name, symbol in d.grads]
+            flags = [
+                f"needs_{name}" if symbol is not None else "_"
+                for name, symbol in d.grads
+            ]
             if len(flags) == 1:
                 lines.append(f"{flags[0]} = ctx.needs_input_grad[0]")
             else:
                 lines.append(f"{', '.join(flags)} = ctx.needs_input_grad")
             lines.append(" = ".join(f"grad_{n}" for n in grad_names) + " = None")
         shape_names = {s: f"ctx.{s.name}_shape" for s in d.shapes}
-        lines += self.emit(d.backward, self.printer(d.grad_symbols[0].name, shape_names), needs)
-        results = [f"grad_{name}" if symbol is not None else "None" for name, symbol in d.grads]
+        lines += self.emit(
+            d.backward, self.printer(d.grad_symbols[0].name, shape_names), needs
+        )
+        results = [
+            f"grad_{name}" if symbol is not None else "None" for name, symbol in d.grads
+        ]
         lines.append(f"return {', '.join(results)}{',' if len(results) == 1 else ''}")
         return lines
 
@@ -177,7 +202,10 @@ class FunctionWriter:
         return self.branches(body, in_ctx=True)
 
     def jvp_params(self) -> str:
-        return ", ".join(t.name if t is not None else f"_{i.name}" for i, t in zip(self.fn.inputs, self.d.tangent_symbols))
+        return ", ".join(
+            t.name if t is not None else f"_{i.name}"
+            for i, t in zip(self.fn.inputs, self.d.tangent_symbols)
+        )
 
     # -- the wrappers -------------------------------------------------------
 
@@ -204,11 +232,17 @@ class FunctionWriter:
         flags = [i for i in params if i.optional]
         init_args = [f"{d}: int" for d in dim_names]
         for spec in sorted(scalars, key=lambda i: i.has_default):
-            annotation = {InputKind.FLOAT: "float", InputKind.INT: "int", InputKind.BOOL: "bool"}[spec.kind]
+            annotation = {
+                InputKind.FLOAT: "float",
+                InputKind.INT: "int",
+                InputKind.BOOL: "bool",
+            }[spec.kind]
             default = f" = {_literal(spec.default)}" if spec.has_default else ""
             init_args.append(f"{spec.name}: {annotation}{default}")
         init_args += [f"{spec.name}: bool = True" for spec in flags]
-        body = [f"self.{d} = {d}" for d in dim_names] + [f"self.{s.name} = {s.name}" for s in scalars]
+        body = [f"self.{d} = {d}" for d in dim_names] + [
+            f"self.{s.name} = {s.name}" for s in scalars
+        ]
         reset = []
         for spec in params:
             shape = ", ".join(str(d) for d in spec.param)
@@ -220,7 +254,10 @@ class FunctionWriter:
                     "else:",
                     f'    self.register_parameter("{spec.name}", None)',
                 ]
-                reset += [f"if self.{spec.name} is not None:", f"    {self.init_line(spec)}"]
+                reset += [
+                    f"if self.{spec.name} is not None:",
+                    f"    {self.init_line(spec)}",
+                ]
             else:
                 body.append(f"self.{spec.name} = {parameter}")
                 reset.append(self.init_line(spec))
@@ -254,10 +291,15 @@ class FunctionWriter:
         dims = dimension_names(self.fn.inputs)
         name, args, kwargs = parse_init(text, lambda line, col: spec.location, dims)
         # The dimension sizes are attributes of the Module.
-        on_self = {sp.Symbol(d, integer=True, positive=True): sp.Symbol(f"self.{d}") for d in dims}
+        on_self = {
+            sp.Symbol(d, integer=True, positive=True): sp.Symbol(f"self.{d}")
+            for d in dims
+        }
         args = [a.xreplace(on_self) for a in args]
         kwargs = {k: v.xreplace(on_self) for k, v in kwargs.items()}
-        printed = [_python(a) for a in args] + [f"{k}={_python(v)}" for k, v in kwargs.items()]
+        printed = [_python(a) for a in args] + [
+            f"{k}={_python(v)}" for k, v in kwargs.items()
+        ]
         if any("math." in p for p in printed):
             self.uses_math = True
         return f"torch.nn.init.{name}_({', '.join([target] + printed)})"
@@ -267,7 +309,12 @@ class FunctionWriter:
     def docs(self) -> dict:
         fn = self.fn
         formula = fn.formula.text.strip()
-        lines = [fn.doc.strip() if fn.doc else f"``{fn.name}``, generated by fngen.", "", "Formula::", ""]
+        lines = [
+            fn.doc.strip() if fn.doc else f"``{fn.name}``, generated by fngen.",
+            "",
+            "Formula::",
+            "",
+        ]
         lines += [f"    {line.strip()}" for line in formula.splitlines()]
         if self.d.derivatives:
             lines += ["", "Derivatives::", ""]
@@ -278,7 +325,9 @@ class FunctionWriter:
         function_doc = docstring("\n".join(lines))
         return dict(
             function_doc=function_doc,
-            class_doc=docstring(f"Autograd Function of :func:`{fn.name}`: {formula.splitlines()[0]}"),
+            class_doc=docstring(
+                f"Autograd Function of :func:`{fn.name}`: {formula.splitlines()[0]}"
+            ),
             module_doc=docstring(f"Module form of :func:`{fn.name}`."),
         )
 
@@ -322,7 +371,13 @@ def variants(fn: FunctionSpec) -> list[tuple[frozenset[str], Derivation]]:
     one with all present last."""
     optional = [i.name for i in fn.inputs if i.optional]
     combos = list(itertools.product([True, False], repeat=len(optional)))
-    return [(frozenset(n for n, a in zip(optional, combo) if a), derive(fn, frozenset(n for n, a in zip(optional, combo) if a))) for combo in combos]
+    return [
+        (
+            frozenset(n for n, a in zip(optional, combo) if a),
+            derive(fn, frozenset(n for n, a in zip(optional, combo) if a)),
+        )
+        for combo in combos
+    ]
 
 
 def render(spec: Spec) -> str:
@@ -335,7 +390,9 @@ def render(spec: Spec) -> str:
     return template.render(
         version=__version__,
         spec_file=spec.path.replace("\n", " "),
-        module_doc=docstring(spec.doc or f"Autograd functions generated by fngen from {spec.path}."),
+        module_doc=docstring(
+            spec.doc or f"Autograd functions generated by fngen from {spec.path}."
+        ),
         uses_math=any(w.uses_math for w in writers),
         all_names=all_names,
         functions=contexts,

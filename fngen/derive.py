@@ -52,13 +52,20 @@ class Deriver:
         zero = {self.inputs[name]: sp.Integer(0) for name in absent}
         self.formula = Formula(
             fn.formula.text,
-            tuple(OpNode(op.result, op.expr.xreplace(zero), op.location) for op in fn.formula.ops),
+            tuple(
+                OpNode(op.result, op.expr.xreplace(zero), op.location)
+                for op in fn.formula.ops
+            ),
             tuple((out, expr.xreplace(zero)) for out, expr in fn.formula.outputs),
             fn.formula.statements,
             fn.formula.location,
         )
-        self.overrides = {name: expr.xreplace(zero) for name, expr in fn.grads if name not in absent}
-        self.tensor_inputs = [fn.symbol(i.name) for i in fn.tensor_inputs if i.name not in absent]
+        self.overrides = {
+            name: expr.xreplace(zero) for name, expr in fn.grads if name not in absent
+        }
+        self.tensor_inputs = [
+            fn.symbol(i.name) for i in fn.tensor_inputs if i.name not in absent
+        ]
         self.op_results = [op.result for op in self.formula.ops]
         self.leaves = set(self.tensor_inputs) | set(self.op_results)
         self.op_by_result = {op.result: op for op in self.formula.ops}
@@ -67,7 +74,10 @@ class Deriver:
         self.output_exprs = dict(outputs)
         self.differentiable = [not is_condition(expr) for _, expr in outputs]
         single = len(outputs) == 1
-        self.grad_symbols = [sp.Symbol("grad" if single else f"grad_{o.name}", real=True) for o in self.outputs]
+        self.grad_symbols = [
+            sp.Symbol("grad" if single else f"grad_{o.name}", real=True)
+            for o in self.outputs
+        ]
 
     # -- helpers ------------------------------------------------------
 
@@ -78,7 +88,9 @@ class Deriver:
     def shape_of(self, expr: sp.Expr) -> sp.Expr:
         return T.ShapeOf(*self.leaves_of(expr))
 
-    def pullback(self, upstream: sp.Expr, expr: sp.Expr, exact: bool, into: dict) -> None:
+    def pullback(
+        self, upstream: sp.Expr, expr: sp.Expr, exact: bool, into: dict
+    ) -> None:
         """Add the contributions of `upstream`, the gradient of the value of
         pointwise `expr`, to the gradients of the leaves of `expr`.  `exact`:
         `upstream` has exactly the broadcast shape of `expr`."""
@@ -117,11 +129,15 @@ class Deriver:
             a, b = expr.args
             results = []
             if isinstance(a, T.TensorMT):
-                results.append((a.args[0], T.TensorMatmul(b, T.TensorMT(upstream)), False))
+                results.append(
+                    (a.args[0], T.TensorMatmul(b, T.TensorMT(upstream)), False)
+                )
             else:
                 results.append((a, T.TensorMatmul(upstream, mt(b)), False))
             if isinstance(b, T.TensorMT):
-                results.append((b.args[0], T.TensorMatmul(T.TensorMT(upstream), a), False))
+                results.append(
+                    (b.args[0], T.TensorMatmul(T.TensorMT(upstream), a), False)
+                )
             else:
                 results.append((b, T.TensorMatmul(mt(a), upstream), False))
             return results
@@ -137,7 +153,10 @@ class Deriver:
         if isinstance(expr, T.TensorMatmul):
             a, b = expr.args
             a_t, b_t = tangent_of(a), tangent_of(b)
-            terms = [T.TensorMatmul(a_t, b) if a_t != 0 else 0, T.TensorMatmul(a, b_t) if b_t != 0 else 0]
+            terms = [
+                T.TensorMatmul(a_t, b) if a_t != 0 else 0,
+                T.TensorMatmul(a, b_t) if b_t != 0 else 0,
+            ]
             return sp.Add(*terms)
         raise TypeError(f"no JVP rule for {type(expr).__name__}")
 
@@ -150,7 +169,9 @@ class Deriver:
         covered = set()
         for term in terms:
             covered |= term.free_symbols
-        tangents = {sp.Symbol(f"{leaf.name}_t", real=True): leaf for leaf in self.leaves}
+        tangents = {
+            sp.Symbol(f"{leaf.name}_t", real=True): leaf for leaf in self.leaves
+        }
         covered |= {tangents[s] for s in covered if s in tangents}
         return set(self.leaves_of(expr)) <= covered
 
@@ -160,7 +181,9 @@ class Deriver:
         """Each tensor input's gradient as an expression over leaves, inputs
         and incoming gradients; `grad:` overrides replace derived ones."""
         contributions: dict[sp.Symbol, list[sp.Expr]] = {}
-        for (out, expr), grad, diff in zip(self.formula.outputs, self.grad_symbols, self.differentiable):
+        for (out, expr), grad, diff in zip(
+            self.formula.outputs, self.grad_symbols, self.differentiable
+        ):
             if diff:
                 self.pullback(grad, expr, exact=True, into=contributions)
         self.op_grads: list[tuple[sp.Symbol, sp.Expr]] = []
@@ -175,10 +198,15 @@ class Deriver:
                 self.op_grads.append((upstream, total))
             for arg, grad, exact in self.vjp(op, upstream):
                 self.pullback(grad, arg, exact, contributions)
-        grads = {leaf: sp.Add(*contributions.get(leaf, [])) for leaf in self.tensor_inputs}
+        grads = {
+            leaf: sp.Add(*contributions.get(leaf, [])) for leaf in self.tensor_inputs
+        }
         for name, expr in self.overrides.items():
             leaf = self.inputs[name]
-            if set(self.leaves_of(expr)) | {leaf} != {leaf} or len(self.tensor_inputs) > 1:
+            if (
+                set(self.leaves_of(expr)) | {leaf} != {leaf}
+                or len(self.tensor_inputs) > 1
+            ):
                 expr = T.SumToSize(expr, T.ShapeOf(leaf))
             grads[leaf] = expr
         return grads
@@ -189,7 +217,11 @@ class Deriver:
         result = []
         for expr in exprs:
             for out, out_expr in self.output_exprs.items():
-                if out_expr != out and not is_condition(out_expr) and out_expr.free_symbols:
+                if (
+                    out_expr != out
+                    and not is_condition(out_expr)
+                    and out_expr.free_symbols
+                ):
                     expr = expr.subs(out_expr, out)
             result.append(expr)
         return result
@@ -203,7 +235,11 @@ class Deriver:
         frontier = set().union(*(e.free_symbols for e in exprs)) if exprs else set()
         while frontier:
             symbol = frontier.pop()
-            if symbol in self.op_by_result and symbol not in outputs and symbol not in needed:
+            if (
+                symbol in self.op_by_result
+                and symbol not in outputs
+                and symbol not in needed
+            ):
                 needed.add(symbol)
                 frontier |= self.op_by_result[symbol].expr.free_symbols
         return [op for op in self.formula.ops if op.result in needed]
@@ -215,7 +251,9 @@ class Deriver:
         for expr in exprs:
             for shape in expr.atoms(T.ShapeOf):
                 shapes |= set(shape.args)
-            bare = expr.replace(lambda e: isinstance(e, T.ShapeOf), lambda e: sp.Integer(0))
+            bare = expr.replace(
+                lambda e: isinstance(e, T.ShapeOf), lambda e: sp.Integer(0)
+            )
             tensors |= bare.free_symbols & available
         return tensors, shapes - tensors
 
@@ -245,13 +283,19 @@ class Deriver:
             final.append(Step(grad_names[leaf], expr, frozenset({index[leaf]})))
         later = list(final)
         middle = []
-        for target, expr in reversed(list(zip(op_grad_targets, option[: len(op_grads)]))):
-            guard = frozenset().union(*(s.guard for s in later if target in s.expr.free_symbols))
+        for target, expr in reversed(
+            list(zip(op_grad_targets, option[: len(op_grads)]))
+        ):
+            guard = frozenset().union(
+                *(s.guard for s in later if target in s.expr.free_symbols)
+            )
             step = Step(target, expr, guard)
             middle.insert(0, step)
             later.append(step)
         for op in reversed(recompute):
-            guard = frozenset().union(*(s.guard for s in later if op.result in s.expr.free_symbols))
+            guard = frozenset().union(
+                *(s.guard for s in later if op.result in s.expr.free_symbols)
+            )
             step = Step(op.result, op.expr, guard)
             steps.insert(0, step)
             later.append(step)
@@ -261,11 +305,17 @@ class Deriver:
         backward = schedule(steps, everyone, self.taken_names(), keep_guards=finals)
         saved = tuple(s for s in self.tensor_inputs + self.outputs if s in tensors)
         shape_syms = tuple(s for s in self.tensor_inputs + self.outputs if s in shapes)
-        grads_out = tuple((name, grad_names.get(self.inputs[name])) for name in self.inputs)
+        grads_out = tuple(
+            (name, grad_names.get(self.inputs[name])) for name in self.inputs
+        )
         return self._finish(backward, saved, shape_syms, grads_out, grads)
 
     def taken_names(self) -> set[str]:
-        names = set(self.inputs) | {o.name for o in self.outputs} | {r.name for r in self.op_results}
+        names = (
+            set(self.inputs)
+            | {o.name for o in self.outputs}
+            | {r.name for r in self.op_results}
+        )
         return names | {g.name for g in self.grad_symbols}
 
     # -- forward and jvp ------------------------------------------------
@@ -278,7 +328,9 @@ class Deriver:
         return schedule(steps, frozenset(), self.taken_names())
 
     def jvp_program(self):
-        tangents = {leaf: sp.Symbol(f"{leaf.name}_t", real=True) for leaf in self.tensor_inputs}
+        tangents = {
+            leaf: sp.Symbol(f"{leaf.name}_t", real=True) for leaf in self.tensor_inputs
+        }
         steps = []
 
         # With a `grad:` override the jvp must be the transpose of the
@@ -325,7 +377,9 @@ class Deriver:
         blocks = schedule(steps, frozenset(), taken)
         tensors, shapes = self.referenced([s.expr for s in steps])
         tensors |= shapes
-        tangent_symbols = tuple(tangents.get(self.inputs[i.name]) for i in self.fn.inputs)
+        tangent_symbols = tuple(
+            tangents.get(self.inputs[i.name]) for i in self.fn.inputs
+        )
         return blocks, tuple(output_tangents), tensors, tangent_symbols
 
     def _finish(self, backward, saved, shapes, grads_out, grads):
@@ -337,7 +391,9 @@ class Deriver:
             for leaf in self.leaves_of(expr)
             if not self.formula.ops and not is_condition(expr)
         )
-        saved_for_jvp = tuple(s for s in self.tensor_inputs + self.outputs if s in jvp_tensors)
+        saved_for_jvp = tuple(
+            s for s in self.tensor_inputs + self.outputs if s in jvp_tensors
+        )
         return Derivation(
             forward=forward,
             outputs=tuple(self.outputs),

@@ -24,7 +24,9 @@ class Location:
 class SpecError(Exception):
     """A problem in a spec file, reported as ``file:line:col: error: message``."""
 
-    def __init__(self, location: Location | None, message: str, hint: str | None = None):
+    def __init__(
+        self, location: Location | None, message: str, hint: str | None = None
+    ):
         self.location = location
         self.message = message
         self.hint = hint

@@ -77,7 +77,9 @@ class FormulaParser:
         self.locate = locate
         self.declared = symbols is not None
         self.symbols: dict[str, sp.Symbol] = dict(symbols or {})
-        self.tensor_names = set(tensor_names if tensor_names is not None else self.symbols)
+        self.tensor_names = set(
+            tensor_names if tensor_names is not None else self.symbols
+        )
         self.extra_names = dict(extra_names or {})
         self.env: dict[str, sp.Expr] = {}
         self.statement_lines: dict[str, int] = {}
@@ -86,7 +88,9 @@ class FormulaParser:
 
     # -- entry points -----------------------------------------------------
 
-    def parse_statements(self, text: str, location: Location, outputs: list[str] | None) -> Formula:
+    def parse_statements(
+        self, text: str, location: Location, outputs: list[str] | None
+    ) -> Formula:
         module = self._parse(text)
         if not module.body:
             raise SpecError(location, "formula is empty", "write 'name = expression'")
@@ -98,9 +102,13 @@ class FormulaParser:
         result = []
         for name in names:
             if name not in self.env:
-                raise SpecError(location, f"output '{name}' is not assigned by the formula")
+                raise SpecError(
+                    location, f"output '{name}' is not assigned by the formula"
+                )
             result.append((sp.Symbol(name, real=True), self.env[name]))
-        return Formula(text, tuple(self.ops), tuple(result), tuple(statements), location)
+        return Formula(
+            text, tuple(self.ops), tuple(result), tuple(statements), location
+        )
 
     def parse_expression(self, text: str) -> sp.Expr:
         module = self._parse(text)
@@ -113,27 +121,44 @@ class FormulaParser:
 
     def _parse(self, text: str) -> ast.Module:
         if len(text) > MAX_FORMULA_LENGTH:
-            raise SpecError(self.locate(0, 0), f"formula is longer than {MAX_FORMULA_LENGTH} characters")
+            raise SpecError(
+                self.locate(0, 0),
+                f"formula is longer than {MAX_FORMULA_LENGTH} characters",
+            )
         try:
             return ast.parse(text.strip("\n"), mode="exec")
         except SyntaxError as err:
             line = (err.lineno or 1) - 1
             column = max((err.offset or 1) - 1, 0)
-            raise SpecError(self.locate(line, column), f"invalid formula syntax: {err.msg}") from None
+            raise SpecError(
+                self.locate(line, column), f"invalid formula syntax: {err.msg}"
+            ) from None
         except (ValueError, RecursionError, MemoryError):
-            raise SpecError(self.locate(0, 0), "formula cannot be parsed (nested too deeply or not text)") from None
+            raise SpecError(
+                self.locate(0, 0),
+                "formula cannot be parsed (nested too deeply or not text)",
+            ) from None
 
     def _statement(self, stmt: ast.stmt) -> tuple[str, sp.Expr]:
-        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+        if not (
+            isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name)
+        ):
             raise self._error(stmt, "expected a statement 'name = expression'")
         target = stmt.targets[0]
         name = target.id
         if name in self.env:
-            raise self._error(target, f"'{name}' is already assigned at line {self.statement_lines[name]}")
+            raise self._error(
+                target,
+                f"'{name}' is already assigned at line {self.statement_lines[name]}",
+            )
         if name in self.symbols or name in self.extra_names:
             raise self._error(target, f"'{name}' is an input and cannot be assigned")
         if name in POINTWISE_FUNCTIONS or name in REDUCTIONS or name in CONSTANTS:
-            raise self._error(target, f"'{name}' is a function or constant and cannot be assigned")
+            raise self._error(
+                target, f"'{name}' is a function or constant and cannot be assigned"
+            )
         check_identifier(name, self.locate(stmt.lineno - 1, stmt.col_offset))
         self.statement = (name, stmt.value)
         try:
@@ -170,7 +195,11 @@ class FormulaParser:
     def _visit_Constant(self, node: ast.Constant):
         value = node.value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._error(node, f"{_describe(node)} is not allowed in a formula", "expected a number")
+            raise self._error(
+                node,
+                f"{_describe(node)} is not allowed in a formula",
+                "expected a number",
+            )
         if isinstance(value, int):
             return sp.Integer(value)
         if value != value or value in (float("inf"), float("-inf")):
@@ -226,19 +255,27 @@ class FormulaParser:
     def _check_power(self, node, base, exponent):
         if base.is_number and exponent.is_number:
             if abs(complex(exponent)) > MAX_CONSTANT_EXPONENT:
-                raise self._error(node, "constant power is too large", f"exponents up to {MAX_CONSTANT_EXPONENT}")
+                raise self._error(
+                    node,
+                    "constant power is too large",
+                    f"exponents up to {MAX_CONSTANT_EXPONENT}",
+                )
         if base == 0 and exponent.is_number and exponent.is_negative:
             raise self._error(node, "division by zero")
 
     def _visit_Compare(self, node: ast.Compare):
         if len(node.ops) != 1:
-            raise self._error(node, "chained comparisons are not supported", "use where() twice")
+            raise self._error(
+                node, "chained comparisons are not supported", "use where() twice"
+            )
         left, right = self._number(node.left), self._number(node.comparators[0])
         return _COMPARE[type(node.ops[0])](left, right)
 
     def _visit_Attribute(self, node: ast.Attribute):
         if node.attr != "T":
-            raise self._error(node, f"attribute '.{node.attr}' is not supported", "only '.T' is")
+            raise self._error(
+                node, f"attribute '.{node.attr}' is not supported", "only '.T' is"
+            )
         operand = self._number(node.value)
         self._require_tensor(node.value, operand, "'.T'")
         return T.TensorMT(operand)
@@ -250,6 +287,11 @@ class FormulaParser:
             if is_condition(expr):
                 expr = indicator(expr)
             self._require_tensor(side, expr, "'@'")
+            if self._is_scalar_reduction(expr):
+                raise self._error(
+                    side,
+                    "'@' needs operands with at least one dimension, got a full reduction",
+                )
             operands.append(expr)
         return self._lift(T.TensorMatmul(*operands), node)
 
@@ -270,32 +312,52 @@ class FormulaParser:
             raise self._error(node.keywords[0], f"{name}() takes no keyword arguments")
         if len(node.args) != function.arity:
             plural = "" if function.arity == 1 else "s"
-            raise self._error(node, f"{name}() takes {function.arity} argument{plural}, got {len(node.args)}")
+            raise self._error(
+                node,
+                f"{name}() takes {function.arity} argument{plural}, got {len(node.args)}",
+            )
         if any(isinstance(a, ast.Starred) for a in node.args):
             raise self._error(node, "'*' arguments are not allowed in a formula")
         if name == "where":
             condition = self._visit(node.args[0])
             if not is_condition(condition):
-                raise self._error(node.args[0], "where() needs a comparison as its first argument")
-            return function.build(condition, self._number(node.args[1]), self._number(node.args[2]))
+                raise self._error(
+                    node.args[0], "where() needs a comparison as its first argument"
+                )
+            return function.build(
+                condition, self._number(node.args[1]), self._number(node.args[2])
+            )
         return function.build(*(self._number(a) for a in node.args))
 
     def _reduction(self, node: ast.Call, name: str):
         if not 1 <= len(node.args) <= 2:
-            raise self._error(node, f"{name}() takes an expression and an optional dim, got {len(node.args)} arguments")
+            raise self._error(
+                node,
+                f"{name}() takes an expression and an optional dim, got {len(node.args)} arguments",
+            )
         operand = self._number(node.args[0])
         self._require_tensor(node.args[0], operand, f"{name}()")
         dims_node = node.args[1] if len(node.args) == 2 else None
         keepdim = False
+        seen = set()
         for kw in node.keywords:
-            if kw.arg == "dim" and dims_node is None:
+            if kw.arg in seen or (kw.arg == "dim" and dims_node is not None):
+                raise self._error(kw.value, f"{name}() got '{kw.arg}' twice")
+            seen.add(kw.arg)
+            if kw.arg == "dim":
                 dims_node = kw.value
             elif kw.arg == "keepdim":
                 keepdim = self._bool(kw.value)
             else:
-                raise self._error(kw.value, f"{name}() got an unexpected argument '{kw.arg}'", "expected dim= or keepdim=")
+                raise self._error(
+                    kw.value,
+                    f"{name}() got an unexpected argument '{kw.arg}'",
+                    "expected dim= or keepdim=",
+                )
         dims = () if dims_node is None else self._dims(dims_node)
-        op = REDUCTIONS[name](operand, sp.Tuple(*dims), sp.true if keepdim else sp.false)
+        op = REDUCTIONS[name](
+            operand, sp.Tuple(*dims), sp.true if keepdim else sp.false
+        )
         return self._lift(op, node)
 
     def _dims(self, node: ast.AST) -> tuple[int, ...]:
@@ -319,11 +381,21 @@ class FormulaParser:
             return node.value
         raise self._error(node, "keepdim must be true or false")
 
+    def _is_scalar_reduction(self, expr) -> bool:
+        """Whether `expr` is the 0-dim result of a full reduction."""
+        for op in self.ops:
+            if op.result == expr and isinstance(op.expr, tuple(REDUCTIONS.values())):
+                _, dims, keepdim = op.expr.args
+                return not len(dims) and not keepdim
+        return False
+
     def _require_tensor(self, node, expr, what):
         tensors = {self.symbols[n] for n in self.tensor_names if n in self.symbols}
         tensors |= {op.result for op in self.ops}
         if not (expr.free_symbols & tensors):
-            raise self._error(node, f"{what} needs a tensor operand, got a scalar expression")
+            raise self._error(
+                node, f"{what} needs a tensor operand, got a scalar expression"
+            )
 
     def _lift(self, expr: sp.Expr, node: ast.AST) -> sp.Symbol:
         """Make the tensor operation `expr` a graph node with a leaf symbol,
@@ -343,12 +415,30 @@ class FormulaParser:
         return result
 
 
-_OP_NAMES = {T.TensorSum: "sum", T.TensorMean: "mean", T.TensorMatmul: "matmul", T.TensorMT: "mT"}
+_OP_NAMES = {
+    T.TensorSum: "sum",
+    T.TensorMean: "mean",
+    T.TensorMatmul: "matmul",
+    T.TensorMT: "mT",
+}
 
 # Names the generated code itself uses; an input or statement of that name
 # would shadow them.
 RESERVED_NAMES = frozenset(
-    {"torch", "math", "ctx", "grad", "self", "super", "inputs", "output", "outputs", "None", "True", "False"}
+    {
+        "torch",
+        "math",
+        "ctx",
+        "grad",
+        "self",
+        "super",
+        "inputs",
+        "output",
+        "outputs",
+        "None",
+        "True",
+        "False",
+    }
 )
 
 
@@ -359,9 +449,17 @@ def check_identifier(name: str, location: Location, what: str = "name") -> None:
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise SpecError(location, f"{what} '{name}' is a Python keyword")
     if name.startswith("_") or name.startswith("grad_") or name.startswith("needs_"):
-        raise SpecError(location, f"{what} '{name}' is reserved", "names may not start with '_', 'grad_' or 'needs_'")
+        raise SpecError(
+            location,
+            f"{what} '{name}' is reserved",
+            "names may not start with '_', 'grad_' or 'needs_'",
+        )
     if name in RESERVED_NAMES:
-        raise SpecError(location, f"{what} '{name}' is reserved", "it would shadow a name the generated code uses")
+        raise SpecError(
+            location,
+            f"{what} '{name}' is reserved",
+            "it would shadow a name the generated code uses",
+        )
 
 
 def _did_you_mean(name: str, candidates: list[str]) -> str | None:

@@ -210,5 +210,6 @@ _BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
 }
 
 POINTWISE_FUNCTIONS: dict[str, FormulaFunction] = {
-    name: FormulaFunction(name, arity, build) for name, (arity, build) in _BUILDERS.items()
+    name: FormulaFunction(name, arity, build)
+    for name, (arity, build) in _BUILDERS.items()
 }

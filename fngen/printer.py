@@ -121,10 +121,18 @@ class TorchPrinter(StrPrinter):
         return super().doprint(expr)
 
     def _print(self, expr, **kwargs):
-        if isinstance(expr, sp.Basic) and not isinstance(expr, (sp.Tuple, sp.logic.boolalg.BooleanAtom)):
+        if isinstance(expr, sp.Basic) and not isinstance(
+            expr, (sp.Tuple, sp.logic.boolalg.BooleanAtom)
+        ):
             if not isinstance(expr, _ALLOWED):
-                raise PrintError(f"no torch translation for {type(expr).__name__}: {expr}")
-            if expr.is_number and not isinstance(expr, (sp.Number, sp.NumberSymbol)) and not expr.is_Relational:
+                raise PrintError(
+                    f"no torch translation for {type(expr).__name__}: {expr}"
+                )
+            if (
+                expr.is_number
+                and not isinstance(expr, (sp.Number, sp.NumberSymbol))
+                and not expr.is_Relational
+            ):
                 return self._print_constant(expr)
         return super()._print(expr, **kwargs)
 
@@ -202,7 +210,9 @@ class TorchPrinter(StrPrinter):
         pieces = [f for f in expr.args if isinstance(f, sp.Piecewise)]
         if pieces:
             rest = sp.Mul(*[f for f in expr.args if f is not pieces[0]])
-            branches = [(rest * value, condition) for value, condition in pieces[0].args]
+            branches = [
+                (rest * value, condition) for value, condition in pieces[0].args
+            ]
             return self._print_Piecewise(sp.Piecewise(*branches, evaluate=False))
         return super()._print_Mul(expr)
 
@@ -226,8 +236,16 @@ class TorchPrinter(StrPrinter):
         if a.is_number or b.is_number:
             tensor = b if a.is_number else a
             like = self._print(tensor)
-            a_text = f"torch.full_like({like}, {self._print(a)})" if a.is_number else self._print(a)
-            b_text = f"torch.full_like({like}, {self._print(b)})" if b.is_number else self._print(b)
+            a_text = (
+                f"torch.full_like({like}, {self._print(a)})"
+                if a.is_number
+                else self._print(a)
+            )
+            b_text = (
+                f"torch.full_like({like}, {self._print(b)})"
+                if b.is_number
+                else self._print(b)
+            )
             return f"{TORCH_BINARY[cls]}({a_text}, {b_text})"
         return f"{TORCH_BINARY[cls]}({self._print(a)}, {self._print(b)})"
 
@@ -267,11 +285,18 @@ class TorchPrinter(StrPrinter):
         if branches[-1][1] != sp.true:
             raise PrintError("a Piecewise without a default branch")
         constant = all(value.is_number for value, _ in branches)
-        if constant and len(branches) == 2 and branches[0][0] == 1 and branches[1][0] == 0:
+        if (
+            constant
+            and len(branches) == 2
+            and branches[0][0] == 1
+            and branches[1][0] == 0
+        ):
             return f"({self._print(branches[0][1])}).to({self.dtype_of}.dtype)"
         text = self._print(branches[-1][0])
         for value, condition in reversed(branches[:-1]):
-            text = f"torch.where({self._print(condition)}, {self._print(value)}, {text})"
+            text = (
+                f"torch.where({self._print(condition)}, {self._print(value)}, {text})"
+            )
         return f"{text}.to({self.dtype_of}.dtype)" if constant else text
 
     # -- tensor operations --------------------------------------------------
@@ -301,7 +326,9 @@ class TorchPrinter(StrPrinter):
     @staticmethod
     def _dims(dims) -> str:
         values = [int(d) for d in dims]
-        return str(values[0]) if len(values) == 1 else f"({', '.join(map(str, values))})"
+        return (
+            str(values[0]) if len(values) == 1 else f"({', '.join(map(str, values))})"
+        )
 
     def _print_TensorSum(self, expr):
         return self._reduction(expr, "sum")
@@ -333,7 +360,9 @@ class TorchPrinter(StrPrinter):
         dims = [int(d) for d in dims]
         # Non-negative dims from the front, then negative ones from the back:
         # each insertion then lands where the reduction removed a dimension.
-        order = sorted(d for d in dims if d >= 0) + sorted((d for d in dims if d < 0), reverse=True)
+        order = sorted(d for d in dims if d >= 0) + sorted(
+            (d for d in dims if d < 0), reverse=True
+        )
         text = self._postfix(arg)
         return text + "".join(f".unsqueeze({d})" for d in order)
 

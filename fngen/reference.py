@@ -71,7 +71,9 @@ class Interpreter:
         self.like = like
 
     def number(self, value) -> torch.Tensor:
-        return torch.tensor(float(value), dtype=self.like.dtype, device=self.like.device)
+        return torch.tensor(
+            float(value), dtype=self.like.dtype, device=self.like.device
+        )
 
     def __call__(self, expr):
         if isinstance(expr, sp.Symbol):
@@ -129,8 +131,14 @@ class Interpreter:
             reduce = torch.sum if isinstance(expr, T.TensorSum) else torch.mean
             value = self(arg)
             if len(dims):
-                return reduce(value, dim=tuple(int(d) for d in dims), keepdim=bool(keepdim))
-            return reduce(value, dim=tuple(range(value.dim())), keepdim=True) if keepdim else reduce(value)
+                return reduce(
+                    value, dim=tuple(int(d) for d in dims), keepdim=bool(keepdim)
+                )
+            return (
+                reduce(value, dim=tuple(range(value.dim())), keepdim=True)
+                if keepdim
+                else reduce(value)
+            )
         if isinstance(expr, T.TensorMatmul):
             return torch.matmul(self(expr.args[0]), self(expr.args[1]))
         if isinstance(expr, T.TensorMT):

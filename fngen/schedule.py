@@ -44,9 +44,17 @@ def _temporaries(taken: set[str]):
 def _worth_a_name(expr: sp.Expr) -> bool:
     """Keep a shared subexpression only if it is real work (not a shape, a
     dims tuple or a bare negation) worth a line of its own."""
-    if isinstance(expr, (sp.Tuple, T.ShapeOf, sp.logic.boolalg.BooleanAtom)) or expr.is_Atom:
+    if (
+        isinstance(expr, (sp.Tuple, T.ShapeOf, sp.logic.boolalg.BooleanAtom))
+        or expr.is_Atom
+    ):
         return False
-    if isinstance(expr, sp.Mul) and len(expr.args) == 2 and expr.args[0] == -1 and expr.args[1].is_Atom:
+    if (
+        isinstance(expr, sp.Mul)
+        and len(expr.args) == 2
+        and expr.args[0] == -1
+        and expr.args[1].is_Atom
+    ):
         return False
     return True
 
@@ -70,7 +78,10 @@ def share_subexpressions(exprs: list[sp.Expr], taken: set[str]) -> tuple[list, l
 
 
 def schedule(
-    steps: list[Step], everyone: frozenset[int], taken: set[str], keep_guards=frozenset()
+    steps: list[Step],
+    everyone: frozenset[int],
+    taken: set[str],
+    keep_guards=frozenset(),
 ) -> tuple[Block, ...]:
     """`everyone`: the guard that always holds once the program runs; steps
     whose target is in `keep_guards` keep their guard even then, so that a
@@ -114,5 +125,7 @@ def _uses(expr: sp.Expr, temp_value: dict) -> set[sp.Symbol]:
         symbol = frontier.pop()
         if symbol not in found:
             found.add(symbol)
-            frontier.extend(s for s in temp_value[symbol].free_symbols if s in temp_value)
+            frontier.extend(
+                s for s in temp_value[symbol].free_symbols if s in temp_value
+            )
     return found

@@ -29,11 +29,27 @@ from fngen.yamlnodes import Node, load_yaml
 
 FORMAT_VERSION = 1
 TOP_KEYS = ("fngen", "doc", "check", "functions")
-FUNCTION_KEYS = ("doc", "formula", "inputs", "outputs", "grad", "check", "once_differentiable")
+FUNCTION_KEYS = (
+    "doc",
+    "formula",
+    "inputs",
+    "outputs",
+    "grad",
+    "check",
+    "once_differentiable",
+)
 INPUT_KEYS = ("type", "default", "domain", "param", "init", "optional")
 SPEC_CHECK_KEYS = ("device", "dtype")
 FUNCTION_CHECK_KEYS = ("shapes", "atol", "rtol", "skip")
-CHECK_NAMES = ("reference", "gradcheck", "double_backward", "forward_ad", "vmap", "compile", "float32")
+CHECK_NAMES = (
+    "reference",
+    "gradcheck",
+    "double_backward",
+    "forward_ad",
+    "vmap",
+    "compile",
+    "float32",
+)
 DTYPES = ("float64", "float32")
 INITS = {
     "zeros": (0, ()),
@@ -62,10 +78,16 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
     root = load_yaml(text, filename)
     mapping = _mapping(root, "the spec", TOP_KEYS)
     if "fngen" not in mapping:
-        raise SpecError(root.location, "missing key 'fngen'", "the first line should be 'fngen: 1'")
+        raise SpecError(
+            root.location, "missing key 'fngen'", "the first line should be 'fngen: 1'"
+        )
     version = mapping["fngen"]
     if version.value != FORMAT_VERSION or isinstance(version.value, bool):
-        raise SpecError(version.location, f"unsupported format version {version.value!r}", "expected 1")
+        raise SpecError(
+            version.location,
+            f"unsupported format version {version.value!r}",
+            "expected 1",
+        )
     doc = _optional_str(mapping.get("doc"), "doc")
     device, dtype = None, None
     if "check" in mapping:
@@ -73,7 +95,11 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
         if "device" in check:
             device = _str(check["device"], "device")
             if not _DEVICE.match(device):
-                raise SpecError(check["device"].location, f"unknown device '{device}'", "cpu, cuda, cuda:N or mps")
+                raise SpecError(
+                    check["device"].location,
+                    f"unknown device '{device}'",
+                    "cpu, cuda, cuda:N or mps",
+                )
         if "dtype" in check:
             dtype = _choice(check["dtype"], "dtype", DTYPES)
     if "functions" not in mapping:
@@ -119,7 +145,9 @@ class FunctionBuilder:
     def build(self) -> FunctionSpec:
         name, location = self.name, self.location
         if not _SNAKE_CASE.match(name):
-            raise SpecError(location, f"function name '{name}' is not a snake_case identifier")
+            raise SpecError(
+                location, f"function name '{name}' is not a snake_case identifier"
+            )
         check_identifier(name, location, "function name")
         fields = _mapping(self.node, f"function '{name}'", FUNCTION_KEYS)
         if "formula" not in fields:
@@ -130,26 +158,37 @@ class FunctionBuilder:
         formula_node = fields["formula"]
         text = _str(formula_node, "formula")
         symbols = {i.name: _symbol(i) for i in inputs} if inputs is not None else None
-        tensors = {i.name for i in inputs if i.is_tensor} if inputs is not None else None
+        tensors = (
+            {i.name for i in inputs if i.is_tensor} if inputs is not None else None
+        )
         parser = FormulaParser(formula_node.locate, symbols, tensors)
         formula = parser.parse_statements(text, formula_node.location, outputs)
         if inputs is None:
-            inputs = tuple(InputSpec(n, InputKind.TENSOR, formula_node.location) for n in parser.symbols)
+            inputs = tuple(
+                InputSpec(n, InputKind.TENSOR, formula_node.location)
+                for n in parser.symbols
+            )
             symbols = dict(parser.symbols)
         grads = self._grads(fields.get("grad"), formula, parser, symbols, inputs)
         self._check_used(formula, grads, inputs, symbols)
         for output, _ in formula.outputs:
             if output.name in symbols:
-                raise SpecError(formula_node.location, f"output '{output.name}' is also an input")
+                raise SpecError(
+                    formula_node.location, f"output '{output.name}' is also an input"
+                )
         for spec in inputs:
-            if spec.optional and any(symbols[spec.name] in op.expr.free_symbols for op in formula.ops):
+            if spec.optional and any(
+                symbols[spec.name] in op.expr.free_symbols for op in formula.ops
+            ):
                 raise SpecError(
                     spec.location,
                     f"optional input '{spec.name}' is used inside a reduction or matrix product",
                     "an absent tensor counts as zero only in pointwise parts",
                 )
         if not any(i.is_tensor and not i.optional for i in inputs):
-            raise SpecError(formula_node.location, f"function '{name}' has no tensor input")
+            raise SpecError(
+                formula_node.location, f"function '{name}' has no tensor input"
+            )
         once = False
         if "once_differentiable" in fields:
             once = _bool(fields["once_differentiable"], "once_differentiable")
@@ -181,7 +220,10 @@ class FunctionBuilder:
             location = node.keys[name]
             check_identifier(name, location, "input name")
             if name in generated:
-                raise SpecError(location, f"input '{name}' has the name of a generated class or function")
+                raise SpecError(
+                    location,
+                    f"input '{name}' has the name of a generated class or function",
+                )
             inputs.append(self._input(name, value, location))
         dims = dimension_names(inputs)
         for init_node, _ in self.inits:
@@ -189,7 +231,9 @@ class FunctionBuilder:
         names = {i.name for i in inputs}
         for dim in dims:
             if dim in names:
-                raise SpecError(node.location, f"dimension name '{dim}' is also an input name")
+                raise SpecError(
+                    node.location, f"dimension name '{dim}' is also an input name"
+                )
         return tuple(inputs)
 
     def _input(self, name: str, node: Node, location: Location) -> InputSpec:
@@ -204,11 +248,16 @@ class FunctionBuilder:
         spec = dict(name=name, kind=kind, location=location)
         if "default" in fields:
             if kind.is_tensor:
-                raise SpecError(fields["default"].location, "only float, int and bool inputs take a default")
+                raise SpecError(
+                    fields["default"].location,
+                    "only float, int and bool inputs take a default",
+                )
             spec.update(default=_default(fields["default"], kind), has_default=True)
         if "domain" in fields:
             if not kind.is_tensor:
-                raise SpecError(fields["domain"].location, "only tensor inputs have a domain")
+                raise SpecError(
+                    fields["domain"].location, "only tensor inputs have a domain"
+                )
             spec["domain"] = _domain(fields["domain"])
         if param is not None:
             spec["param"] = _dims(param)
@@ -220,7 +269,9 @@ class FunctionBuilder:
         if "optional" in fields:
             optional = _bool(fields["optional"], "optional")
             if optional and not kind.is_tensor:
-                raise SpecError(fields["optional"].location, "only tensors can be optional")
+                raise SpecError(
+                    fields["optional"].location, "only tensors can be optional"
+                )
             spec["optional"] = optional
         return InputSpec(**spec)
 
@@ -228,7 +279,9 @@ class FunctionBuilder:
         if node is None:
             return None
         if not isinstance(node.value, list) or not node.value:
-            raise SpecError(node.location, "'outputs' must be a non-empty list of names")
+            raise SpecError(
+                node.location, "'outputs' must be a non-empty list of names"
+            )
         names = []
         for item in node.value:
             name = _str(item, "output")
@@ -238,7 +291,9 @@ class FunctionBuilder:
             names.append(name)
         return names
 
-    def _grads(self, node, formula: Formula, parser: FormulaParser, symbols, inputs) -> dict[str, sp.Expr]:
+    def _grads(
+        self, node, formula: Formula, parser: FormulaParser, symbols, inputs
+    ) -> dict[str, sp.Expr]:
         if node is None:
             return {}
         entries = _mapping(node, "grad", None)
@@ -247,7 +302,9 @@ class FunctionBuilder:
         if len(outputs) == 1:
             extra["grad"] = sp.Symbol("grad", real=True)
         for out in outputs:
-            extra[f"grad_{out.name}"] = sp.Symbol("grad" if len(outputs) == 1 else f"grad_{out.name}", real=True)
+            extra[f"grad_{out.name}"] = sp.Symbol(
+                "grad" if len(outputs) == 1 else f"grad_{out.name}", real=True
+            )
         names = dict(parser.env)
         names.update({out.name: out for out in outputs})
         names.update(extra)
@@ -256,12 +313,25 @@ class FunctionBuilder:
         for name, value in entries.items():
             key_location = node.keys[name]
             if name not in symbols:
-                raise SpecError(key_location, f"'{name}' is not an input", _did_you_mean(name, list(symbols)))
+                raise SpecError(
+                    key_location,
+                    f"'{name}' is not an input",
+                    _did_you_mean(name, list(symbols)),
+                )
             if name not in tensors:
-                raise SpecError(key_location, f"'{name}' is not a tensor input: its gradient is always None")
+                raise SpecError(
+                    key_location,
+                    f"'{name}' is not a tensor input: its gradient is always None",
+                )
             text = _str(value, "grad")
-            expression = FormulaParser(value.locate, symbols, tensors, names).parse_expression(text)
-            if any(o.args for o in expression.atoms(sp.Function) if type(o).__module__ == "fngen.tensorops"):
+            expression = FormulaParser(
+                value.locate, symbols, tensors, names
+            ).parse_expression(text)
+            if any(
+                o.args
+                for o in expression.atoms(sp.Function)
+                if type(o).__module__ == "fngen.tensorops"
+            ):
                 raise SpecError(value.location, "a grad override must be pointwise")
             grads[name] = expression
         return grads
@@ -276,7 +346,9 @@ class FunctionBuilder:
             used |= expr.free_symbols
         for spec in inputs:
             if symbols[spec.name] not in used:
-                raise SpecError(spec.location, f"input '{spec.name}' is not used by the formula")
+                raise SpecError(
+                    spec.location, f"input '{spec.name}' is not used by the formula"
+                )
 
     def _check(self, node: Node | None, inputs) -> CheckSpec:
         if node is None:
@@ -287,7 +359,9 @@ class FunctionBuilder:
         if "shapes" in fields:
             for name, value in _mapping(fields["shapes"], "shapes", None).items():
                 if name not in tensors:
-                    raise SpecError(fields["shapes"].keys[name], f"'{name}' is not a tensor input")
+                    raise SpecError(
+                        fields["shapes"].keys[name], f"'{name}' is not a tensor input"
+                    )
                 shape = _dims(value)
                 if not all(isinstance(d, int) for d in shape):
                     raise SpecError(value.location, "check shapes must be integers")
@@ -300,7 +374,9 @@ class FunctionBuilder:
         if "skip" in fields:
             for name, reason in _mapping(fields["skip"], "skip", CHECK_NAMES).items():
                 skips.append((name, _str(reason, "skip reason")))
-        return CheckSpec(tuple(shapes), tolerances.get("atol"), tolerances.get("rtol"), tuple(skips))
+        return CheckSpec(
+            tuple(shapes), tolerances.get("atol"), tolerances.get("rtol"), tuple(skips)
+        )
 
 
 # -- small validators ----------------------------------------------------
@@ -315,7 +391,8 @@ def _mapping(node: Node, what: str, allowed: tuple[str, ...] | None) -> dict[str
                 raise SpecError(
                     node.keys[key],
                     f"unknown key '{key}' in {what}",
-                    _did_you_mean(key, list(allowed)) or f"expected one of: {', '.join(allowed)}",
+                    _did_you_mean(key, list(allowed))
+                    or f"expected one of: {', '.join(allowed)}",
                 )
     return node.value
 
@@ -338,7 +415,11 @@ def _bool(node: Node, what: str) -> bool:
 
 def _number(node: Node, what: str) -> float:
     value = node.value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
         raise SpecError(node.location, f"{what} must be a finite number")
     return float(value)
 
@@ -353,7 +434,11 @@ def _positive(node: Node, what: str) -> float:
 def _choice(node: Node, what: str, choices) -> str:
     value = _str(node, what)
     if value not in choices:
-        raise SpecError(node.location, f"unknown {what} '{value}'", f"expected one of: {', '.join(choices)}")
+        raise SpecError(
+            node.location,
+            f"unknown {what} '{value}'",
+            f"expected one of: {', '.join(choices)}",
+        )
     return value
 
 
@@ -363,7 +448,11 @@ def _kind(node: Node) -> InputKind:
         return InputKind(value)
     except ValueError:
         choices = [k.value for k in InputKind]
-        raise SpecError(node.location, f"unknown input type '{value}'", _did_you_mean(value, choices) or f"expected one of: {', '.join(choices)}") from None
+        raise SpecError(
+            node.location,
+            f"unknown input type '{value}'",
+            _did_you_mean(value, choices) or f"expected one of: {', '.join(choices)}",
+        ) from None
 
 
 def _default(node: Node, kind: InputKind):
@@ -414,21 +503,40 @@ def dimension_names(inputs) -> list[str]:
     return names
 
 
-def parse_init(text: str, locate, dim_names) -> tuple[str, list[sp.Expr], dict[str, sp.Expr]]:
+def parse_init(
+    text: str, locate, dim_names
+) -> tuple[str, list[sp.Expr], dict[str, sp.Expr]]:
     """(initialiser, positional args, keyword args) of an init string such as
     ``uniform(-1/sqrt(in_features), 1/sqrt(in_features))``."""
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except (SyntaxError, ValueError, RecursionError):
-        raise SpecError(locate(0, 0), f"invalid init '{text}'", f"expected one of: {', '.join(INITS)}") from None
-    name = tree.id if isinstance(tree, ast.Name) else getattr(tree.func, "id", None) if isinstance(tree, ast.Call) else None
+        raise SpecError(
+            locate(0, 0),
+            f"invalid init '{text}'",
+            f"expected one of: {', '.join(INITS)}",
+        ) from None
+    name = (
+        tree.id
+        if isinstance(tree, ast.Name)
+        else getattr(tree.func, "id", None) if isinstance(tree, ast.Call) else None
+    )
     if name not in INITS:
-        raise SpecError(locate(0, 0), f"unknown init '{text}'", _did_you_mean(str(name), list(INITS)) or f"expected one of: {', '.join(INITS)}")
+        raise SpecError(
+            locate(0, 0),
+            f"unknown init '{text}'",
+            _did_you_mean(str(name), list(INITS))
+            or f"expected one of: {', '.join(INITS)}",
+        )
     arity, keywords = INITS[name]
     args = tree.args if isinstance(tree, ast.Call) else []
     kwargs = tree.keywords if isinstance(tree, ast.Call) else []
     if len(args) != arity or any(k.arg not in keywords for k in kwargs):
-        raise SpecError(locate(0, 0), f"init {name}() takes {arity} argument(s)" + (f" and {', '.join(k + '=' for k in keywords)}" if keywords else ""))
+        raise SpecError(
+            locate(0, 0),
+            f"init {name}() takes {arity} argument(s)"
+            + (f" and {', '.join(k + '=' for k in keywords)}" if keywords else ""),
+        )
     symbols = {d: sp.Symbol(d, integer=True, positive=True) for d in dim_names}
     parser = FormulaParser(locate, symbols, set())
 

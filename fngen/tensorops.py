@@ -20,7 +20,9 @@ class TensorOp(sp.Function):
     is_commutative = True
 
     def fdiff(self, argindex=1):
-        raise TypeError(f"{type(self).__name__} is differentiated by its VJP rule, not by SymPy")
+        raise TypeError(
+            f"{type(self).__name__} is differentiated by its VJP rule, not by SymPy"
+        )
 
 
 class TensorSum(TensorOp):
@@ -76,4 +78,3 @@ class Numel(TensorOp):
     """The number of elements of ``shape`` over ``dims`` (all when empty)."""
 
     nargs = 2
-
