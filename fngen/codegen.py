@@ -17,7 +17,8 @@ from sympy.printing.pycode import pycode
 from fngen import __version__
 from fngen.derive import Derivation, derive
 from fngen.model import FunctionSpec, InputKind, InputSpec, Spec
-from fngen.printer import TorchPrinter
+from fngen.errors import SpecError
+from fngen.printer import PrintError, TorchPrinter
 from fngen.schedule import Block
 from fngen.spec import class_name, dimension_names, parse_init
 
@@ -381,8 +382,16 @@ def variants(fn: FunctionSpec) -> list[tuple[frozenset[str], Derivation]]:
 
 
 def render(spec: Spec) -> str:
-    writers = [FunctionWriter(fn, variants(fn)) for fn in spec.functions]
-    contexts = [w.context() for w in writers]
+    writers, contexts = [], []
+    for fn in spec.functions:
+        try:
+            writer = FunctionWriter(fn, variants(fn))
+            contexts.append(writer.context())
+        except PrintError as err:
+            raise SpecError(
+                fn.location, f"cannot generate '{fn.name}': {err}"
+            ) from None
+        writers.append(writer)
     all_names = []
     for c in contexts:
         all_names += [c["function_class"], c["name"], c["module_class"]]

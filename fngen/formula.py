@@ -126,7 +126,7 @@ class FormulaParser:
                 f"formula is longer than {MAX_FORMULA_LENGTH} characters",
             )
         try:
-            return ast.parse(text.strip("\n"), mode="exec")
+            return ast.parse(text.rstrip("\n"), mode="exec")
         except SyntaxError as err:
             line = (err.lineno or 1) - 1
             column = max((err.offset or 1) - 1, 0)

@@ -43,7 +43,7 @@ class Sign(_StepLike):
     """``torch.sign``."""
 
 
-class Heaviside(_StepLike):
+class HeavisideStep(_StepLike):
     """1 where the argument is > 0, else 0 (``heaviside(0) = 0``)."""
 
 
@@ -197,7 +197,7 @@ _BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
     "erfinv": (1, sp.erfinv),
     "lgamma": (1, sp.loggamma),
     "digamma": (1, sp.digamma),
-    "heaviside": (1, Heaviside),
+    "heaviside": (1, HeavisideStep),
     "floor": (1, Floor),
     "ceil": (1, Ceil),
     "round": (1, Round),

@@ -8,6 +8,8 @@ than producing wrong code.  Floats round-trip exactly.
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 from sympy.printing.precedence import PRECEDENCE, precedence
@@ -85,7 +87,7 @@ _ALLOWED = (
     sp.Or,
     sp.Not,
     sp.polygamma,
-    F.Heaviside,
+    F.HeavisideStep,
     F.Clamp,
     T.TensorOp,
     *TORCH_FUNCTIONS,
@@ -142,12 +144,14 @@ class TorchPrinter(StrPrinter):
         return self.names.get(expr, expr.name)
 
     def _print_constant(self, expr):
-        value = sp.N(expr, 17)
+        value = sp.N(expr, 40)  # well past double precision: one rounding, in float()
         if not (value.is_real and value.is_finite):
             raise PrintError(f"constant {expr} is not a finite real number")
         return self._print_float(float(value))
 
     def _print_float(self, value: float) -> str:
+        if not math.isfinite(value):
+            raise PrintError(f"constant {value} is out of the float range")
         text = repr(value)
         return f"({text})" if value < 0 else text
 
@@ -261,7 +265,7 @@ class TorchPrinter(StrPrinter):
             return f"torch.digamma({self._print(x)})"
         return f"torch.polygamma({self._print(order)}, {self._print(x)})"
 
-    def _print_Heaviside(self, expr):
+    def _print_HeavisideStep(self, expr):
         return self._print(F.indicator(expr.args[0] > 0))
 
     # -- conditions -------------------------------------------------------

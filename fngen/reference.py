@@ -103,7 +103,7 @@ class Interpreter:
             return _BINARY[cls](self(expr.args[0]), self(expr.args[1]))
         if cls is sp.polygamma:
             return torch.polygamma(int(expr.args[0]), self(expr.args[1]))
-        if cls is F.Heaviside:
+        if cls is F.HeavisideStep:
             arg = self(expr.args[0])
             return (arg > 0).to(arg.dtype)
         if cls is F.Clamp:

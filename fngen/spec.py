@@ -28,6 +28,9 @@ from fngen.model import (
 from fngen.yamlnodes import Node, load_yaml
 
 FORMAT_VERSION = 1
+# Builtins the generated module itself calls; a function of that name would
+# shadow them for every class generated after it.
+GENERATED_CODE_BUILTINS = frozenset({"staticmethod", "super"})
 TOP_KEYS = ("fngen", "doc", "check", "functions")
 FUNCTION_KEYS = (
     "doc",
@@ -82,7 +85,7 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
             root.location, "missing key 'fngen'", "the first line should be 'fngen: 1'"
         )
     version = mapping["fngen"]
-    if version.value != FORMAT_VERSION or isinstance(version.value, bool):
+    if type(version.value) is not int or version.value != FORMAT_VERSION:
         raise SpecError(
             version.location,
             f"unsupported format version {version.value!r}",
@@ -149,6 +152,11 @@ class FunctionBuilder:
                 location, f"function name '{name}' is not a snake_case identifier"
             )
         check_identifier(name, location, "function name")
+        if name in GENERATED_CODE_BUILTINS:
+            raise SpecError(
+                location,
+                f"function name '{name}' would shadow the Python builtin '{name}' that the generated code uses",
+            )
         fields = _mapping(self.node, f"function '{name}'", FUNCTION_KEYS)
         if "formula" not in fields:
             raise SpecError(self.node.location, f"function '{name}' has no 'formula'")
@@ -169,6 +177,7 @@ class FunctionBuilder:
                 for n in parser.symbols
             )
             symbols = dict(parser.symbols)
+        self._check_names(formula, inputs, formula_node.location)
         grads = self._grads(fields.get("grad"), formula, parser, symbols, inputs)
         self._check_used(formula, grads, inputs, symbols)
         for output, _ in formula.outputs:
@@ -335,6 +344,36 @@ class FunctionBuilder:
                 raise SpecError(value.location, "a grad override must be pointwise")
             grads[name] = expression
         return grads
+
+    def _check_names(self, formula: Formula, inputs, location: Location) -> None:
+        """Names the generated code derives from others (``x_t``, ``x_shape``,
+        ``grad_x`` ...) and generated globals must not be taken already."""
+        generated = set(generated_names(self.name))
+        base = (
+            [i.name for i in inputs]
+            + [o.name for o, _ in formula.outputs]
+            + [op.result.name for op in formula.ops]
+        )
+        derived = {}
+        for name in base:
+            for suffix in ("_t", "_shape", "_is_none"):
+                derived[name + suffix] = name
+        names = (
+            [i.name for i in inputs]
+            + [name for name, _ in formula.statements]
+            + [op.result.name for op in formula.ops]
+        )
+        for name in names:
+            if name in generated:
+                raise SpecError(
+                    location,
+                    f"'{name}' is also the name of a generated class or function",
+                )
+            if name in derived:
+                raise SpecError(
+                    location,
+                    f"'{name}' collides with the name the generated code derives from '{derived[name]}'",
+                )
 
     def _check_used(self, formula: Formula, grads, inputs, symbols) -> None:
         used = set()
