@@ -17,6 +17,7 @@ import sympy as sp
 from fngen import tensorops as T
 from fngen.formula import is_condition
 from fngen.model import Formula, FunctionSpec, OpNode
+from fngen.stable import stabilize
 from fngen.schedule import Block, Step, schedule
 
 
@@ -96,7 +97,7 @@ class Deriver:
         `upstream` has exactly the broadcast shape of `expr`."""
         leaves = self.leaves_of(expr)
         for leaf in leaves:
-            derivative = sp.diff(expr, leaf)
+            derivative = stabilize(sp.diff(expr, leaf))
             if derivative == 0:
                 continue
             contribution = upstream * derivative
@@ -349,7 +350,7 @@ class Deriver:
             for leaf in self.leaves_of(expr):
                 derivative = overridden.get(leaf, None)
                 if derivative is None:
-                    derivative = sp.diff(expr, leaf)
+                    derivative = stabilize(sp.diff(expr, leaf))
                 if derivative != 0 and leaf in tangents:
                     terms.append(derivative * tangents[leaf])
             return sp.Add(*terms)

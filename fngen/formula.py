@@ -22,6 +22,7 @@ from fngen import tensorops as T
 from fngen.errors import Location, SpecError
 from fngen.functions import POINTWISE_FUNCTIONS, indicator
 from fngen.model import Formula, OpNode
+from fngen.stable import stabilize
 
 Locator = Callable[[int, int], Location]
 
@@ -115,7 +116,7 @@ class FormulaParser:
         if len(module.body) != 1 or not isinstance(module.body[0], ast.Expr):
             node = module.body[0] if module.body else module
             raise self._error(node, "expected a single expression")
-        return self._number(module.body[0].value)
+        return stabilize(self._number(module.body[0].value))
 
     # -- statements -------------------------------------------------------
 
@@ -162,7 +163,7 @@ class FormulaParser:
         check_identifier(name, self.locate(stmt.lineno - 1, stmt.col_offset))
         self.statement = (name, stmt.value)
         try:
-            expr = self._number(stmt.value)
+            expr = stabilize(self._number(stmt.value))
         except RecursionError:
             raise self._error(stmt, "formula is nested too deeply") from None
         if name in self.symbols:
@@ -409,6 +410,7 @@ class FormulaParser:
             while name in self.taken:
                 name, n = f"{base}{n}", n + 1
         self.taken.add(name)
+        expr = stabilize(expr)
         result = sp.Symbol(name, real=True)
         location = self.locate(node.lineno - 1, node.col_offset)
         self.ops.append(OpNode(result, expr, location))

@@ -51,7 +51,6 @@ REFERENCES = {
     "mish_naive": F.mish,
 }
 
-UNSTABLE = "BUG/TODO: unstable numerics: fngen does not rewrite the naive form"
 STABILITY_CASES = [
     "mish",
     "silu",
@@ -62,30 +61,11 @@ STABILITY_CASES = [
     "expm1",
     # The contract: log(1 + exp(x)) is computed as softplus, exp(x)/(1 + exp(x))
     # as sigmoid, "and so on, in the forward and in every derivative".
-    pytest.param(
-        "softplus_naive",
-        marks=pytest.mark.xfail(strict=True, reason=f"{UNSTABLE}: log(1 + exp(x))"),
-    ),
-    pytest.param(
-        "sigmoid_naive",
-        marks=pytest.mark.xfail(strict=True, reason=f"{UNSTABLE}: exp(x)/(1 + exp(x))"),
-    ),
-    pytest.param(
-        "swish_naive",
-        marks=pytest.mark.xfail(
-            strict=True, reason=f"{UNSTABLE}: the gradient of x/(1 + exp(-x))"
-        ),
-    ),
-    pytest.param(
-        "logsigmoid_naive",
-        marks=pytest.mark.xfail(strict=True, reason=f"{UNSTABLE}: -log(1 + exp(-x))"),
-    ),
-    pytest.param(
-        "mish_naive",
-        marks=pytest.mark.xfail(
-            strict=True, reason=f"{UNSTABLE}: the gradient of x*tanh(log(1 + exp(x)))"
-        ),
-    ),
+    "softplus_naive",
+    "sigmoid_naive",
+    "swish_naive",
+    "logsigmoid_naive",
+    "mish_naive",
 ]
 
 

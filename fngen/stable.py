@@ -1,0 +1,119 @@
+"""Rewrite numerically unstable forms into stable ones.
+
+Applied to every formula expression and to every derivative, so that a
+formula written the textbook way (``log(1 + exp(x))``) is computed the way
+PyTorch computes its own function (``softplus``), in the forward and in the
+backward alike:
+
+=========================  ===========================  ======================
+form                       becomes                      why
+=========================  ===========================  ======================
+``log(1 + exp(u))``        ``softplus(u)``              exp overflows
+``1/(1 + exp(u))``         ``sigmoid(-u)``              exp overflows
+``exp(u) * sigmoid(-u)``   ``sigmoid(u)``               inf * 0
+``log(sigmoid(u))``        ``logsigmoid(u)``            log(0)
+``log(1 + u)``             ``log1p(u)``                 cancellation near 0
+``exp(u) - 1``             ``expm1(u)``                 cancellation near 0
+``log(cosh(u))``           ``|u| + softplus(-2|u|)      cosh overflows
+                           - log(2)``
+=========================  ===========================  ======================
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+
+from fngen.functions import Abs, LogSigmoid, Sigmoid, Softplus
+
+MAX_PASSES = 8
+
+
+def _exp_argument(expr: sp.Expr) -> sp.Expr | None:
+    return expr.args[0] if isinstance(expr, sp.exp) else None
+
+
+def _one_plus(expr: sp.Expr) -> sp.Expr | None:
+    """`rest` when `expr` is ``1 + rest``."""
+    if isinstance(expr, sp.Add) and sp.S.One in expr.args:
+        return sp.Add(*[a for a in expr.args if a != sp.S.One])
+    return None
+
+
+def _rewrite_log(expr: sp.log) -> sp.Expr | None:
+    (arg,) = expr.args
+    if isinstance(arg, Sigmoid):
+        return LogSigmoid(arg.args[0])
+    if isinstance(arg, sp.cosh):
+        u = arg.args[0]
+        return Abs(u) + Softplus(-2 * Abs(u)) - sp.log(2)
+    rest = _one_plus(arg)
+    if rest is None:
+        return None
+    inner = _exp_argument(rest)
+    if inner is not None:
+        return Softplus(inner)
+    return log1p(rest)
+
+
+def _rewrite_pow(expr: sp.Pow) -> sp.Expr | None:
+    base, exponent = expr.args
+    if exponent != -1:
+        return None
+    rest = _one_plus(base)
+    inner = _exp_argument(rest) if rest is not None else None
+    return Sigmoid(-inner) if inner is not None else None
+
+
+def _rewrite_mul(expr: sp.Mul) -> sp.Expr | None:
+    factors = list(expr.args)
+    for i, factor in enumerate(factors):
+        u = _exp_argument(factor)
+        if u is None:
+            continue
+        for j, other in enumerate(factors):
+            if isinstance(other, Sigmoid) and sp.expand(other.args[0] + u) == 0:
+                rest = [f for k, f in enumerate(factors) if k not in (i, j)]
+                return sp.Mul(Sigmoid(u), *rest)
+    return None
+
+
+def _rewrite_add(expr: sp.Add) -> sp.Expr | None:
+    terms = list(expr.args)
+    if sp.S.NegativeOne not in terms:
+        return None
+    for i, term in enumerate(terms):
+        u = _exp_argument(term)
+        if u is not None:
+            rest = [t for k, t in enumerate(terms) if k != i]
+            rest.remove(sp.S.NegativeOne)
+            return sp.Add(expm1(u), *rest)
+    return None
+
+
+_RULES = ((sp.log, _rewrite_log), (sp.Pow, _rewrite_pow), (sp.Mul, _rewrite_mul), (sp.Add, _rewrite_add))
+
+
+def _rewrite(expr: sp.Expr) -> sp.Expr:
+    """One bottom-up pass."""
+    if expr.is_Atom:
+        return expr
+    args = [_rewrite(a) if isinstance(a, sp.Basic) else a for a in expr.args]
+    if any(a is not b for a, b in zip(args, expr.args)):
+        expr = expr.func(*args)
+    for cls, rule in _RULES:
+        if isinstance(expr, cls):
+            result = rule(expr)
+            if result is not None:
+                return result
+    return expr
+
+
+def stabilize(expr: sp.Expr) -> sp.Expr:
+    """`expr` with the unstable forms of the table above rewritten."""
+    for _ in range(MAX_PASSES):
+        rewritten = _rewrite(expr)
+        if rewritten == expr:
+            return expr
+        expr = rewritten
+    return expr
