@@ -54,7 +54,7 @@ IN_FEATURES = 4
 HIDDEN = 16
 SAMPLES = 64
 GLOBAL_BATCH = 16  # split evenly between the ranks: a multiple of world_size
-LEARNING_RATE = 0.2
+LEARNING_RATE = 0.05
 STEPS = 20
 WORLD_SIZE = 2
 # Both runs are float64 and differ only in the order of a few sums.
@@ -63,12 +63,12 @@ RTOL = 1e-10
 
 
 def make_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed regression data set: y = sin(x @ w) + a little noise."""
+    """The fixed regression data set: y = 3 sin(x @ w) + a little noise."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(SAMPLES, IN_FEATURES, generator=generator, dtype=DTYPE)
     w = torch.randn(IN_FEATURES, 1, generator=generator, dtype=DTYPE)
     noise = 0.05 * torch.randn(SAMPLES, 1, generator=generator, dtype=DTYPE)
-    return x, torch.sin(x @ w) + noise
+    return x, 3 * torch.sin(x @ w) + noise
 
 
 def make_model(seed: int = 0) -> torch.nn.Sequential:
@@ -131,14 +131,17 @@ def _run(
             global_loss /= world_size
         losses.append(global_loss.item())
 
-    parameters = {
-        name: p.detach().clone() for name, p in module.named_parameters()
-    }
+    parameters = {name: p.detach().clone() for name, p in module.named_parameters()}
     return parameters, losses
 
 
 def _worker(
-    rank: int, world_size: int, steps: int, seed: int, port: int, timeout: float,
+    rank: int,
+    world_size: int,
+    steps: int,
+    seed: int,
+    port: int,
+    timeout: float,
     result_path: str,
 ) -> None:
     """One spawned rank: join the group, train, rank 0 saves the result."""
@@ -216,9 +219,7 @@ def train(
     return parameters
 
 
-def parameters_match(
-    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
-) -> bool:
+def parameters_match(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Same names, and the same values to within ATOL/RTOL."""
     return a.keys() == b.keys() and all(
         torch.allclose(a[name], b[name], rtol=RTOL, atol=ATOL) for name in a
@@ -242,6 +243,8 @@ def main() -> None:
         runs[world_size] = parameters
 
     single, ddp = runs[1], runs[WORLD_SIZE]
+    if single.keys() != ddp.keys():
+        raise SystemExit(f"parameter names differ: {sorted(single)} != {sorted(ddp)}")
     worst = max((single[n] - ddp[n]).abs().max().item() for n in single)
     if not parameters_match(single, ddp):
         raise SystemExit(

@@ -80,8 +80,10 @@ def exp(x):
 
         dy/dx = exp(x)"""
     if torch.compiler.is_compiling():
-        return _ExpTraceable.apply(x)
-    return ExpFunction.apply(x)
+        function = _ExpTraceable
+    else:
+        function = ExpFunction
+    return function.apply(x)
 
 
 class Exp(torch.nn.Module):
@@ -144,8 +146,10 @@ def my_relu(x):
 
         dy/dx = Piecewise((1, x > 0), (0, True))"""
     if torch.compiler.is_compiling():
-        return _MyReluTraceable.apply(x)
-    return MyReluFunction.apply(x)
+        function = _MyReluTraceable
+    else:
+        function = MyReluFunction
+    return function.apply(x)
 
 
 class MyRelu(torch.nn.Module):
@@ -211,8 +215,10 @@ def sqrt_and_inverse(x, y):
         dz/dx = -1/x**2 + 1/(2*sqrt(x))
         dz/dy = 4*y"""
     if torch.compiler.is_compiling():
-        return _SqrtAndInverseTraceable.apply(x, y)
-    return SqrtAndInverseFunction.apply(x, y)
+        function = _SqrtAndInverseTraceable
+    else:
+        function = SqrtAndInverseFunction
+    return function.apply(x, y)
 
 
 class SqrtAndInverse(torch.nn.Module):
@@ -282,8 +288,10 @@ def multiply_add(w, x, b):
         dy/dw = x
         dy/dx = w"""
     if torch.compiler.is_compiling():
-        return _MultiplyAddTraceable.apply(w, x, b)
-    return MultiplyAddFunction.apply(w, x, b)
+        function = _MultiplyAddTraceable
+    else:
+        function = MultiplyAddFunction
+    return function.apply(w, x, b)
 
 
 class MultiplyAdd(torch.nn.Module):
@@ -345,8 +353,10 @@ def mul_constant(tensor, constant):
 
         dout/dtensor = constant"""
     if torch.compiler.is_compiling():
-        return _MulConstantTraceable.apply(tensor, constant)
-    return MulConstantFunction.apply(tensor, constant)
+        function = _MulConstantTraceable
+    else:
+        function = MulConstantFunction
+    return function.apply(tensor, constant)
 
 
 class MulConstant(torch.nn.Module):
@@ -413,8 +423,10 @@ def legendre3(x):
 
         dy/dx = 15*x**2/2 - 3/2"""
     if torch.compiler.is_compiling():
-        return _Legendre3Traceable.apply(x)
-    return Legendre3Function.apply(x)
+        function = _Legendre3Traceable
+    else:
+        function = Legendre3Function
+    return function.apply(x)
 
 
 class Legendre3(torch.nn.Module):
@@ -492,8 +504,10 @@ def prelu(x, a):
         dy/dx = a*Piecewise((1, x < 0), (1/2, Eq(x, 0)), (0, True)) + Piecewise((1, x > 0), (1/2, Eq(x, 0)), (0, True))
     """
     if torch.compiler.is_compiling():
-        return _PreluTraceable.apply(x, a)
-    return PreluFunction.apply(x, a)
+        function = _PreluTraceable
+    else:
+        function = PreluFunction
+    return function.apply(x, a)
 
 
 class Prelu(torch.nn.Module):

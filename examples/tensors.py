@@ -86,8 +86,10 @@ def sum_sqrt(x):
 
         z = sum(sqrt(x*x - 1))"""
     if torch.compiler.is_compiling():
-        return _SumSqrtTraceable.apply(x)
-    return SumSqrtFunction.apply(x)
+        function = _SumSqrtTraceable
+    else:
+        function = SumSqrtFunction
+    return function.apply(x)
 
 
 class SumSqrt(torch.nn.Module):
@@ -179,8 +181,19 @@ def linear(input, weight, bias=None):
 
         y = input @ weight.T + bias"""
     if torch.compiler.is_compiling():
-        return _LinearTraceable.apply(input, weight, bias)
-    return LinearFunction.apply(input, weight, bias)
+        function = _LinearTraceable
+    else:
+        function = LinearFunction
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Like a built-in matrix product: run in the autocast dtype.
+        dtype = torch.get_autocast_dtype(device_type)
+        input = input.to(dtype)
+        weight = weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return function.apply(input, weight, bias)
+    return function.apply(input, weight, bias)
 
 
 class Linear(torch.nn.Module):
@@ -273,8 +286,10 @@ def simple_func(x):
         ds/dx = x*cos(x) + sin(x)
         dc/dx = 2*x - sin(x)"""
     if torch.compiler.is_compiling():
-        return _SimpleFuncTraceable.apply(x)
-    return SimpleFuncFunction.apply(x)
+        function = _SimpleFuncTraceable
+    else:
+        function = SimpleFuncFunction
+    return function.apply(x)
 
 
 class SimpleFunc(torch.nn.Module):
@@ -348,8 +363,10 @@ def spike(v, threshold=1.0, alpha=4.0):
     Gradient of ``v`` overridden: ``alpha*grad*(1 - Sigmoid(alpha*(-threshold + v)))*Sigmoid(alpha*(-threshold + v))``.
     """
     if torch.compiler.is_compiling():
-        return _SpikeTraceable.apply(v, threshold, alpha)
-    return SpikeFunction.apply(v, threshold, alpha)
+        function = _SpikeTraceable
+    else:
+        function = SpikeFunction
+    return function.apply(v, threshold, alpha)
 
 
 class Spike(torch.nn.Module):
@@ -415,8 +432,10 @@ def round_ste(x):
 
     Gradient of ``x`` overridden: ``grad``."""
     if torch.compiler.is_compiling():
-        return _RoundSteTraceable.apply(x)
-    return RoundSteFunction.apply(x)
+        function = _RoundSteTraceable
+    else:
+        function = RoundSteFunction
+    return function.apply(x)
 
 
 class RoundSte(torch.nn.Module):
@@ -477,14 +496,24 @@ class _MseLossTraceable(MseLossFunction):
 
 
 def mse_loss(input, target):
-    """Mean squared error, like torch.nn.functional.mse_loss.
+    """Mean squared error, like torch.nn.functional.mse_loss (in float32 under autocast, as PyTorch runs it).
 
     Formula::
 
         loss = mean((input - target)**2)"""
     if torch.compiler.is_compiling():
-        return _MseLossTraceable.apply(input, target)
-    return MseLossFunction.apply(input, target)
+        function = _MseLossTraceable
+    else:
+        function = MseLossFunction
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Declared autocast: float32: run in full precision.
+        dtype = torch.float32
+        input = input.to(dtype)
+        target = target.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return function.apply(input, target)
+    return function.apply(input, target)
 
 
 class MseLoss(torch.nn.Module):
@@ -566,8 +595,10 @@ def huber_loss(input, target, delta=1.0):
         d = input - target
         loss = mean(where(abs(d) < delta, 0.5*d**2, delta*(abs(d) - 0.5*delta)))"""
     if torch.compiler.is_compiling():
-        return _HuberLossTraceable.apply(input, target, delta)
-    return HuberLossFunction.apply(input, target, delta)
+        function = _HuberLossTraceable
+    else:
+        function = HuberLossFunction
+    return function.apply(input, target, delta)
 
 
 class HuberLoss(torch.nn.Module):
@@ -637,8 +668,17 @@ def log_softmax(x):
 
         y = x - log(sum(exp(x), dim=-1, keepdim=true))"""
     if torch.compiler.is_compiling():
-        return _LogSoftmaxTraceable.apply(x)
-    return LogSoftmaxFunction.apply(x)
+        function = _LogSoftmaxTraceable
+    else:
+        function = LogSoftmaxFunction
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Declared autocast: float32: run in full precision.
+        dtype = torch.float32
+        x = x.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return function.apply(x)
+    return function.apply(x)
 
 
 class LogSoftmax(torch.nn.Module):
@@ -729,8 +769,17 @@ def layer_norm(x, eps=1e-05):
         var = mean((x - mu)**2, dim=-1, keepdim=true)
         y = (x - mu) / sqrt(var + eps)"""
     if torch.compiler.is_compiling():
-        return _LayerNormTraceable.apply(x, eps)
-    return LayerNormFunction.apply(x, eps)
+        function = _LayerNormTraceable
+    else:
+        function = LayerNormFunction
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Declared autocast: float32: run in full precision.
+        dtype = torch.float32
+        x = x.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return function.apply(x, eps)
+    return function.apply(x, eps)
 
 
 class LayerNorm(torch.nn.Module):
@@ -811,8 +860,18 @@ def rms_norm(x, weight, eps=1e-06):
 
         y = x / sqrt(mean(x**2, dim=-1, keepdim=true) + eps) * weight"""
     if torch.compiler.is_compiling():
-        return _RmsNormTraceable.apply(x, weight, eps)
-    return RmsNormFunction.apply(x, weight, eps)
+        function = _RmsNormTraceable
+    else:
+        function = RmsNormFunction
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Declared autocast: float32: run in full precision.
+        dtype = torch.float32
+        x = x.to(dtype)
+        weight = weight.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return function.apply(x, weight, eps)
+    return function.apply(x, weight, eps)
 
 
 class RmsNorm(torch.nn.Module):

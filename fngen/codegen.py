@@ -15,6 +15,7 @@ import sympy as sp
 from sympy.printing.pycode import pycode
 
 from fngen import __version__
+from fngen import tensorops as T
 from fngen.derive import Derivation, derive
 from fngen.model import FunctionSpec, InputKind, InputSpec, Spec
 from fngen.errors import SpecError
@@ -202,6 +203,30 @@ class FunctionWriter:
 
         return self.branches(body, in_ctx=True)
 
+    def autocast_lines(self) -> list[str]:
+        """Under autocast, cast the tensor inputs the way a built-in op
+        would: matrix products to the autocast dtype, ``autocast: float32``
+        functions to float32; then the Function runs with autocast off."""
+        if self.fn.autocast == "float32":
+            comment = "# Declared autocast: float32: run in full precision."
+            dtype = "torch.float32"
+        elif self.fn.formula.ops and any(
+            isinstance(op.expr, T.TensorMatmul) for op in self.fn.formula.ops
+        ):
+            comment = "# Like a built-in matrix product: run in the autocast dtype."
+            dtype = "torch.get_autocast_dtype(device_type)"
+        else:
+            return []
+        lines = [comment, f"dtype = {dtype}"]
+        for spec in self.fn.tensor_inputs:
+            if spec.optional:
+                lines.append(
+                    f"{spec.name} = None if {spec.name} is None else {spec.name}.to(dtype)"
+                )
+            else:
+                lines.append(f"{spec.name} = {spec.name}.to(dtype)")
+        return lines
+
     def jvp_params(self) -> str:
         return ", ".join(
             t.name if t is not None else f"_{i.name}"
@@ -349,6 +374,8 @@ class FunctionWriter:
             jvp_params=self.jvp_params(),
             jvp_body=self.jvp(),
             once_differentiable=fn.once_differentiable,
+            autocast_lines=self.autocast_lines(),
+            first_tensor=self.first_tensor,
             signature=self.signature(),
             apply_args=", ".join(i.name for i in fn.inputs),
             **self.module_parts(),

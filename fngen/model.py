@@ -97,6 +97,9 @@ class FunctionSpec:
     grads: tuple[tuple[str, sp.Expr], ...] = ()
     check: CheckSpec = field(default_factory=CheckSpec)
     once_differentiable: bool = False
+    # None: like a built-in op (matrix products run in the autocast dtype);
+    # "float32": always in full precision, like custom_fwd(cast_inputs=float32).
+    autocast: str | None = None
 
     def __post_init__(self):
         names = [i.name for i in self.inputs]

@@ -40,6 +40,7 @@ FUNCTION_KEYS = (
     "grad",
     "check",
     "once_differentiable",
+    "autocast",
 )
 INPUT_KEYS = ("type", "default", "domain", "param", "init", "optional")
 SPEC_CHECK_KEYS = ("device", "dtype")
@@ -54,6 +55,7 @@ CHECK_NAMES = (
     "float32",
 )
 DTYPES = ("float64", "float32")
+AUTOCAST_DTYPES = ("float32",)
 INITS = {
     "zeros": (0, ()),
     "ones": (0, ()),
@@ -201,6 +203,9 @@ class FunctionBuilder:
         once = False
         if "once_differentiable" in fields:
             once = _bool(fields["once_differentiable"], "once_differentiable")
+        autocast = None
+        if "autocast" in fields:
+            autocast = _choice(fields["autocast"], "autocast", AUTOCAST_DTYPES)
         check = self._check(fields.get("check"), inputs)
         return FunctionSpec(
             name=name,
@@ -212,6 +217,7 @@ class FunctionBuilder:
             grads=tuple(grads.items()),
             check=check,
             once_differentiable=once,
+            autocast=autocast,
         )
 
     # -- inputs -------------------------------------------------------------

@@ -91,7 +91,12 @@ def _rewrite_add(expr: sp.Add) -> sp.Expr | None:
     return None
 
 
-_RULES = ((sp.log, _rewrite_log), (sp.Pow, _rewrite_pow), (sp.Mul, _rewrite_mul), (sp.Add, _rewrite_add))
+_RULES = (
+    (sp.log, _rewrite_log),
+    (sp.Pow, _rewrite_pow),
+    (sp.Mul, _rewrite_mul),
+    (sp.Add, _rewrite_add),
+)
 
 
 def _rewrite(expr: sp.Expr) -> sp.Expr:

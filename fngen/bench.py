@@ -1,0 +1,578 @@
+"""`fngen bench`: what a generated Function costs against plain autograd.
+
+For each function of a spec, four variants run forward + backward on the same
+inputs and the same incoming gradient:
+
+* ``generated``           the functional wrapper ``module.<name>``, that is
+                          ``<Name>Function.apply``: the generated backward;
+* ``composed``            ``module.<Name>Function.forward`` called directly,
+                          outside ``apply``: the formula as plain torch ops,
+                          exactly as fngen's printer wrote them, and autograd
+                          differentiates through those ops;
+* ``generated_compiled``  ``torch.compile`` of the first (fullgraph, static shapes);
+* ``composed_compiled``   ``torch.compile`` of the second.
+
+Two numbers per variant:
+
+* **time**: the median over `repeats` rounds of one forward plus one
+  ``torch.autograd.grad`` of the outputs against every tensor input, with a
+  fixed random incoming gradient.  The variants run round-robin within each
+  round (the starting variant rotates), so drifts of the machine hit all of
+  them alike.  Compilation and warm-up happen before the first round.
+* **saved bytes**: while one forward runs, a
+  ``torch.autograd.graph.saved_tensors_hooks`` pack hook sees every tensor
+  that autograd keeps for backward; the bytes of their distinct storages
+  (deduplicated by device and data pointer) are summed.  An input or an
+  output that is saved counts too: that is what autograd keeps alive until
+  backward, even if the caller happens to hold it as well.  The part that is
+  neither an input nor an output (intermediates kept only for backward) is
+  reported separately as ``saved_extra_bytes``.  Compiled variants are
+  measured the same way: AOTAutograd's runtime saves its residuals through
+  ``ctx.save_for_backward``, which the hooks see.
+
+Ratios are generated / composed (eager against eager, compiled against
+compiled): below 1 the generated op is faster or saves less.  Benchmarks
+report ratios measured in the same run, never absolute times across runs.
+
+A function with a ``grad:`` override is benchmarked but not *comparable*: the
+composed formula's autograd gradient is a different one (or none at all), so
+its ratios are shown but left out of the geometric means.
+
+torch is imported lazily, only here at run time; building never imports it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+from fngen.api import load
+from fngen.model import FunctionSpec, InputKind, Spec
+from fngen.spec import generated_names, load_spec
+from fngen.tensorops import TensorMatmul
+
+__all__ = [
+    "BenchError",
+    "BenchReport",
+    "FunctionBench",
+    "VariantResult",
+    "bench_shapes",
+    "bench_spec",
+    "geometric_mean",
+]
+
+VARIANTS = ("generated", "composed", "generated_compiled", "composed_compiled")
+DEFAULT_SIZE = 4_000_000
+DEFAULT_REPEATS = 20
+DEFAULT_WARMUP = 3
+# A matrix product's work grows faster than its inputs: inputs of the full
+# `size` would make one round take seconds, so formulas with `@` scale their
+# declared shapes only up to this many elements for the largest input.
+MATMUL_SIZE = 1 << 18
+_BASE_DIM = 3  # a param's named dim, as `fngen check` samples it
+_SCALARS = {InputKind.FLOAT: 1.5, InputKind.INT: 2, InputKind.BOOL: True}
+
+
+class BenchError(ValueError):
+    """A request that cannot be benchmarked (unknown function, bad size)."""
+
+
+@dataclass
+class VariantResult:
+    """Raw numbers of one variant; None where it did not run."""
+
+    time_s: float | None = None  # median forward + backward, seconds
+    saved_bytes: int | None = None  # distinct storages saved for backward
+    saved_tensors: int | None = None  # how many distinct storages
+    saved_extra_bytes: int | None = None  # of those, neither input nor output
+    backward: bool = True  # False: no output required grad, forward only
+    error: str | None = None
+
+
+@dataclass
+class FunctionBench:
+    name: str
+    spec: str
+    shapes: dict[str, list[int]]
+    variants: dict[str, VariantResult] = field(default_factory=dict)
+    comparable: bool = True
+    note: str = ""
+
+    def _ratio(self, numerator: str, denominator: str, attr: str) -> float | None:
+        a, b = self.variants.get(numerator), self.variants.get(denominator)
+        if a is None or b is None:
+            return None
+        x, y = getattr(a, attr), getattr(b, attr)
+        if x is None or y is None or y == 0:
+            return None  # 0/0: nothing saved by either; x/0: see the raw bytes
+        return x / y
+
+    @property
+    def eager_time_ratio(self) -> float | None:
+        return self._ratio("generated", "composed", "time_s")
+
+    @property
+    def eager_saved_ratio(self) -> float | None:
+        return self._ratio("generated", "composed", "saved_bytes")
+
+    @property
+    def compiled_time_ratio(self) -> float | None:
+        return self._ratio("generated_compiled", "composed_compiled", "time_s")
+
+    @property
+    def compiled_saved_ratio(self) -> float | None:
+        return self._ratio("generated_compiled", "composed_compiled", "saved_bytes")
+
+    def ratios(self) -> dict[str, float | None]:
+        return {name: getattr(self, name) for name in RATIOS}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ratios"] = self.ratios()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FunctionBench:
+        return cls(
+            name=data["name"],
+            spec=data["spec"],
+            shapes={k: list(v) for k, v in data["shapes"].items()},
+            variants={k: VariantResult(**v) for k, v in data["variants"].items()},
+            comparable=data["comparable"],
+            note=data["note"],
+        )
+
+
+RATIOS = (
+    "eager_time_ratio",
+    "eager_saved_ratio",
+    "compiled_time_ratio",
+    "compiled_saved_ratio",
+)
+
+
+def geometric_mean(values) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+@dataclass
+class BenchReport:
+    device: str
+    dtype: str
+    size: int
+    repeats: int
+    compile: bool
+    backend: str | None
+    torch_version: str
+    threads: int
+    functions: list[FunctionBench]
+
+    def geomeans(self) -> dict[str, float | None]:
+        """Geometric mean of each ratio over the comparable functions."""
+        rows = [f for f in self.functions if f.comparable]
+        return {name: geometric_mean(getattr(f, name) for f in rows) for name in RATIOS}
+
+    def table(self) -> str:
+        """Ratios generated / composed, one row per function, geometric means last."""
+        width = max([len("geometric mean")] + [len(f.name) + 1 for f in self.functions])
+        cells = ("time", "saved", "time", "saved")
+        lines = [
+            f"fngen bench on {self.device} ({self.dtype}, {self.size:,} elements, "
+            f"median of {self.repeats} interleaved rounds, {self.threads} threads, "
+            f"torch {self.torch_version}"
+            + (f", compiled with {self.backend})" if self.compile else ", no compile)"),
+            "ratio generated / plain autograd on the same formula; below 1 is better",
+            "".ljust(width) + "  " + "eager".center(14) + "  " + "compiled".center(14),
+            "function".ljust(width) + "  " + "  ".join(c.rjust(6) for c in cells),
+        ]
+        for f in self.functions:
+            name = f.name + ("" if f.comparable else "*")
+            values = [
+                _cell(f, suffix, attr)
+                for suffix in ("", "_compiled")
+                for attr in ("time_s", "saved_bytes")
+            ]
+            lines.append(
+                name.ljust(width) + "  " + "  ".join(v.rjust(6) for v in values)
+            )
+        means = self.geomeans()
+        lines.append(
+            "geometric mean".ljust(width)
+            + "  "
+            + "  ".join(_format(means[r]).rjust(6) for r in RATIOS)
+        )
+        notes = []
+        for f in self.functions:
+            if f.note:
+                notes.append(f"  {f.name}: {f.note}")
+            for name, v in f.variants.items():
+                if v.error:
+                    notes.append(f"  {f.name} {name}: {v.error}")
+        if notes:
+            lines += ["", "* not comparable, left out of the geometric means", *notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["functions"] = [f.to_dict() for f in self.functions]
+        data["geomeans"] = self.geomeans()
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BenchReport:
+        fields = {k: v for k, v in data.items() if k not in ("functions", "geomeans")}
+        return cls(
+            **fields, functions=[FunctionBench.from_dict(f) for f in data["functions"]]
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> BenchReport:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def combine(cls, reports: list[BenchReport]) -> BenchReport:
+        """One report with the rows of several (same settings)."""
+        first = reports[0]
+        return cls(
+            **{
+                k: getattr(first, k)
+                for k in first.__dataclass_fields__
+                if k != "functions"
+            },
+            functions=[f for r in reports for f in r.functions],
+        )
+
+
+def _format(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _cell(f: FunctionBench, suffix: str, attr: str) -> str:
+    """The ratio generated / composed of `attr`, or why there is none."""
+    ratio = f._ratio(f"generated{suffix}", f"composed{suffix}", attr)
+    if ratio is not None:
+        return _format(ratio)
+    a = f.variants.get(f"generated{suffix}")
+    b = f.variants.get(f"composed{suffix}")
+    if a and b and getattr(b, attr) == 0 and getattr(a, attr):
+        return "inf"  # the generated op saves bytes where autograd saves none
+    return "-"
+
+
+# -- inputs -----------------------------------------------------------------
+
+
+def _declared_shape(fn: FunctionSpec, spec) -> tuple[int, ...]:
+    shapes = dict(fn.check.shapes)
+    if spec.name in shapes:
+        return tuple(shapes[spec.name])
+    if spec.param is not None:
+        return tuple(d if isinstance(d, int) else _BASE_DIM for d in spec.param)
+    return (3, 4)
+
+
+def _has_matmul(fn: FunctionSpec) -> bool:
+    return any(op.expr.has(TensorMatmul) for op in fn.formula.ops)
+
+
+def bench_shapes(fn: FunctionSpec, size: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor input for a benchmark of about `size` elements.
+
+    Every dimension d > 1 of the declared check shapes becomes d*k, with one
+    integer k for the whole function, the largest such that no input exceeds
+    `size` elements.  One factor keeps every relation of the declared shapes:
+    equal dims stay equal (matrix products), dims of 1 stay 1 and a
+    broadcast bias of [4] against [3, 4] becomes [4k] against [3k, 4k].
+    Formulas with `@` stop at `MATMUL_SIZE` elements (see there).
+    """
+    if size < 1:
+        raise BenchError(f"size must be at least 1, not {size}")
+    declared = {s.name: _declared_shape(fn, s) for s in fn.inputs if s.is_tensor}
+    target = min(size, MATMUL_SIZE) if _has_matmul(fn) else size
+
+    def numel(shape, k):
+        return math.prod(d * k if d > 1 else d for d in shape)
+
+    k = None
+    for shape in declared.values():
+        grows = sum(d > 1 for d in shape)
+        if not grows:
+            continue
+        base = math.prod(shape)
+        guess = max(1, int((target / base) ** (1 / grows)))
+        while guess > 1 and numel(shape, guess) > target:
+            guess -= 1
+        while numel(shape, guess + 1) <= target:
+            guess += 1
+        k = guess if k is None else min(k, guess)
+    k = k or 1
+    return {
+        name: tuple(d * k if d > 1 else d for d in shape)
+        for name, shape in declared.items()
+    }
+
+
+def bench_inputs(fn: FunctionSpec, size: int, dtype, device, generator) -> list:
+    """Arguments for `fn`: tensors uniform in their domain, of `bench_shapes`,
+    requiring grad; non-tensor arguments their default."""
+    import torch
+
+    shapes = bench_shapes(fn, size)
+    args = []
+    for spec in fn.inputs:
+        if not spec.is_tensor:
+            args.append(spec.default if spec.has_default else _SCALARS[spec.kind])
+            continue
+        lo, hi = spec.domain
+        value = torch.rand(shapes[spec.name], generator=generator, dtype=dtype)
+        value = (value * (hi - lo) + lo).to(device)
+        args.append(value.requires_grad_())
+    return args
+
+
+# -- measuring ----------------------------------------------------------------
+
+
+def _outputs(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _storage_key(t) -> tuple:
+    storage = t.untyped_storage()
+    return (str(t.device), storage.data_ptr())
+
+
+def saved_for_backward(function, args) -> tuple[int, int, int]:
+    """(bytes, distinct storages, bytes neither input nor output) that
+    autograd saves for backward during one forward of `function(*args)`."""
+    import torch
+
+    saved: dict[tuple, int] = {}
+
+    def pack(t):
+        saved.setdefault(_storage_key(t), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outputs = _outputs(function(*args))
+    visible = {_storage_key(t) for t in (*args, *outputs) if torch.is_tensor(t)}
+    extra = sum(n for key, n in saved.items() if key not in visible)
+    return sum(saved.values()), len(saved), extra
+
+
+class _Step:
+    """One forward and backward of a variant, ready to be timed."""
+
+    def __init__(self, function, args, seeds, sync):
+        import torch
+
+        self.torch = torch
+        self.function = function
+        self.args = args
+        self.seeds = seeds
+        self.tensors = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+        self.sync = sync
+        self.backward = True
+
+    def __call__(self):
+        outputs = _outputs(self.function(*self.args))
+        pairs = [
+            (o, g)
+            for o, g in zip(outputs, self.seeds)
+            if g is not None and o.requires_grad
+        ]
+        self.backward = bool(pairs) and bool(self.tensors)
+        if self.backward:
+            self.torch.autograd.grad(
+                [o for o, _ in pairs],
+                self.tensors,
+                [g for _, g in pairs],
+                allow_unused=True,
+            )
+
+    def timed(self) -> float:
+        self.sync()
+        start = time.perf_counter()
+        self()
+        self.sync()
+        return time.perf_counter() - start
+
+
+def _reason(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    first = lines[0] if lines else ""
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def _bench_function(
+    spec_path, fn, module, device, dtype, size, repeats, warmup, compile, backend
+) -> FunctionBench:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    args = bench_inputs(fn, size, dtype, device, generator)
+    function_class, wrapper, _ = generated_names(fn.name)
+    functions = {
+        "generated": getattr(module, wrapper),
+        "composed": getattr(module, function_class).forward,
+    }
+    if compile:
+        torch._dynamo.reset()
+        for name in ("generated", "composed"):
+            functions[f"{name}_compiled"] = torch.compile(
+                functions[name], backend=backend, fullgraph=True, dynamic=False
+            )
+    with torch.no_grad():
+        reference = _outputs(functions["generated"](*args))
+    seeds = [
+        (
+            torch.randn(o.shape, generator=generator, dtype=o.dtype).to(device)
+            if o.is_floating_point()
+            else None
+        )
+        for o in reference
+    ]
+    del reference
+    if device.type == "cuda":
+        sync = torch.cuda.synchronize
+    else:
+
+        def sync():
+            pass
+
+    row = FunctionBench(
+        fn.name,
+        str(spec_path),
+        {s.name: list(a.shape) for s, a in zip(fn.inputs, args) if torch.is_tensor(a)},
+    )
+    if fn.grads:
+        row.comparable = False
+        overridden = ", ".join(name for name, _ in fn.grads)
+        row.note = (
+            f"grad: overrides the gradient of {overridden}; autograd of the "
+            "composed formula computes a different one"
+        )
+    steps = {}
+    for name, function in functions.items():
+        result = VariantResult()
+        row.variants[name] = result
+        step = _Step(function, args, seeds, sync)
+        try:
+            for _ in range(max(1, warmup)):  # compiles first, for compiled variants
+                step()
+            result.saved_bytes, result.saved_tensors, result.saved_extra_bytes = (
+                saved_for_backward(function, args)
+            )
+        except Exception as err:  # a variant that fails is a cell, not a crash
+            result.error = _reason(err)
+            continue
+        result.backward = step.backward
+        steps[name] = step
+    forward_only = [name for name, step in steps.items() if not step.backward]
+    if forward_only and len(forward_only) < len(steps):
+        row.comparable = False
+        why = f"{', '.join(forward_only)}: no output requires grad, forward only"
+        row.note = f"{row.note}; {why}" if row.note else why
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for round_ in range(repeats):
+            shift = round_ % len(order) if order else 0
+            for name in order[shift:] + order[:shift]:
+                times[name].append(steps[name].timed())
+    finally:
+        if enabled:
+            gc.enable()
+    for name, samples in times.items():
+        row.variants[name].time_s = statistics.median(samples)
+    return row
+
+
+def _resolve_names(spec: Spec, only) -> set[str] | None:
+    if only is None:
+        return None
+    names = {only} if isinstance(only, str) else set(only)
+    known = {fn.name for fn in spec.functions}
+    unknown = sorted(names - known)
+    if unknown:
+        raise BenchError(
+            f"no function {', '.join(repr(n) for n in unknown)} in {spec.path}"
+        )
+    return names
+
+
+def bench_spec(
+    spec: Spec | str | os.PathLike,
+    only: str | list[str] | None = None,
+    size: int = DEFAULT_SIZE,
+    device: str = "cpu",
+    dtype: str = "float32",
+    repeats: int = DEFAULT_REPEATS,
+    compile: bool = True,
+    backend: str = "inductor",
+    warmup: int = DEFAULT_WARMUP,
+) -> BenchReport:
+    """Benchmark every function of `spec` (or those named in `only`).
+
+    `size` is the number of elements of the largest input (see
+    `bench_shapes`); `repeats` the number of interleaved timing rounds;
+    `compile` adds the two torch.compile variants with `backend`."""
+    import torch
+
+    from fngen.checker import resolve_device
+
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    if repeats < 1:
+        raise BenchError(f"repeats must be at least 1, not {repeats}")
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if dtype not in dtypes:
+        raise BenchError(f"dtype must be one of {', '.join(dtypes)}, not {dtype!r}")
+    names = _resolve_names(spec, only)
+    if size < 1:
+        raise BenchError(f"size must be at least 1, not {size}")
+    dev = resolve_device(device)
+    module = load(spec)
+    rows = [
+        _bench_function(
+            spec.path,
+            fn,
+            module,
+            dev,
+            dtypes[dtype],
+            size,
+            repeats,
+            warmup,
+            compile,
+            backend,
+        )
+        for fn in spec.functions
+        if names is None or fn.name in names
+    ]
+    return BenchReport(
+        device=str(dev),
+        dtype=dtype,
+        size=size,
+        repeats=repeats,
+        compile=compile,
+        backend=backend if compile else None,
+        torch_version=torch.__version__,
+        threads=torch.get_num_threads(),
+        functions=rows,
+    )
