@@ -1,5 +1,6 @@
 """Mixed precision: a generated op behaves like a built-in one under autocast."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,12 @@ def tensors():
     return fngen.load(EXAMPLES / "tensors.yaml")
 
 
+@functools.lru_cache(maxsize=None)
+def _loaded(spec_name):
+    spec = fngen.load_spec(EXAMPLES / spec_name)
+    return spec, fngen.load(spec)
+
+
 def _inputs(fn, dtype, generator):
     return sample_inputs(fn, dtype, torch.device("cpu"), generator)
 
@@ -38,9 +45,8 @@ def _all_functions():
 def test_low_precision_inputs_keep_their_dtype(spec_name, name, dtype):
     """Python constants are weak scalars: nothing promotes to float64, and
     half inputs stay half in the forward and in every gradient."""
-    spec = fngen.load_spec(EXAMPLES / spec_name)
+    spec, module = _loaded(spec_name)
     fn = next(f for f in spec.functions if f.name == name)
-    module = fngen.load(spec)
     args = _inputs(fn, dtype, torch.Generator().manual_seed(0))
     outputs = getattr(module, name)(*args)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
