@@ -244,11 +244,28 @@ class SimpleFuncFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         (x,) = inputs
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x)
         ctx.save_for_forward(x)
 
     @staticmethod
     def backward(ctx, grad_s, grad_c):
+        if grad_s is None and grad_c is None:
+            return (None,)
+        if grad_s is not None and grad_c is None:
+            (x,) = ctx.saved_tensors
+            needs_x = ctx.needs_input_grad[0]
+            grad_x = None
+            if needs_x:
+                grad_x = grad_s * (x * torch.cos(x) + torch.sin(x))
+            return (grad_x,)
+        if grad_s is None and grad_c is not None:
+            (x,) = ctx.saved_tensors
+            needs_x = ctx.needs_input_grad[0]
+            grad_x = None
+            if needs_x:
+                grad_x = grad_c * (2 * x - torch.sin(x))
+            return (grad_x,)
         (x,) = ctx.saved_tensors
         needs_x = ctx.needs_input_grad[0]
         grad_x = None

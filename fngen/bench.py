@@ -104,13 +104,15 @@ class FunctionBench:
     note: str = ""
 
     def _ratio(self, numerator: str, denominator: str, attr: str) -> float | None:
+        """numerator / denominator of `attr`: None where either did not run
+        or both are 0 (nothing saved), inf where only the numerator is 0."""
         a, b = self.variants.get(numerator), self.variants.get(denominator)
         if a is None or b is None:
             return None
         x, y = getattr(a, attr), getattr(b, attr)
-        if x is None or y is None or y == 0:
-            return None  # 0/0: nothing saved by either; x/0: see the raw bytes
-        return x / y
+        if x is None or y is None or x == y == 0:
+            return None
+        return x / y if y else math.inf
 
     @property
     def eager_time_ratio(self) -> float | None:
@@ -132,8 +134,10 @@ class FunctionBench:
         return {name: getattr(self, name) for name in RATIOS}
 
     def to_dict(self) -> dict:
+        """Plain data for JSON; an infinite ratio becomes None (strict JSON
+        has no infinity): the raw numbers next to it tell which."""
         data = asdict(self)
-        data["ratios"] = self.ratios()
+        data["ratios"] = {k: _finite(v) for k, v in self.ratios().items()}
         return data
 
     @classmethod
@@ -157,6 +161,8 @@ RATIOS = (
 
 
 def geometric_mean(values) -> float | None:
+    """Over the finite positive values; None when there are none.  An
+    infinite ratio (bytes saved where autograd saves none) shows in its row."""
     values = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     if not values:
         return None
@@ -195,11 +201,7 @@ class BenchReport:
         ]
         for f in self.functions:
             name = f.name + ("" if f.comparable else "*")
-            values = [
-                _cell(f, suffix, attr)
-                for suffix in ("", "_compiled")
-                for attr in ("time_s", "saved_bytes")
-            ]
+            values = [_format(getattr(f, r)) for r in RATIOS]
             lines.append(
                 name.ljust(width) + "  " + "  ".join(v.rjust(6) for v in values)
             )
@@ -216,14 +218,16 @@ class BenchReport:
             for name, v in f.variants.items():
                 if v.error:
                     notes.append(f"  {f.name} {name}: {v.error}")
+        if any(not f.comparable for f in self.functions):
+            notes.insert(0, "* not comparable, left out of the geometric means:")
         if notes:
-            lines += ["", "* not comparable, left out of the geometric means", *notes]
+            lines += ["", *notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["functions"] = [f.to_dict() for f in self.functions]
-        data["geomeans"] = self.geomeans()
+        data["geomeans"] = {k: _finite(v) for k, v in self.geomeans().items()}
         return data
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -255,19 +259,13 @@ class BenchReport:
 
 
 def _format(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if math.isfinite(value) else "inf"
 
 
-def _cell(f: FunctionBench, suffix: str, attr: str) -> str:
-    """The ratio generated / composed of `attr`, or why there is none."""
-    ratio = f._ratio(f"generated{suffix}", f"composed{suffix}", attr)
-    if ratio is not None:
-        return _format(ratio)
-    a = f.variants.get(f"generated{suffix}")
-    b = f.variants.get(f"composed{suffix}")
-    if a and b and getattr(b, attr) == 0 and getattr(a, attr):
-        return "inf"  # the generated op saves bytes where autograd saves none
-    return "-"
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 # -- inputs -----------------------------------------------------------------

@@ -16,13 +16,14 @@ from sympy.printing.pycode import pycode
 
 from fngen import __version__
 from fngen import tensorops as T
-from fngen.derive import Derivation, derive
+from fngen.derive import Derivation, derive, derive_backward
 from fngen.model import FunctionSpec, InputKind, InputSpec, Spec
 from fngen.errors import SpecError
 from fngen.printer import PrintError, TorchPrinter
 from fngen.schedule import Block
 from fngen.spec import class_name, dimension_names, parse_init
 
+MAX_PRESENCE_OUTPUTS = 3
 BLACK_MODE = black.Mode(target_versions={black.TargetVersion.PY310}, line_length=88)
 
 
@@ -140,6 +141,8 @@ class FunctionWriter:
                 lines.append(f"ctx.{spec.name} = {spec.name}")
         for name in self.optional:
             lines.append(f"ctx.{name}_is_none = {name} is None")
+        if self.presence_variants(self.d):
+            lines.append("ctx.set_materialize_grads(False)")
 
         def body(d):
             saves = []
@@ -168,10 +171,55 @@ class FunctionWriter:
         return [f"{i.name} = ctx.{i.name}" for i in self.fn.inputs if not i.is_tensor]
 
     def backward(self) -> list[str]:
-        return self.branches(self._backward, in_ctx=True)
+        return self.branches(self._backward_by_presence, in_ctx=True)
 
-    def _backward(self, d: Derivation) -> list[str]:
-        lines = self._unpack(d.saved) + self._scalars()
+    def presence_variants(
+        self, d: Derivation
+    ) -> list[tuple[frozenset[int], Derivation]]:
+        """With several differentiable outputs, the backward has a branch for
+        each combination of incoming gradients that are None (treated as
+        zero, with ``ctx.set_materialize_grads(False)``).  Past three
+        outputs, zero gradients are materialised instead."""
+        differentiable = [i for i, diff in enumerate(d.differentiable_outputs) if diff]
+        if not 2 <= len(differentiable) <= MAX_PRESENCE_OUTPUTS:
+            return []
+        absent = next(a for a, v in self.variants if v is d)
+        subsets = []
+        for size in range(1, len(differentiable)):
+            subsets += [
+                frozenset(c) for c in itertools.combinations(differentiable, size)
+            ]
+        return [
+            (present, derive_backward(self.fn, absent, present, d.option))
+            for present in subsets
+        ]
+
+    def _backward_by_presence(self, d: Derivation) -> list[str]:
+        variants = self.presence_variants(d)
+        if not variants:
+            return self._backward(d, d)
+        grads = {
+            i: g.name
+            for i, (g, diff) in enumerate(zip(d.grad_symbols, d.differentiable_outputs))
+            if diff
+        }
+        results = [name for name, _ in d.grads]
+        lines = [
+            f"if {' and '.join(f'{g} is None' for g in grads.values())}:",
+            f"    return {', '.join('None' for _ in results)}{',' if len(results) == 1 else ''}",
+        ]
+        for present, variant in variants:
+            tests = [
+                f"{g} is not None" if i in present else f"{g} is None"
+                for i, g in grads.items()
+            ]
+            lines.append(f"if {' and '.join(tests)}:")
+            lines += [f"    {line}" for line in self._backward(variant, d)]
+        return lines + self._backward(d, d)
+
+    def _backward(self, d: Derivation, full: Derivation) -> list[str]:
+        """The backward of `d`; saved tensors and shapes are those of `full`."""
+        lines = self._unpack(full.saved) + self._scalars()
         grad_names = [name for name, symbol in d.grads if symbol is not None]
         needs = {i: f"needs_{name}" for i, name in enumerate(grad_names)}
         if grad_names:
@@ -184,7 +232,7 @@ class FunctionWriter:
             else:
                 lines.append(f"{', '.join(flags)} = ctx.needs_input_grad")
             lines.append(" = ".join(f"grad_{n}" for n in grad_names) + " = None")
-        shape_names = {s: f"ctx.{s.name}_shape" for s in d.shapes}
+        shape_names = {s: f"ctx.{s.name}_shape" for s in full.shapes}
         lines += self.emit(
             d.backward, self.printer(d.grad_symbols[0].name, shape_names), needs
         )

@@ -38,6 +38,7 @@ class Derivation:
     jvp: tuple[Block, ...]
     output_tangents: tuple[sp.Symbol, ...]
     derivatives: tuple[tuple[str, str, sp.Expr], ...]
+    option: int = 0
 
 
 def mt(expr: sp.Expr) -> sp.Expr:
@@ -46,8 +47,15 @@ def mt(expr: sp.Expr) -> sp.Expr:
 
 
 class Deriver:
-    def __init__(self, fn: FunctionSpec, absent: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        fn: FunctionSpec,
+        absent: frozenset[str] = frozenset(),
+        present: frozenset[int] | None = None,
+    ):
         self.fn = fn
+        # The outputs whose incoming gradient is not None (all when None).
+        self.present = present
         self.inputs = {i.name: fn.symbol(i.name) for i in fn.inputs}
         # An absent optional tensor counts as zero.
         zero = {self.inputs[name]: sp.Integer(0) for name in absent}
@@ -182,11 +190,12 @@ class Deriver:
         """Each tensor input's gradient as an expression over leaves, inputs
         and incoming gradients; `grad:` overrides replace derived ones."""
         contributions: dict[sp.Symbol, list[sp.Expr]] = {}
-        for (out, expr), grad, diff in zip(
-            self.formula.outputs, self.grad_symbols, self.differentiable
+        for index, ((out, expr), grad, diff) in enumerate(
+            zip(self.formula.outputs, self.grad_symbols, self.differentiable)
         ):
-            if diff:
-                self.pullback(grad, expr, exact=True, into=contributions)
+            if not diff or (self.present is not None and index not in self.present):
+                continue
+            self.pullback(grad, expr, exact=True, into=contributions)
         self.op_grads: list[tuple[sp.Symbol, sp.Expr]] = []
         for op in reversed(self.formula.ops):
             parts = contributions.pop(op.result, [])
@@ -258,22 +267,26 @@ class Deriver:
             tensors |= bare.free_symbols & available
         return tensors, shapes - tensors
 
-    def derive(self):
+    def derive(self, option: int | None = None):
+        """`option` forces the save policy (0: inputs, 1: outputs where
+        they help); by default the cheaper one is chosen."""
         grads = self.gradient_expressions()
         order = [g for g in self.tensor_inputs if grads[g] != 0]
         grad_names = {leaf: sp.Symbol(f"grad_{leaf.name}", real=True) for leaf in order}
         op_grads = self.op_grads
         exprs = [e for _, e in op_grads] + [grads[leaf] for leaf in order]
-        candidates = [exprs, self.substitute_outputs(exprs)]
+        candidates = list(enumerate([exprs, self.substitute_outputs(exprs)]))
+        if option is not None:
+            candidates = [candidates[option]]
         best = None
-        for option in candidates:
-            recompute = self.needed_recomputation(option)
-            all_exprs = [op.expr for op in recompute] + option
+        for number, choice in candidates:
+            recompute = self.needed_recomputation(choice)
+            all_exprs = [op.expr for op in recompute] + choice
             tensors, shapes = self.referenced(all_exprs)
             cost = (len(tensors), len(shapes), sum(sp.count_ops(e) for e in all_exprs))
             if best is None or cost < best[0]:
-                best = (cost, option, recompute, tensors, shapes)
-        _, option, recompute, tensors, shapes = best
+                best = (cost, number, choice, recompute, tensors, shapes)
+        _, self.option, option, recompute, tensors, shapes = best
 
         # Guards: which inputs' gradients each step serves.
         index = {leaf: i for i, leaf in enumerate(order)}
@@ -409,11 +422,20 @@ class Deriver:
             jvp=jvp,
             output_tangents=output_tangents,
             derivatives=derivatives,
+            option=self.option,
         )
 
 
 def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:
     return expr.args[0] if isinstance(expr, T.SumToSize) else expr
+
+
+def derive_backward(
+    fn: FunctionSpec, absent: frozenset[str], present: frozenset[int], option: int
+) -> Derivation:
+    """The derivation when only the outputs in `present` receive a gradient,
+    with the save policy `option` of the derivation where all do."""
+    return Deriver(fn, absent, present).derive(option)
 
 
 def derive(fn: FunctionSpec, absent: frozenset[str] = frozenset()) -> Derivation:
