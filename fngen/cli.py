@@ -67,19 +67,22 @@ def build(spec, output, check_only, diff):
         return
     path = Path(output)
     try:
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-    except (OSError, UnicodeDecodeError) as err:
-        _fail(f"error: cannot read {output}: {err}")
+        raw = path.read_bytes() if path.exists() else None
+    except OSError as err:
+        _fail(f"error: cannot read {output}: {err.strerror or err}")
+    # Compare bytes: a stale output that is not UTF-8 is still just stale.
+    stale = raw != source.encode("utf-8")
+    current = "" if raw is None else raw.decode("utf-8", errors="replace")
     if diff:
         lines = difflib.unified_diff(
-            (current or "").splitlines(keepends=True),
+            current.splitlines(keepends=True),
             source.splitlines(keepends=True),
             fromfile=f"{output} (current)",
             tofile=f"{output} (generated)",
         )
         click.echo("".join(lines), nl=False)
     if check_only or diff:
-        if current != source:
+        if stale:
             if check_only:
                 click.echo(
                     f"{output} is stale: run 'fngen build {spec} -o {output}'", err=True
@@ -115,9 +118,11 @@ def check(specs, device, dtype, only):
     from fngen.checker import DeviceError, check_spec
 
     ok = True
+    found: set[str] = set()
     for spec_path in specs:
         try:
             spec = load_spec(spec_path)
+            found |= {fn.name for fn in spec.functions}
             if only and not any(fn.name in only for fn in spec.functions):
                 continue
             report = check_spec(
@@ -132,4 +137,9 @@ def check(specs, device, dtype, only):
             _fail(f"error: {err}")
         click.echo(f"{spec_path}: " + report.table())
         ok &= report.ok
+    missing = [name for name in only if name not in found]
+    if missing:
+        _fail(
+            f"error: no function named {', '.join(repr(n) for n in missing)} in {', '.join(specs)}"
+        )
     sys.exit(EXIT_OK if ok else EXIT_FAILED)

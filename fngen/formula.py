@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import io
+import tokenize
 import keyword
 from typing import Callable
 
@@ -20,7 +22,7 @@ import sympy as sp
 
 from fngen import tensorops as T
 from fngen.errors import Location, SpecError
-from fngen.functions import POINTWISE_FUNCTIONS, indicator
+from fngen.functions import NUMERIC, POINTWISE_FUNCTIONS, constant_value, indicator
 from fngen.model import Formula, OpNode
 from fngen.stable import stabilize
 
@@ -126,8 +128,11 @@ class FormulaParser:
                 self.locate(0, 0),
                 f"formula is longer than {MAX_FORMULA_LENGTH} characters",
             )
+        text, carets = caret_to_power(text.rstrip("\n"))
+        if carets:
+            self.locate = _shifted_locator(self.locate, carets)
         try:
-            return ast.parse(text.rstrip("\n"), mode="exec")
+            return ast.parse(text, mode="exec")
         except SyntaxError as err:
             line = (err.lineno or 1) - 1
             column = max((err.offset or 1) - 1, 0)
@@ -185,7 +190,29 @@ class FormulaParser:
         expr = self._visit(node)
         if isinstance(expr, T.TensorMT):
             expr = self._lift(expr, node)
-        return indicator(expr) if is_condition(expr) else expr
+        expr = indicator(expr) if is_condition(expr) else expr
+        return self._fold(expr, node)
+
+    def _fold(self, expr: sp.Expr, node: ast.AST) -> sp.Expr:
+        """Check a constant subexpression now, where its location is known,
+        and fold it to a number when SymPy cannot evaluate it itself."""
+        if expr.is_Number and not expr.is_finite:
+            raise self._error(
+                node, f"the constant {ast.unparse(node)} has no finite real value"
+            )
+        if expr.is_Number or expr.free_symbols or is_condition(expr):
+            return expr
+        value = constant_value(expr)
+        if value is None:
+            raise self._error(
+                node, f"the constant {ast.unparse(node)} has no finite real value"
+            )
+        if any(
+            type(e) in NUMERIC or isinstance(e, sp.Piecewise)
+            for e in sp.preorder_traversal(expr)
+        ):
+            return value
+        return expr
 
     def _visit(self, node: ast.AST) -> sp.Expr:
         method = getattr(self, f"_visit_{type(node).__name__}", None)
@@ -255,7 +282,15 @@ class FormulaParser:
 
     def _check_power(self, node, base, exponent):
         if base.is_number and exponent.is_number:
-            if abs(complex(exponent)) > MAX_CONSTANT_EXPONENT:
+            too_large = abs(complex(exponent)) > MAX_CONSTANT_EXPONENT
+            if not too_large and base != 0:
+                # Decimal digits of the result: refuse what no float can hold
+                # before SymPy computes it exactly.
+                digits = abs(float(exponent)) * float(
+                    sp.log(sp.Abs(base), 10).evalf(15)
+                )
+                too_large = digits > 400
+            if too_large:
                 raise self._error(
                     node,
                     "constant power is too large",
@@ -325,10 +360,11 @@ class FormulaParser:
                 raise self._error(
                     node.args[0], "where() needs a comparison as its first argument"
                 )
-            return function.build(
+            result = function.build(
                 condition, self._number(node.args[1]), self._number(node.args[2])
             )
-        return function.build(*(self._number(a) for a in node.args))
+            return self._fold(result, node)
+        return self._fold(function.build(*(self._number(a) for a in node.args)), node)
 
     def _reduction(self, node: ast.Call, name: str):
         if not 1 <= len(node.args) <= 2:
@@ -424,8 +460,44 @@ _OP_NAMES = {
     T.TensorMT: "mT",
 }
 
+
 # Names the generated code itself uses; an input or statement of that name
 # would shadow them.
+def caret_to_power(text: str) -> tuple[str, dict[int, list[int]]]:
+    """Replace each ``^`` operator token by ``**``, so that ``x^2 + 1`` binds
+    like a power (Python's ``^`` binds looser than ``+``).  Done on tokens,
+    not characters: a ``^`` in a comment is left alone.  Returns the new text
+    and, per 0-based line, the original columns of the replaced carets."""
+    carets: dict[int, list[int]] = {}
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.OP and token.string == "^":
+                carets.setdefault(token.start[0] - 1, []).append(token.start[1])
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return text, {}  # ast.parse reports the problem
+    if not carets:
+        return text, {}
+    lines = text.split("\n")
+    for line, columns in carets.items():
+        chars = lines[line]
+        for column in sorted(columns, reverse=True):
+            chars = chars[:column] + "**" + chars[column + 1 :]
+        lines[line] = chars
+    return "\n".join(lines), carets
+
+
+def _shifted_locator(locate: Locator, carets: dict[int, list[int]]) -> Locator:
+    """Map columns of the rewritten text back to the original text."""
+
+    def shifted(line: int, column: int) -> Location:
+        before = sum(
+            1 for i, c in enumerate(sorted(carets.get(line, []))) if c + i < column
+        )
+        return locate(line, column - before)
+
+    return shifted
+
+
 RESERVED_NAMES = frozenset(
     {
         "torch",
@@ -482,5 +554,9 @@ def _describe(node: ast.AST) -> str:
         ast.Starred: "'*'",
         ast.Await: "'await'",
         ast.NamedExpr: "':='",
+        ast.JoinedStr: "an f-string",
+        ast.Set: "a set",
+        ast.ListComp: "a comprehension",
+        ast.GeneratorExp: "a generator expression",
     }
     return descriptions.get(type(node), f"'{type(node).__name__}'")

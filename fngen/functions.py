@@ -213,3 +213,68 @@ POINTWISE_FUNCTIONS: dict[str, FormulaFunction] = {
     name: FormulaFunction(name, arity, build)
     for name, (arity, build) in _BUILDERS.items()
 }
+
+
+def _mp():
+    import mpmath  # SymPy's own dependency
+
+    return mpmath
+
+
+def _round_half_even(v):
+    mp = _mp()
+    floor = mp.floor(v)
+    diff = v - floor
+    if diff > 0.5 or (diff == 0.5 and int(floor) % 2 == 1):
+        return floor + 1
+    return floor
+
+
+# Numeric values of fngen's own functions at constant arguments (SymPy's own
+# functions evaluate themselves), so that ``relu(1)`` folds to a number.
+NUMERIC = {
+    Sign: lambda v: _mp().sign(v),
+    HeavisideStep: lambda v: 1 if v > 0 else 0,
+    Floor: lambda v: _mp().floor(v),
+    Ceil: lambda v: _mp().ceil(v),
+    Round: _round_half_even,
+    Abs: lambda v: abs(v),
+    Relu: lambda v: max(v, 0),
+    Sigmoid: lambda v: 1 / (1 + _mp().exp(-v)),
+    Softplus: lambda v: _mp().log1p(_mp().exp(v)),
+    LogSigmoid: lambda v: -_mp().log1p(_mp().exp(-v)),
+    Hypot: lambda a, b: _mp().hypot(a, b),
+    Maximum: lambda a, b: max(a, b),
+    Minimum: lambda a, b: min(a, b),
+    Clamp: lambda x, lo, hi: min(max(x, lo), hi),
+}
+
+
+def constant_value(expr: sp.Expr) -> sp.Float | None:
+    """The value of a constant expression as a 40-digit Float, or None when
+    it has no finite real value (``log(0)``, ``asin(3)``)."""
+    mp = _mp()
+
+    def evaluate(e):
+        if e.is_Number:
+            return mp.mpf(sp.Float(e, 40)._mpf_) if not e.is_Integer else mp.mpf(int(e))
+        if isinstance(e, sp.NumberSymbol) or not e.args:
+            value = sp.N(e, 40)
+            return mp.mpf(value._mpf_) if value.is_Float else None
+        args = [evaluate(a) for a in e.args]
+        if any(a is None for a in args):
+            return None
+        cls = type(e)
+        if cls in NUMERIC:
+            return mp.mpf(NUMERIC[cls](*args))
+        value = sp.N(e.func(*[sp.Float(a, 40) for a in args]), 40)
+        return mp.mpf(value._mpf_) if value.is_Float else None
+
+    try:
+        with mp.workdps(40):
+            value = evaluate(expr)
+            if value is None or not mp.isfinite(value):
+                return None
+            return sp.Float(value, 40)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError):
+        return None

@@ -16,6 +16,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
 from fngen import functions as F
+from fngen.functions import constant_value
 from fngen import tensorops as T
 
 
@@ -86,6 +87,7 @@ _ALLOWED = (
     sp.And,
     sp.Or,
     sp.Not,
+    sp.logic.boolalg.ITE,
     sp.polygamma,
     F.HeavisideStep,
     F.Clamp,
@@ -144,8 +146,9 @@ class TorchPrinter(StrPrinter):
         return self.names.get(expr, expr.name)
 
     def _print_constant(self, expr):
-        value = sp.N(expr, 40)  # well past double precision: one rounding, in float()
-        if not (value.is_real and value.is_finite):
+        # Evaluated well past double precision: one rounding, in float().
+        value = constant_value(expr)
+        if value is None:
             raise PrintError(f"constant {expr} is not a finite real number")
         return self._print_float(float(value))
 
@@ -281,6 +284,10 @@ class TorchPrinter(StrPrinter):
     def _print_Or(self, expr):
         return " | ".join(f"({self._print(a)})" for a in expr.args)
 
+    def _print_ITE(self, expr):
+        condition, a, b = (self._print(arg) for arg in expr.args)
+        return f"torch.where({condition}, {a}, {b})"
+
     def _print_Not(self, expr):
         return f"~({self._print(expr.args[0])})"
 
@@ -323,6 +330,8 @@ class TorchPrinter(StrPrinter):
         options = []
         if len(dims):
             options.append(f"dim={self._dims(dims)}")
+        elif keepdim:
+            options.append("dim=()")  # every dimension, kept with size 1
         if keepdim:
             options.append("keepdim=True")
         return f"{self._postfix(arg)}.{method}({', '.join(options)})"

@@ -114,6 +114,11 @@ class Interpreter:
             for value, condition in reversed(expr.args[:-1]):
                 result = torch.where(self(condition), self(value), result)
             return result
+        if isinstance(expr, sp.logic.boolalg.ITE):
+            condition, a, b = (self(arg) for arg in expr.args)
+            return torch.where(condition, a, b)
+        if isinstance(expr, sp.Not):
+            return ~self(expr.args[0])
         if cls in _RELATIONS:
             return _RELATIONS[cls](self(expr.lhs), self(expr.rhs))
         if isinstance(expr, sp.And):

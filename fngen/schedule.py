@@ -49,6 +49,8 @@ def _worth_a_name(expr: sp.Expr) -> bool:
         or expr.is_Atom
     ):
         return False
+    if getattr(expr, "is_number", False):
+        return False  # printed as one literal, never as a tensor op
     if (
         isinstance(expr, sp.Mul)
         and len(expr.args) == 2

@@ -7,6 +7,8 @@ file: the text of ``    formula: ...`` on line 3 starts at column 14.
 from __future__ import annotations
 
 import builtins
+import subprocess
+import sys
 
 import pytest
 import sympy as sp
@@ -487,11 +489,6 @@ def test_output_not_assigned():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: nested constant powers bypass the exponent limit: (10**100)**1000 is "
-    "accepted and later crashes printing (ValueError: int too large to convert)",
-)
 def test_nested_huge_constant_power_is_refused():
     with pytest.raises(SpecError, match="constant power is too large"):
         parse("z = x * (10**100)**1000")
@@ -501,6 +498,34 @@ def test_error_line_after_a_leading_blank_line():
     assert error("\nz = sqr(x)") == (
         "ops.yaml:4:18: error: unknown function 'sqr' (did you mean 'sqrt'?)"
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "z = where(x < asin(3), x, 0)",
+        "z = where(x > pow(0, -1), x, 0)",
+    ],
+)
+def test_invalid_constant_is_a_located_error(text):
+    assert error(text).startswith("ops.yaml:3:")
+
+
+def test_constant_condition_parses_quickly(tmp_path):
+    script = (
+        "from fngen.errors import Location, SpecError\n"
+        "from fngen.formula import FormulaParser\n"
+        "parser = FormulaParser(lambda line, col: Location('ops.yaml', line, col), None)\n"
+        "try:\n"
+        "    parser.parse_statements("
+        "'z = where(2 >= relu(1), y, 7) + x', Location('ops.yaml', 3, 14), None)\n"
+        "except SpecError:\n"
+        "    pass\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.fail("parsing did not finish in 5 s")
 
 
 # No evaluation of spec text ---------------------------------------------------

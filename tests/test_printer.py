@@ -218,6 +218,33 @@ def test_constant_out_of_float_range_is_an_error(constant):
         print_torch(constant * x)
 
 
+@pytest.mark.parametrize(
+    "name, args, value",
+    [
+        ("relu", (1,), 1.0),
+        ("sigmoid", (0,), 0.5),
+        ("softplus", (1,), math.log1p(math.e)),
+        ("logsigmoid", (0,), -math.log(2)),
+        ("max", (1, 2), 2.0),
+        ("min", (1, 2), 1.0),
+        ("clamp", (5, 0, 1), 1.0),
+        ("hypot", (3, 4), 5.0),
+        ("floor", (sp.Rational(5, 2),), 2.0),
+        ("ceil", (sp.Rational(5, 2),), 3.0),
+        ("sign", (-3,), -1.0),
+        ("round", (sp.Rational(1, 2),), 0.0),
+        ("heaviside", (-1,), 0.0),
+    ],
+)
+def test_functions_of_constants_print_their_value(name, args, value):
+    constant = F.POINTWISE_FUNCTIONS[name].build(
+        *(sp.Integer(a) if isinstance(a, int) else a for a in args)
+    )
+    printed = print_torch(constant * x)
+    result = eval(printed, {"torch": torch, "math": math, "x": TX, "grad": TG})
+    assert torch.allclose(result, value * TX, rtol=1e-15, atol=0)
+
+
 # Strictness -------------------------------------------------------------------
 
 

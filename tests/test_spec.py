@@ -641,6 +641,13 @@ def test_bad_formula_outputs_grad_check(body, message):
     assert error(one_function(body)) == message
 
 
+@pytest.mark.parametrize("constant", ["log(0)", "digamma(-1)", "lgamma(-1)"])
+def test_infinite_constant_is_reported_as_such(constant):
+    message = error(one_function(f"formula: y = x + {constant}\n"))
+    assert message.startswith("ops.yaml:4:")
+    assert "not used" not in message
+
+
 def test_formula_and_init_text_never_run(tmp_path):
     marker = tmp_path / "ran"
     command = f"__import__('os').system('touch {marker}')"
