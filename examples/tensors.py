@@ -639,35 +639,35 @@ class LogSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x):
-        y_sum = torch.exp(x).sum(dim=-1, keepdim=True)
-        y = x - torch.log(y_sum)
+        y_logsumexp = torch.logsumexp(x, dim=-1, keepdim=True)
+        y = x - y_logsumexp
         return y
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         (x,) = inputs
+        y = output
         ctx.save_for_backward(x)
-        ctx.save_for_forward(x)
+        ctx.save_for_forward(y)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         needs_x = ctx.needs_input_grad[0]
         grad_x = None
-        t0 = torch.exp(x)
-        y_sum = t0.sum(dim=-1, keepdim=True)
-        grad_y_sum = (-grad / y_sum).sum_to_size(y_sum.shape)
+        y_logsumexp = torch.logsumexp(x, dim=-1, keepdim=True)
+        grad_y_logsumexp = (-grad).sum_to_size(y_logsumexp.shape)
         if needs_x:
-            grad_x = t0 * grad_y_sum.expand(x.shape) + grad.sum_to_size(x.shape)
+            grad_x = torch.exp(x - y_logsumexp) * grad_y_logsumexp.expand(
+                x.shape
+            ) + grad.sum_to_size(x.shape)
         return (grad_x,)
 
     @staticmethod
     def jvp(ctx, x_t):
-        (x,) = ctx.saved_tensors
-        t0 = torch.exp(x)
-        y_sum = t0.sum(dim=-1, keepdim=True)
-        y_sum_t = (t0 * x_t).sum(dim=-1, keepdim=True)
-        y_t = x_t - y_sum_t / y_sum
+        (y,) = ctx.saved_tensors
+        y_logsumexp_t = (x_t * torch.exp(y)).sum(dim=-1, keepdim=True)
+        y_t = x_t - y_logsumexp_t
         return y_t
 
 

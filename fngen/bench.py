@@ -87,6 +87,7 @@ class VariantResult:
     """Raw numbers of one variant; None where it did not run."""
 
     time_s: float | None = None  # median forward + backward, seconds
+    time_iqr_s: float | None = None  # its interquartile range: the noise
     saved_bytes: int | None = None  # distinct storages saved for backward
     saved_tensors: int | None = None  # how many distinct storages
     saved_extra_bytes: int | None = None  # of those, neither input nor output
@@ -446,6 +447,8 @@ def _bench_function(
     del reference
     if device.type == "cuda":
         sync = torch.cuda.synchronize
+    elif device.type == "mps":
+        sync = torch.mps.synchronize
     else:
 
         def sync():
@@ -499,6 +502,9 @@ def _bench_function(
             gc.enable()
     for name, samples in times.items():
         row.variants[name].time_s = statistics.median(samples)
+        if len(samples) > 1:
+            low, _, high = statistics.quantiles(samples, n=4)
+            row.variants[name].time_iqr_s = high - low
     return row
 
 
@@ -525,12 +531,16 @@ def bench_spec(
     compile: bool = True,
     backend: str = "inductor",
     warmup: int = DEFAULT_WARMUP,
+    threads: int | None = None,
 ) -> BenchReport:
     """Benchmark every function of `spec` (or those named in `only`).
 
     `size` is the number of elements of the largest input (see
     `bench_shapes`); `repeats` the number of interleaved timing rounds;
-    `compile` adds the two torch.compile variants with `backend`."""
+    `compile` adds the two torch.compile variants with `backend`;
+    `threads`, when given, is torch's CPU thread count for the run (restored
+    afterwards): on a small machine shared with other jobs, one thread
+    avoids parallel kernels that wait for a descheduled worker."""
     import torch
 
     from fngen.checker import resolve_device
@@ -545,24 +555,33 @@ def bench_spec(
     names = _resolve_names(spec, only)
     if size < 1:
         raise BenchError(f"size must be at least 1, not {size}")
+    if threads is not None and threads < 1:
+        raise BenchError(f"threads must be at least 1, not {threads}")
     dev = resolve_device(device)
     module = load(spec)
-    rows = [
-        _bench_function(
-            spec.path,
-            fn,
-            module,
-            dev,
-            dtypes[dtype],
-            size,
-            repeats,
-            warmup,
-            compile,
-            backend,
-        )
-        for fn in spec.functions
-        if names is None or fn.name in names
-    ]
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rows = [
+            _bench_function(
+                spec.path,
+                fn,
+                module,
+                dev,
+                dtypes[dtype],
+                size,
+                repeats,
+                warmup,
+                compile,
+                backend,
+            )
+            for fn in spec.functions
+            if names is None or fn.name in names
+        ]
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
     return BenchReport(
         device=str(dev),
         dtype=dtype,
@@ -571,6 +590,6 @@ def bench_spec(
         compile=compile,
         backend=backend if compile else None,
         torch_version=torch.__version__,
-        threads=torch.get_num_threads(),
+        threads=used_threads,
         functions=rows,
     )

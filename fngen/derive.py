@@ -132,6 +132,15 @@ class Deriver:
             if isinstance(expr, T.TensorMean):
                 grad = grad / T.Numel(self.shape_of(arg), dims)
             return [(arg, grad, True)]
+        if isinstance(expr, T.TensorLogSumExp):
+            arg, dims, keepdim = expr.args
+            grad, result = upstream, op.result
+            if not keepdim:
+                grad, result = T.Unsqueeze(grad, dims), T.Unsqueeze(result, dims)
+            # The softmax of the argument, from the (recomputed) result.
+            return [
+                (arg, T.Expand(grad, self.shape_of(arg)) * sp.exp(arg - result), True)
+            ]
         if isinstance(expr, T.TensorMT):
             return [(expr.args[0], T.TensorMT(upstream), False)]
         if isinstance(expr, T.TensorMatmul):
@@ -152,11 +161,15 @@ class Deriver:
             return results
         raise TypeError(f"no VJP rule for {type(expr).__name__}")
 
-    def jvp_rule(self, expr: sp.Expr, tangent_of) -> sp.Expr:
+    def jvp_rule(self, expr: sp.Expr, tangent_of, result_symbol=None) -> sp.Expr:
         """The tangent of a tensor op's result, given `tangent_of(arg)`."""
         if isinstance(expr, (T.TensorSum, T.TensorMean)):
             arg, dims, keepdim = expr.args
             return type(expr)(tangent_of(arg), dims, keepdim)
+        if isinstance(expr, T.TensorLogSumExp):
+            arg, dims, keepdim = expr.args
+            result = result_symbol if keepdim else T.Unsqueeze(result_symbol, dims)
+            return T.TensorSum(sp.exp(arg - result) * tangent_of(arg), dims, keepdim)
         if isinstance(expr, T.TensorMT):
             return T.TensorMT(tangent_of(expr.args[0]))
         if isinstance(expr, T.TensorMatmul):
@@ -369,7 +382,7 @@ class Deriver:
             return sp.Add(*terms)
 
         for op in self.formula.ops:
-            tangent = self.jvp_rule(op.expr, tangent_of)
+            tangent = self.jvp_rule(op.expr, tangent_of, op.result)
             tangents[op.result] = sp.Symbol(f"{op.result.name}_t", real=True)
             steps.append(Step(tangents[op.result], tangent, frozenset()))
         output_tangents = []
@@ -383,10 +396,10 @@ class Deriver:
                     tangent = T.Expand(tangent, self.shape_of(expr))
                 steps.append(Step(symbol, tangent, frozenset()))
             output_tangents.append(symbol)
-        recompute = self.needed_recomputation([s.expr for s in steps])
-        steps = [Step(op.result, op.expr, frozenset()) for op in recompute] + steps
         exprs = self.substitute_outputs([s.expr for s in steps])
         steps = [Step(s.target, e, s.guard) for s, e in zip(steps, exprs)]
+        recompute = self.needed_recomputation([s.expr for s in steps])
+        steps = [Step(op.result, op.expr, frozenset()) for op in recompute] + steps
         taken = self.taken_names() | {t.name for t in tangents.values()}
         blocks = schedule(steps, frozenset(), taken)
         tensors, shapes = self.referenced([s.expr for s in steps])

@@ -337,6 +337,13 @@ class FormulaParser:
         name = node.func.id
         if name in REDUCTIONS:
             return self._reduction(node, name)
+        if name == "log" and len(node.args) == 1 and not node.keywords:
+            count = len(self.ops)
+            argument = self._number(node.args[0])
+            stable = self._logsumexp(argument, count, node)
+            if stable is not None:
+                return stable
+            return self._fold(POINTWISE_FUNCTIONS["log"].build(argument), node)
         function = POINTWISE_FUNCTIONS.get(name)
         if function is None:
             raise self._error(
@@ -365,6 +372,25 @@ class FormulaParser:
             )
             return self._fold(result, node)
         return self._fold(function.build(*(self._number(a) for a in node.args)), node)
+
+    def _logsumexp(
+        self, argument: sp.Expr, count: int, node: ast.Call
+    ) -> sp.Expr | None:
+        """``log(sum(exp(u), dim=...))`` as one stable logsumexp, when the sum
+        was made for this log alone (the one op its argument created)."""
+        if len(self.ops) != count + 1 or argument != self.ops[-1].result:
+            return None
+        op = self.ops[-1]
+        if not isinstance(op.expr, T.TensorSum) or not isinstance(
+            op.expr.args[0], sp.exp
+        ):
+            return None
+        power, dims, keepdim = op.expr.args
+        if not len(dims):
+            return None
+        self.ops.pop()
+        self.taken.discard(op.result.name)
+        return self._lift(T.TensorLogSumExp(power.args[0], dims, keepdim), node)
 
     def _reduction(self, node: ast.Call, name: str):
         if not 1 <= len(node.args) <= 2:
@@ -454,6 +480,7 @@ class FormulaParser:
 
 
 _OP_NAMES = {
+    T.TensorLogSumExp: "logsumexp",
     T.TensorSum: "sum",
     T.TensorMean: "mean",
     T.TensorMatmul: "matmul",

@@ -349,6 +349,11 @@ class TorchPrinter(StrPrinter):
     def _print_TensorMean(self, expr):
         return self._reduction(expr, "mean")
 
+    def _print_TensorLogSumExp(self, expr):
+        arg, dims, keepdim = expr.args
+        keep = ", keepdim=True" if keepdim else ""
+        return f"torch.logsumexp({self._print(arg)}, dim={self._dims(dims)}{keep})"
+
     def _print_TensorMatmul(self, expr):
         a, b = expr.args
         level = PRECEDENCE["Mul"]

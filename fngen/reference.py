@@ -144,6 +144,11 @@ class Interpreter:
                 if keepdim
                 else reduce(value)
             )
+        if isinstance(expr, T.TensorLogSumExp):
+            arg, dims, keepdim = expr.args
+            return torch.logsumexp(
+                self(arg), dim=tuple(int(d) for d in dims), keepdim=bool(keepdim)
+            )
         if isinstance(expr, T.TensorMatmul):
             return torch.matmul(self(expr.args[0]), self(expr.args[1]))
         if isinstance(expr, T.TensorMT):

@@ -37,6 +37,13 @@ class TensorMean(TensorOp):
     nargs = 3
 
 
+class TensorLogSumExp(TensorOp):
+    """``torch.logsumexp(e, dim, keepdim)``: what ``log(sum(exp(e), dim))``
+    is rewritten to, so that it cannot overflow."""
+
+    nargs = 3
+
+
 class TensorMatmul(TensorOp):
     """``a @ b`` (batched like ``torch.matmul``)."""
 
