@@ -37,13 +37,13 @@ def targets(report) -> list[tuple[str, bool | None, str]]:
 
     def above(attr):
         worse = [f for f in rows if (getattr(f, attr) or 0) > 1.0]
-        return [f"{f.name} ({getattr(f, attr):.2f})" for f in worse]
+        return [f"{f.name} ({getattr(f, attr):.3f})" for f in worse]
 
     def geomean(name, limit):
         value = means[name]
         if value is None:
             return None, "not measured"
-        return value <= limit, f"{value:.2f}"
+        return value <= limit, f"{value:.3f}"
 
     def none_above(attr):
         if attr.startswith("compiled") and not report.compile:
@@ -88,14 +88,17 @@ def machine() -> str:
                     break
     except OSError:
         pass
+    try:
+        load = ", load average %.2f %.2f %.2f at the end" % os.getloadavg()
+    except OSError:
+        load = ""
     return (
-        f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores "
-        f"({torch.get_num_threads()} torch threads), Python "
-        f"{platform.python_version()}, torch {torch.__version__}"
+        f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores"
+        f"{load}; Python {platform.python_version()}, torch {torch.__version__}"
     )
 
 
-def run(args) -> str:
+def run(args):
     import fngen
     from fngen.bench import BenchReport, bench_spec
 
@@ -122,6 +125,7 @@ def run(args) -> str:
                 repeats=args.repeats,
                 compile=not args.no_compile,
                 backend=args.backend,
+                threads=args.threads,
             )
         )
     return BenchReport.combine(reports)
@@ -139,6 +143,15 @@ def results_markdown(report, command: str, seconds: float) -> str:
         "backward (distinct storages seen by `saved_tensors_hooks`, saved inputs",
         "and outputs included).  Below 1 favours the generated op.  Ratios only:",
         "absolute times are not comparable across machines or runs.",
+        "",
+        "One torch thread by default (`--threads`): this machine has 2 cores shared",
+        "with other jobs, and with 2 OpenMP threads every parallel kernel waits",
+        "for a descheduled worker in steps of a scheduler slice (about 8 ms, seen",
+        "for kernels that take 0.2 ms on one thread), which swamps the differences",
+        "measured here.  Even so, ratios within about 0.1 of 1 are run-to-run",
+        "noise here (identical code, as `exp` compiled, has read 1.01 to 1.16).",
+        "Functions with a `grad:` override (marked `*`) are not comparable:",
+        "autograd of the plain formula computes another gradient.",
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- command: `{command}` ({seconds / 60:.1f} minutes)",
@@ -164,11 +177,17 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--backend", default="inductor")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1; 0: torch's default), see RESULTS.md",
+    )
     parser.add_argument(
         "--output",
         default=str(ROOT / "benchmarks" / "RESULTS.md"),
@@ -178,6 +197,7 @@ def main(argv=None) -> int:
         "--json", default=None, help="also write the report as JSON here"
     )
     args = parser.parse_args(argv)
+    args.threads = args.threads or None
     os.chdir(ROOT)  # spec paths in the report are relative to the repository
     command = shlex.join(
         ["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]

@@ -143,3 +143,75 @@ def check(specs, device, dtype, only):
             f"error: no function named {', '.join(repr(n) for n in missing)} in {', '.join(specs)}"
         )
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option(
+    "--only", "only", multiple=True, help="Benchmark only this function (repeatable)."
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=4_000_000,
+    show_default=True,
+    help="Elements of the largest input (formulas with @ stop at 262,144).",
+)
+@click.option(
+    "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Interleaved timing rounds; the median is reported.",
+)
+@click.option(
+    "--compile/--no-compile",
+    "compile_",
+    default=True,
+    show_default=True,
+    help="Also compare both under torch.compile.",
+)
+@click.option(
+    "--backend",
+    default="inductor",
+    show_default=True,
+    help="The torch.compile backend.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench(spec, only, size, device, dtype, repeats, compile_, backend, as_json):
+    """Time each function of SPEC against the same formula under plain autograd.
+
+    For the generated op and the formula as plain torch ops, eager and under
+    torch.compile: forward + backward time (median of interleaved rounds) and
+    the bytes saved for backward.  Prints ratios generated / plain (below 1
+    is better).  A benchmark, not a check: it exits 0 whatever the ratios.
+    """
+    from fngen.api import load_spec
+    from fngen.bench import BenchError, bench_spec
+    from fngen.checker import DeviceError
+
+    try:
+        report = bench_spec(
+            load_spec(spec),
+            only=list(only) or None,
+            size=size,
+            device=device,
+            dtype=dtype,
+            repeats=repeats,
+            compile=compile_,
+            backend=backend,
+        )
+    except SpecError as err:
+        _fail(str(err))
+    except (BenchError, DeviceError) as err:
+        _fail(f"error: {err}")
+    click.echo(report.to_json() if as_json else report.table())
