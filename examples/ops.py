@@ -118,13 +118,13 @@ class MyReluFunction(torch.autograd.Function):
         needs_x = ctx.needs_input_grad[0]
         grad_x = None
         if needs_x:
-            grad_x = torch.where(x > 0, grad, 0)
+            grad_x = grad * (x > 0)
         return (grad_x,)
 
     @staticmethod
     def jvp(ctx, x_t):
         (x,) = ctx.saved_tensors
-        y_t = torch.where(x > 0, x_t, 0)
+        y_t = x_t * (x > 0)
         return y_t
 
 
@@ -380,7 +380,7 @@ class Legendre3Function(torch.autograd.Function):
 
     @staticmethod
     def forward(x):
-        y = 5 * x**3 / 2 - 3 * x / 2
+        y = 2.5 * x**3 - 1.5 * x
         return y
 
     @staticmethod
@@ -395,13 +395,13 @@ class Legendre3Function(torch.autograd.Function):
         needs_x = ctx.needs_input_grad[0]
         grad_x = None
         if needs_x:
-            grad_x = grad * (15 * x**2 / 2 - 3 / 2)
+            grad_x = 1.5 * (grad * (5 * x**2 - 1))
         return (grad_x,)
 
     @staticmethod
     def jvp(ctx, x_t):
         (x,) = ctx.saved_tensors
-        y_t = x_t * (15 * x**2 / 2 - 3 / 2)
+        y_t = 1.5 * (x_t * (5 * x**2 - 1))
         return y_t
 
 
@@ -466,7 +466,7 @@ class PreluFunction(torch.autograd.Function):
                 grad
                 * (
                     torch.where(x < 0, a, torch.where(t0, a / 2, 0))
-                    + torch.where(x > 0, 1, torch.where(t0, 1 / 2, 0)).to(grad.dtype)
+                    + torch.where(x > 0, 1, torch.where(t0, 0.5, 0)).to(grad.dtype)
                 )
             ).sum_to_size(x.shape)
         if needs_a:
@@ -479,7 +479,7 @@ class PreluFunction(torch.autograd.Function):
         t0 = x == 0
         y_t = a_t * torch.clamp(x, max=0) + x_t * (
             torch.where(x < 0, a, torch.where(t0, a / 2, 0))
-            + torch.where(x > 0, 1, torch.where(t0, 1 / 2, 0)).to(x_t.dtype)
+            + torch.where(x > 0, 1, torch.where(t0, 0.5, 0)).to(x_t.dtype)
         )
         return y_t
 

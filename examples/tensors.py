@@ -486,11 +486,10 @@ class MseLossFunction(torch.autograd.Function):
         input, target = ctx.saved_tensors
         needs_input, needs_target = ctx.needs_input_grad
         grad_input = grad_target = None
-        t0 = 2 * input - 2 * target
-        t1 = (
-            grad.expand(torch.broadcast_shapes(input.shape, target.shape))
-            / torch.broadcast_shapes(input.shape, target.shape).numel()
-        )
+        t0 = input - target
+        t1 = 2 * (
+            grad / torch.broadcast_shapes(input.shape, target.shape).numel()
+        ).expand(torch.broadcast_shapes(input.shape, target.shape))
         if needs_input:
             grad_input = (t0 * t1).sum_to_size(input.shape)
         if needs_target:
@@ -500,8 +499,8 @@ class MseLossFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, input_t, target_t):
         input, target = ctx.saved_tensors
-        t0 = 2 * input - 2 * target
-        loss_t = (input_t * t0 - t0 * target_t).mean()
+        t0 = input - target
+        loss_t = (2 * input_t * t0 - 2 * t0 * target_t).mean()
         return loss_t
 
 
@@ -568,17 +567,16 @@ class HuberLossFunction(torch.autograd.Function):
         delta = ctx.delta
         needs_input, needs_target, _ = ctx.needs_input_grad
         grad_input = grad_target = None
-        t0 = input - target
-        t1 = delta > torch.abs(t0)
-        t2 = delta * torch.sign(t0)
-        t3 = (
-            grad.expand(torch.broadcast_shapes(input.shape, target.shape))
-            / torch.broadcast_shapes(input.shape, target.shape).numel()
+        t0 = (grad / torch.broadcast_shapes(input.shape, target.shape).numel()).expand(
+            torch.broadcast_shapes(input.shape, target.shape)
         )
+        t1 = input - target
+        t2 = delta > torch.abs(t1)
+        t3 = delta * torch.sign(t1)
         if needs_input:
-            grad_input = (torch.where(t1, t0 * t3, t2 * t3)).sum_to_size(input.shape)
+            grad_input = (torch.where(t2, t0 * t1, t0 * t3)).sum_to_size(input.shape)
         if needs_target:
-            grad_target = (torch.where(t1, -t0 * t3, -t2 * t3)).sum_to_size(
+            grad_target = (torch.where(t2, -t0 * t1, -t0 * t3)).sum_to_size(
                 target.shape
             )
         return grad_input, grad_target, None
@@ -736,22 +734,20 @@ class LayerNormFunction(torch.autograd.Function):
         needs_x, _ = ctx.needs_input_grad
         grad_x = None
         mu = x.mean(dim=-1, keepdim=True)
-        t0 = -mu + x
+        t0 = mu - x
         var = (t0**2).mean(dim=-1, keepdim=True)
         t1 = eps + var
-        grad_var = (-grad * t0 / (2 * t1**1.5)).sum_to_size(var.shape)
+        grad_var = (grad * t0 / (2 * t1**1.5)).sum_to_size(var.shape)
         t2 = grad / torch.sqrt(t1)
-        t3 = 2 * mu - 2 * x
-        t4 = (
-            grad_var.expand(torch.broadcast_shapes(mu.shape, x.shape))
-            / torch.broadcast_shapes(mu.shape, x.shape)[-1]
+        t3 = 2 * (grad_var / torch.broadcast_shapes(mu.shape, x.shape)[-1]).expand(
+            torch.broadcast_shapes(mu.shape, x.shape)
         )
-        grad_mu = (-t2).sum_to_size(mu.shape) + (t3 * t4).sum_to_size(mu.shape)
+        grad_mu = (-t2).sum_to_size(mu.shape) + (t0 * t3).sum_to_size(mu.shape)
         if needs_x:
             grad_x = (
-                grad_mu.expand(x.shape) / x.shape[-1]
+                (grad_mu / x.shape[-1]).expand(x.shape)
                 + t2.sum_to_size(x.shape)
-                + (-t3 * t4).sum_to_size(x.shape)
+                + (-t0 * t3).sum_to_size(x.shape)
             )
         return grad_x, None
 
@@ -760,10 +756,10 @@ class LayerNormFunction(torch.autograd.Function):
         x, y = ctx.saved_tensors
         eps = ctx.eps
         mu = x.mean(dim=-1, keepdim=True)
-        var = ((-mu + x) ** 2).mean(dim=-1, keepdim=True)
+        t0 = mu - x
+        var = (t0**2).mean(dim=-1, keepdim=True)
         mu_t = x_t.mean(dim=-1, keepdim=True)
-        t0 = 2 * mu - 2 * x
-        var_t = (mu_t * t0 - t0 * x_t).mean(dim=-1, keepdim=True)
+        var_t = (2 * mu_t * t0 - 2 * t0 * x_t).mean(dim=-1, keepdim=True)
         t1 = eps + var
         t2 = torch.rsqrt(t1)
         y_t = -mu_t * t2 + t2 * x_t - var_t * y / (2 * t1)
@@ -844,7 +840,7 @@ class RmsNormFunction(torch.autograd.Function):
             grad_y_mean = (-grad * weight * x / (2 * t0**1.5)).sum_to_size(y_mean.shape)
         t1 = grad / torch.sqrt(t0)
         if needs_x:
-            grad_x = 2 * x * grad_y_mean.expand(x.shape) / x.shape[-1] + (
+            grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape) + (
                 t1 * weight
             ).sum_to_size(x.shape)
         if needs_weight:

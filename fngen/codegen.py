@@ -71,7 +71,9 @@ class FunctionWriter:
         self.first_tensor = next(i.name for i in fn.tensor_inputs if not i.optional)
 
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
-        return TorchPrinter(shape_names=shape_names, dtype_of=dtype_of)
+        safe = {sp.Symbol(g.name, real=True) for g in self.d.grad_symbols}
+        safe |= {t for t in self.d.tangent_symbols if t is not None}
+        return TorchPrinter(shape_names=shape_names, dtype_of=dtype_of, mask_safe=safe)
 
     def emit(
         self, blocks: tuple[Block, ...], printer: TorchPrinter, needs: dict[int, str]

@@ -105,7 +105,7 @@ class Deriver:
         `upstream` has exactly the broadcast shape of `expr`."""
         leaves = self.leaves_of(expr)
         for leaf in leaves:
-            derivative = stabilize(sp.diff(expr, leaf))
+            derivative = simplest(stabilize(sp.diff(expr, leaf)))
             if derivative == 0:
                 continue
             contribution = upstream * derivative
@@ -126,11 +126,12 @@ class Deriver:
         if isinstance(expr, (T.TensorSum, T.TensorMean)):
             arg, dims, keepdim = expr.args
             grad = upstream
+            if isinstance(expr, T.TensorMean):
+                # Divide the small reduced gradient, before it is expanded.
+                grad = grad / T.Numel(self.shape_of(arg), dims)
             if len(dims) and not keepdim:
                 grad = T.Unsqueeze(grad, dims)
             grad = T.Expand(grad, self.shape_of(arg))
-            if isinstance(expr, T.TensorMean):
-                grad = grad / T.Numel(self.shape_of(arg), dims)
             return [(arg, grad, True)]
         if isinstance(expr, T.TensorLogSumExp):
             arg, dims, keepdim = expr.args
@@ -376,7 +377,7 @@ class Deriver:
             for leaf in self.leaves_of(expr):
                 derivative = overridden.get(leaf, None)
                 if derivative is None:
-                    derivative = stabilize(sp.diff(expr, leaf))
+                    derivative = simplest(stabilize(sp.diff(expr, leaf)))
                 if derivative != 0 and leaf in tangents:
                     terms.append(derivative * tangents[leaf])
             return sp.Add(*terms)
@@ -437,6 +438,13 @@ class Deriver:
             derivatives=derivatives,
             option=self.option,
         )
+
+
+def simplest(expr: sp.Expr) -> sp.Expr:
+    """`expr` with common factors pulled out when that saves operations
+    (``t*x*(1 - t) + t`` becomes ``t*(x*(1 - t) + 1)``)."""
+    factored = sp.factor_terms(expr)
+    return factored if sp.count_ops(factored) < sp.count_ops(expr) else expr
 
 
 def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:

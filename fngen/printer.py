@@ -114,11 +114,16 @@ class TorchPrinter(StrPrinter):
 
     printmethod = "_torchcode"
 
-    def __init__(self, names=None, shape_names=None, dtype_of="grad"):
+    def __init__(
+        self, names=None, shape_names=None, dtype_of="grad", mask_safe=frozenset()
+    ):
         super().__init__()
         self.names = dict(names or {})
         self.shape_names = dict(shape_names or {})
         self.dtype_of = dtype_of
+        # Symbols (incoming gradients, tangents) that may be multiplied by a
+        # mask instead of selected by torch.where.
+        self.mask_safe = frozenset(mask_safe)
         self.uses_math = False
 
     def doprint(self, expr):
@@ -163,8 +168,8 @@ class TorchPrinter(StrPrinter):
 
     def _print_Rational(self, expr):
         p, q = int(expr.p), int(expr.q)
-        if max(abs(p), q) > 2**53 or _is_power_of_ten(q):
-            return self._print_float(float(expr))
+        if max(abs(p), q) > 2**53 or _is_power_of_ten(q) or len(repr(float(expr))) <= 6:
+            return self._print_float(float(expr))  # 1.5, 0.25, 1e-05: exact and short
         return f"{p}/{q}"
 
     def _print_Integer(self, expr):
@@ -216,12 +221,47 @@ class TorchPrinter(StrPrinter):
     def _print_Mul(self, expr):
         pieces = [f for f in expr.args if isinstance(f, sp.Piecewise)]
         if pieces:
-            rest = sp.Mul(*[f for f in expr.args if f is not pieces[0]])
-            branches = [
-                (rest * value, condition) for value, condition in pieces[0].args
-            ]
+            piece = pieces[0]
+            rest = sp.Mul(*[f for f in expr.args if f is not piece])
+            mask = self._mask(piece)
+            if mask is not None and rest.free_symbols <= self.mask_safe:
+                # A constant step times the incoming gradient: a multiply by
+                # a mask, several times faster than torch.where on CPU.
+                return f"{self.parenthesize(rest, PRECEDENCE['Mul'])} * {mask}"
+            branches = [(rest * value, condition) for value, condition in piece.args]
             return self._print_Piecewise(sp.Piecewise(*branches, evaluate=False))
+        numbers = [f for f in expr.args if f.is_number]
+        others = [f for f in expr.args if not f.is_number]
+        if numbers and others:
+            coefficient = sp.Mul(*numbers)
+            simple = coefficient.is_Rational and (
+                coefficient.is_Integer or abs(coefficient.p) == 1
+            )
+            simple |= isinstance(coefficient, sp.NumberSymbol)  # math.pi*x reads best
+            if not simple:
+                # One literal, one kernel: 2.5*x**3 rather than 5*x**3/2.
+                value = constant_value(coefficient)
+                if value is None:
+                    raise PrintError(
+                        f"constant {coefficient} is not a finite real number"
+                    )
+                value = float(value)
+                body = self.parenthesize(sp.Mul(*others), PRECEDENCE["Mul"])
+                sign = "-" if value < 0 else ""
+                return f"{sign}{self._print_float(abs(value))}*{body}"
         return super()._print_Mul(expr)
+
+    def _mask(self, piece: sp.Piecewise) -> str | None:
+        """A two-valued constant Piecewise as arithmetic on a bool mask."""
+        if len(piece.args) != 2 or not all(v.is_number for v, _ in piece.args):
+            return None
+        (high, condition), (low, _) = piece.args
+        test = f"({self._print(condition)})"
+        if (high, low) == (1, 0):
+            return test
+        if (high, low) == (0, 1):
+            return f"(~{test})"
+        return None
 
     # -- functions --------------------------------------------------------
 
