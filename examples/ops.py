@@ -118,13 +118,13 @@ class MyReluFunction(torch.autograd.Function):
         needs_x = ctx.needs_input_grad[0]
         grad_x = None
         if needs_x:
-            grad_x = grad * (x > 0)
+            grad_x = torch.ops.aten.threshold_backward(grad, x, 0)
         return (grad_x,)
 
     @staticmethod
     def jvp(ctx, x_t):
         (x,) = ctx.saved_tensors
-        y_t = x_t * (x > 0)
+        y_t = torch.ops.aten.threshold_backward(x_t, x, 0)
         return y_t
 
 

@@ -224,6 +224,12 @@ class TorchPrinter(StrPrinter):
             piece = pieces[0]
             rest = sp.Mul(*[f for f in expr.args if f is not piece])
             mask = self._mask(piece)
+            threshold = self._threshold(piece)
+            if threshold is not None and rest.free_symbols <= self.mask_safe:
+                # relu's backward: one fused kernel, and 0 where masked even
+                # if the incoming gradient is not finite, as PyTorch does.
+                tensor, value = threshold
+                return f"torch.ops.aten.threshold_backward({self._print(rest)}, {tensor}, {value})"
             if mask is not None and rest.free_symbols <= self.mask_safe:
                 # A constant step times the incoming gradient: a multiply by
                 # a mask, several times faster than torch.where on CPU.
@@ -250,6 +256,17 @@ class TorchPrinter(StrPrinter):
                 sign = "-" if value < 0 else ""
                 return f"{sign}{self._print_float(abs(value))}*{body}"
         return super()._print_Mul(expr)
+
+    def _threshold(self, piece: sp.Piecewise) -> tuple[str, str] | None:
+        """(tensor, threshold) when `piece` is 1 where tensor > threshold, else 0."""
+        if len(piece.args) != 2:
+            return None
+        (high, condition), (low, _) = piece.args
+        if (high, low) != (1, 0) or not isinstance(condition, sp.StrictGreaterThan):
+            return None
+        if not condition.rhs.is_number or condition.lhs.is_number:
+            return None
+        return self._print(condition.lhs), self._print(condition.rhs)
 
     def _mask(self, piece: sp.Piecewise) -> str | None:
         """A two-valued constant Piecewise as arithmetic on a bool mask."""
