@@ -269,6 +269,8 @@ class FormulaParser:
     def _visit_BinOp(self, node: ast.BinOp):
         if isinstance(node.op, ast.MatMult):
             return self._matmul(node)
+        if isinstance(node.op, (ast.Add, ast.Sub)):
+            return self._sum(node)
         combine = _BINARY.get(type(node.op))
         if combine is None:
             symbol = _OPERATOR_NAMES.get(type(node.op), type(node.op).__name__)
@@ -279,6 +281,23 @@ class FormulaParser:
         if isinstance(node.op, ast.Div) and right == 0:
             raise self._error(node.right, "division by zero")
         return combine(left, right)
+
+    def _sum(self, node: ast.BinOp) -> sp.Expr:
+        """``a + b - c + ...`` as one flat SymPy Add.
+
+        The chain is walked with a loop, not recursion, and the terms are
+        added at once: a polynomial of thousands of terms neither runs out
+        of stack nor costs a quadratic rebuild of the partial sums.
+        """
+        chain = []
+        while isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            chain.append((node.op, node.right))
+            node = node.left
+        terms = [self._number(node)]
+        for op, right in reversed(chain):
+            term = self._number(right)
+            terms.append(-term if isinstance(op, ast.Sub) else term)
+        return sp.Add(*terms)
 
     def _check_power(self, node, base, exponent):
         if base.is_number and exponent.is_number:

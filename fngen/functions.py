@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
 ZERO = sp.Integer(0)
@@ -25,9 +26,39 @@ ONE = sp.Integer(1)
 HALF = sp.Rational(1, 2)
 
 
+class Piecewise(sp.Piecewise):
+    """A Piecewise that never hands its conditions to SymPy to collapse.
+
+    SymPy's collapsing recurses without end on some conditions, such as
+    ``asinh(y) - x/7 < sin(1/sqrt(sin(y) + 2))``, when it builds the
+    Piecewise and again on every substitution.  This one only drops the
+    conditions SymPy has already decided to be False, and stops at one
+    decided True.
+    """
+
+    @classmethod
+    def eval(cls, *pairs):
+        kept = []
+        for value, condition in pairs:
+            if condition is sp.false:
+                continue
+            if isinstance(condition, sp.core.relational.Relational):
+                condition = condition.canonical  # y < x reads x > y
+            kept.append((value, condition))
+            if condition is sp.true:
+                break
+        if len(kept) == 1 and kept[0][1] is sp.true:
+            return kept[0][0]
+        if kept != [tuple(pair) for pair in pairs]:
+            # Built directly: through cls(...) this would run again.
+            pairs = [ExprCondPair(value, condition) for value, condition in kept]
+            return sp.Basic.__new__(cls, *pairs)
+        return None
+
+
 def indicator(condition: sp.Basic) -> sp.Expr:
     """1 where `condition` holds, else 0."""
-    return sp.Piecewise((ONE, condition), (ZERO, True))
+    return Piecewise((ONE, condition), (ZERO, True))
 
 
 class _StepLike(sp.Function):
@@ -42,9 +73,28 @@ class _StepLike(sp.Function):
 class Sign(_StepLike):
     """``torch.sign``."""
 
+    @classmethod
+    def eval(cls, arg):
+        # Known signs fold, so that sign(x**2 + 1) is the number 1.
+        if arg.is_positive:
+            return ONE
+        if arg.is_negative:
+            return -ONE
+        if arg.is_zero:
+            return ZERO
+        return None
+
 
 class HeavisideStep(_StepLike):
     """1 where the argument is > 0, else 0 (``heaviside(0) = 0``)."""
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_positive:
+            return ONE
+        if arg.is_nonpositive:
+            return ZERO
+        return None
 
 
 class Floor(_StepLike):
@@ -57,6 +107,20 @@ class Ceil(_StepLike):
 
 class Round(_StepLike):
     """``torch.round`` (half to even)."""
+
+
+class LogGamma(sp.loggamma):
+    """``torch.lgamma``: SymPy's loggamma, never rewritten as log(gamma(z)).
+
+    SymPy turns loggamma of a positive integer-valued argument, such as
+    ``2 + where(x > 0, 1, 2)``, into ``log(gamma(...))``; torch has no gamma.
+    """
+
+    @classmethod
+    def eval(cls, z):
+        if z.is_number:
+            return sp.loggamma(z)
+        return None
 
 
 class Abs(sp.Function):
@@ -120,7 +184,7 @@ class Maximum(sp.Function):
 
     def fdiff(self, argindex=1):
         a, b = self.args if argindex == 1 else reversed(self.args)
-        return sp.Piecewise((ONE, a > b), (HALF, sp.Eq(a, b)), (ZERO, True))
+        return Piecewise((ONE, a > b), (HALF, sp.Eq(a, b)), (ZERO, True))
 
 
 class Minimum(sp.Function):
@@ -130,7 +194,7 @@ class Minimum(sp.Function):
 
     def fdiff(self, argindex=1):
         a, b = self.args if argindex == 1 else reversed(self.args)
-        return sp.Piecewise((ONE, a < b), (HALF, sp.Eq(a, b)), (ZERO, True))
+        return Piecewise((ONE, a < b), (HALF, sp.Eq(a, b)), (ZERO, True))
 
 
 class Clamp(sp.Function):
@@ -142,9 +206,10 @@ class Clamp(sp.Function):
         x, lo, hi = self.args
         if argindex == 1:
             return indicator(sp.And(x >= lo, x <= hi))
+        # As PyTorch's clamp_backward_min_max: when lo > hi the result is hi.
         if argindex == 2:
-            return indicator(x < lo)
-        return indicator(x > hi)
+            return indicator(sp.And(x < lo, lo < hi))
+        return indicator(sp.Or(x > hi, hi < lo))
 
 
 @dataclass(frozen=True)
@@ -161,7 +226,7 @@ def _rsqrt(x):
 
 
 def _where(condition, a, b):
-    return sp.Piecewise((a, condition), (b, True))
+    return Piecewise((a, condition), (b, True))
 
 
 _BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
@@ -195,7 +260,7 @@ _BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
     "erf": (1, sp.erf),
     "erfc": (1, sp.erfc),
     "erfinv": (1, sp.erfinv),
-    "lgamma": (1, sp.loggamma),
+    "lgamma": (1, LogGamma),
     "digamma": (1, sp.digamma),
     "heaviside": (1, HeavisideStep),
     "floor": (1, Floor),

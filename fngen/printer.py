@@ -46,6 +46,7 @@ TORCH_FUNCTIONS: dict[type, str] = {
     sp.erf: "torch.erf",
     sp.erfc: "torch.erfc",
     sp.erfinv: "torch.erfinv",
+    F.LogGamma: "torch.lgamma",
     sp.loggamma: "torch.lgamma",
     F.Abs: "torch.abs",
     F.Sign: "torch.sign",
@@ -225,12 +226,17 @@ class TorchPrinter(StrPrinter):
             rest = sp.Mul(*[f for f in expr.args if f is not piece])
             mask = self._mask(piece)
             threshold = self._threshold(piece)
-            if threshold is not None and rest.free_symbols <= self.mask_safe:
+            # Only a tensor the mask may scale: a gradient or a tangent.  A
+            # bare constant would give the mask the default dtype, not x's.
+            by_gradient = (
+                bool(rest.free_symbols) and rest.free_symbols <= self.mask_safe
+            )
+            if threshold is not None and by_gradient:
                 # relu's backward: one fused kernel, and 0 where masked even
                 # if the incoming gradient is not finite, as PyTorch does.
                 tensor, value = threshold
                 return f"torch.ops.aten.threshold_backward({self._print(rest)}, {tensor}, {value})"
-            if mask is not None and rest.free_symbols <= self.mask_safe:
+            if mask is not None and by_gradient:
                 # A constant step times the incoming gradient: a multiply by
                 # a mask, several times faster than torch.where on CPU.
                 return f"{self.parenthesize(rest, PRECEDENCE['Mul'])} * {mask}"
@@ -316,8 +322,17 @@ class TorchPrinter(StrPrinter):
     _print_atan2 = _print_binary
 
     def _print_Clamp(self, expr):
-        x, lo, hi = (self._print(a) for a in expr.args)
-        return f"torch.clamp({x}, {lo}, {hi})"
+        x, lo, hi = expr.args
+        x_text = self._print(x)
+        if x.is_number:
+            # torch.clamp takes its input as a tensor: a bound's, filled.
+            like = self._print(lo if not lo.is_number else hi)
+            x_text = f"torch.full_like({like}, {x_text})"
+        lo_text, hi_text = self._print(lo), self._print(hi)
+        if lo.is_number == hi.is_number:
+            return f"torch.clamp({x_text}, {lo_text}, {hi_text})"
+        # torch.clamp takes two numbers or two tensors, not one of each.
+        return f"torch.clamp(torch.clamp({x_text}, min={lo_text}), max={hi_text})"
 
     def _print_polygamma(self, expr):
         order, x = expr.args

@@ -38,6 +38,7 @@ _UNARY = {
     sp.erf: torch.erf,
     sp.erfc: torch.erfc,
     sp.erfinv: torch.erfinv,
+    F.LogGamma: torch.lgamma,
     sp.loggamma: torch.lgamma,
     F.Abs: torch.abs,
     F.Sign: torch.sign,
@@ -79,6 +80,9 @@ class Interpreter:
         if isinstance(expr, sp.Symbol):
             value = self.env[expr]
             return value if torch.is_tensor(value) else self.number(value)
+        if isinstance(expr, sp.logic.boolalg.BooleanAtom):
+            # SymPy decided the condition: where(x < 2, x, 2) > pi is False.
+            return torch.tensor(bool(expr), device=self.like.device)
         if expr.is_number and not expr.is_Relational:
             return self.number(sp.N(expr, 17))
         if isinstance(expr, sp.Add):

@@ -10,12 +10,14 @@ import ast
 import difflib
 import math
 import re
+import sys
 from pathlib import Path
 
 import sympy as sp
 
 from fngen.errors import Location, SpecError
 from fngen.formula import FormulaParser, check_identifier
+from fngen.functions import constant_value
 from fngen.model import (
     DEFAULT_DOMAIN,
     CheckSpec,
@@ -586,7 +588,16 @@ def parse_init(
     parser = FormulaParser(locate, symbols, set())
 
     def number(arg):
-        return parser.parse_expression(ast.unparse(arg))
+        expr = parser.parse_expression(ast.unparse(arg))
+        if not expr.free_symbols:
+            value = constant_value(expr)
+            if value is None or not math.isfinite(float(value)):
+                raise SpecError(
+                    locate(0, 0),
+                    f"init argument {ast.unparse(arg)} is not a finite float",
+                    f"the largest float is {sys.float_info.max:.6g}",
+                )
+        return expr
 
     return name, [number(a) for a in args], {k.arg: number(k.value) for k in kwargs}
 

@@ -223,6 +223,7 @@ class _Loader(yaml.SafeLoader):
 
     def scalar(self, node: yaml.ScalarNode) -> object:
         where = self.where(node.start_mark)
+        _check_text(node.value, where)
         if node.tag is None:
             return node.value if node.style else _plain_value(node.value, where)
         self.check_tag(node, _SCALAR_TAGS, "scalar")
@@ -250,6 +251,16 @@ class _Loader(yaml.SafeLoader):
                 indent = _leading_spaces(line) - _leading_spaces(text)
                 return Location(self.spec_file, mark.line + 2, indent + 1)
         return Location(self.spec_file, mark.line + 2, 1)
+
+
+def _check_text(text: str, where: Location) -> None:
+    """Refuse what no Python source file can hold: a NUL, a lone surrogate."""
+    for char in text:
+        if char == "\0":
+            raise SpecError(where, "a string cannot hold a NUL character")
+        if "\ud800" <= char <= "\udfff":
+            message = f"a string cannot hold the lone surrogate {ascii(char)}"
+            raise SpecError(where, message, "surrogates are not text")
 
 
 def _plain_value(text: str, where: Location) -> object:

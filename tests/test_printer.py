@@ -240,9 +240,10 @@ def test_functions_of_constants_print_their_value(name, args, value):
     constant = F.POINTWISE_FUNCTIONS[name].build(
         *(sp.Integer(a) if isinstance(a, int) else a for a in args)
     )
-    printed = print_torch(constant * x)
+    # constant*x + x**2: a constant 0 must still leave a tensor to compare.
+    printed = print_torch(constant * x + x**2)
     result = eval(printed, {"torch": torch, "math": math, "x": TX, "grad": TG})
-    assert torch.allclose(result, value * TX, rtol=1e-15, atol=0)
+    assert torch.allclose(result, value * TX + TX**2, rtol=1e-15, atol=0)
 
 
 # Strictness -------------------------------------------------------------------
