@@ -395,13 +395,13 @@ class Legendre3Function(torch.autograd.Function):
         needs_x = ctx.needs_input_grad[0]
         grad_x = None
         if needs_x:
-            grad_x = 1.5 * (grad * (5 * x**2 - 1))
+            grad_x = grad * (7.5 * x**2 - 1.5)
         return (grad_x,)
 
     @staticmethod
     def jvp(ctx, x_t):
         (x,) = ctx.saved_tensors
-        y_t = 1.5 * (x_t * (5 * x**2 - 1))
+        y_t = x_t * (7.5 * x**2 - 1.5)
         return y_t
 
 

@@ -297,7 +297,7 @@ class Deriver:
             recompute = self.needed_recomputation(choice)
             all_exprs = [op.expr for op in recompute] + choice
             tensors, shapes = self.referenced(all_exprs)
-            cost = (len(tensors), len(shapes), sum(sp.count_ops(e) for e in all_exprs))
+            cost = (len(tensors), len(shapes), op_count(*all_exprs))
             if best is None or cost < best[0]:
                 best = (cost, number, choice, recompute, tensors, shapes)
         _, self.option, option, recompute, tensors, shapes = best
@@ -440,11 +440,70 @@ class Deriver:
         )
 
 
+# The simplification budget, in distinct subexpressions: past it a derivative
+# is kept as SymPy's diff gives it.  A size, not seconds, so that the output
+# stays the same on every machine; factor_terms grows faster than linearly.
+SIMPLIFY_LIMIT = 300
+
+
+def dag_size(*exprs: sp.Basic) -> int:
+    """Distinct compound subexpressions of `exprs`: the operations left once
+    common subexpressions are shared.  Linear in that size, where
+    ``sp.count_ops`` walks every repetition of a shared subtree."""
+    seen = set()
+    stack = list(exprs)
+    while stack:
+        expr = stack.pop()
+        if expr.is_Atom or expr in seen:
+            continue
+        seen.add(expr)
+        stack.extend(expr.args)
+    return len(seen)
+
+
 def simplest(expr: sp.Expr) -> sp.Expr:
     """`expr` with common factors pulled out when that saves operations
-    (``t*x*(1 - t) + t`` becomes ``t*(x*(1 - t) + 1)``)."""
+    (``t*x + t*y + t*z`` becomes ``t*(x + y + z)``), within the budget."""
+    if dag_size(expr) > SIMPLIFY_LIMIT:
+        return expr
     factored = sp.factor_terms(expr)
-    return factored if sp.count_ops(factored) < sp.count_ops(expr) else expr
+    return factored if op_count(factored) < op_count(expr) else expr
+
+
+def op_count(*exprs: sp.Basic) -> int:
+    """Arithmetic operations and calls in `exprs`, each distinct subexpression
+    counted once, as the printed code computes it once.
+
+    Like ``sp.count_ops`` otherwise: ``x - y`` is one operation, not an
+    addition and a negation; but linear in the number of distinct
+    subexpressions, where ``sp.count_ops`` walks every repetition of a
+    shared subtree (exponential for ``sin(e)*exp(e/2)`` nested ten deep).
+    """
+    seen: set = set()
+    negated_alone: set = set()  # -a used other than as a term of a sum
+    stack = [(expr, False) for expr in exprs]
+    while stack:
+        expr, in_sum = stack.pop()
+        if expr.is_Atom:
+            continue
+        if not in_sum and _is_negation(expr):
+            negated_alone.add(expr)
+        if expr in seen:
+            continue
+        seen.add(expr)
+        stack.extend((arg, isinstance(expr, sp.Add)) for arg in expr.args)
+    count = 0
+    for expr in seen:
+        if isinstance(expr, (sp.Add, sp.Mul)):
+            factors = [a for a in expr.args if a != -1]
+            count += max(len(factors) - 1, 0)
+        else:
+            count += 1
+    return count + len(negated_alone)
+
+
+def _is_negation(expr: sp.Basic) -> bool:
+    return isinstance(expr, sp.Mul) and -1 in expr.args
 
 
 def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:

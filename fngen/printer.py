@@ -219,6 +219,23 @@ class TorchPrinter(StrPrinter):
             power = self.parenthesize(exponent, level, strict=True)
         return f"{self.parenthesize(base, level, strict=True)}**{power}"
 
+    def _print_Add(self, expr, order=None):
+        # As SymPy's, but a negative constant term reads ``- 1.5``, not
+        # ``+ (-1.5)``: constants print in parentheses when negative.
+        terms = []
+        for term in self._as_ordered_terms(expr, order=order):
+            text = self._print(term)
+            if term.is_number and text.startswith("(-") and text.endswith(")"):
+                text = text[1:-1]
+            sign = "+"
+            if text.startswith("-") and not term.is_Add:
+                sign, text = "-", text[1:]
+            if precedence(term) < precedence(expr) or term.is_Add:
+                text = f"({text})"
+            terms += [sign, text]
+        sign = terms.pop(0)
+        return ("-" if sign == "-" else "") + " ".join(terms)
+
     def _print_Mul(self, expr):
         pieces = [f for f in expr.args if isinstance(f, sp.Piecewise)]
         if pieces:
