@@ -352,7 +352,7 @@ class Deriver:
         steps = [Step(op.result, op.expr, frozenset()) for op in self.formula.ops]
         for out, expr in self.formula.outputs:
             if expr != out:
-                steps.append(Step(out, expr, frozenset()))
+                steps.append(Step(out, horner(expr), frozenset()))
         return schedule(steps, frozenset(), self.taken_names())
 
     def jvp_program(self):
@@ -466,8 +466,22 @@ def simplest(expr: sp.Expr) -> sp.Expr:
     (``t*x + t*y + t*z`` becomes ``t*(x + y + z)``), within the budget."""
     if dag_size(expr) > SIMPLIFY_LIMIT:
         return expr
-    factored = sp.factor_terms(expr)
-    return factored if op_count(factored) < op_count(expr) else expr
+    best = min([horner(expr), sp.factor_terms(expr)], key=op_count)
+    return best if op_count(best) < op_count(expr) else expr
+
+
+def horner(expr: sp.Expr) -> sp.Expr:
+    """A polynomial in Horner form when that saves operations:
+    ``x**3 + 3*x**2*y - 2*x*y**2 - x*y + y**3`` becomes
+    ``x*(x*(x + 3*y) + y*(-2*y - 1)) + y**3``, 9 operations instead of 13."""
+    if (
+        not isinstance(expr, sp.Add)
+        or dag_size(expr) > SIMPLIFY_LIMIT
+        or not expr.is_polynomial(*expr.free_symbols)
+    ):
+        return expr
+    nested = sp.horner(expr)
+    return nested if op_count(nested) < op_count(expr) else expr
 
 
 def op_count(*exprs: sp.Basic) -> int:

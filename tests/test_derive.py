@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sympy as sp
 
+import fngen
 from fngen import derive
-from fngen.derive import dag_size, op_count, simplest
+from fngen.derive import dag_size, horner, op_count, simplest
+from fngen.spec import parse_spec
 
 x, y = sp.symbols("x y", real=True)
 
@@ -49,3 +51,21 @@ def test_simplest_leaves_expressions_past_the_budget_as_they_are(monkeypatch):
     assert simplest(expr) == expr
     monkeypatch.setattr(derive, "SIMPLIFY_LIMIT", dag_size(expr))
     assert simplest(expr) != expr
+
+
+def test_horner_nests_a_polynomial_when_that_saves_operations():
+    expr = x**3 + 3 * x**2 * y - 2 * x * y**2 - x * y + y**3
+    nested = horner(expr)
+    assert str(nested) == "x*(x*(x + 3*y) + y*(-2*y - 1)) + y**3"
+    assert sp.expand(nested - expr) == 0
+    assert op_count(nested) == 9 < op_count(expr) == 13
+    # Not cheaper, or not a polynomial: left as it is.
+    legendre = sp.Rational(5, 2) * x**3 - sp.Rational(3, 2) * x
+    assert horner(legendre) == legendre
+    assert horner(sp.sin(x) + x**3 + x**2) == sp.sin(x) + x**3 + x**2
+
+
+def test_generated_polynomial_forward_is_in_horner_form():
+    text = "fngen: 1\nfunctions:\n  p:\n    formula: z = x**3 + 3*x**2*y - 2*x*y**2 + y**3 - x*y\n"
+    source = fngen.generate(parse_spec(text, "p.yaml"))
+    assert "z = x * (x * (x + 3 * y) + y * (-2 * y - 1)) + y**3\n" in source
