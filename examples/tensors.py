@@ -645,20 +645,20 @@ class LogSoftmaxFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         (x,) = inputs
         y = output
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(y)
         ctx.save_for_forward(y)
+        ctx.x_shape = x.shape
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
+        (y,) = ctx.saved_tensors
         needs_x = ctx.needs_input_grad[0]
         grad_x = None
-        y_logsumexp = torch.logsumexp(x, dim=-1, keepdim=True)
-        grad_y_logsumexp = (-grad).sum_to_size(y_logsumexp.shape)
+        grad_y_logsumexp = (-grad).sum_to_size((*ctx.x_shape[:-1], 1))
         if needs_x:
-            grad_x = torch.exp(x - y_logsumexp) * grad_y_logsumexp.expand(
-                x.shape
-            ) + grad.sum_to_size(x.shape)
+            grad_x = torch.exp(y) * grad_y_logsumexp.expand(
+                ctx.x_shape
+            ) + grad.sum_to_size(ctx.x_shape)
         return (grad_x,)
 
     @staticmethod

@@ -78,6 +78,8 @@ class Deriver:
         self.op_results = [op.result for op in self.formula.ops]
         self.leaves = set(self.tensor_inputs) | set(self.op_results)
         self.op_by_result = {op.result: op for op in self.formula.ops}
+        # KeptShape -> the reduction result whose shape it stands for.
+        self.kept_shapes: dict[sp.Expr, sp.Symbol] = {}
         outputs = self.formula.outputs
         self.outputs = [name for name, _ in outputs]
         self.output_exprs = dict(outputs)
@@ -113,8 +115,24 @@ class Deriver:
             # (that would need the result itself): its VJP sums the operand
             # gradients to their shapes, which absorbs any later broadcast.
             if not (exact and leaves == [leaf]) and not self.sums_own_broadcast(leaf):
-                contribution = T.SumToSize(contribution, T.ShapeOf(leaf))
+                contribution = T.SumToSize(contribution, self.leaf_shape(leaf))
             into.setdefault(leaf, []).append(contribution)
+
+    def leaf_shape(self, leaf: sp.Symbol) -> sp.Expr:
+        """The shape of `leaf`; for the result of a ``keepdim=True``
+        reduction, from its argument's shape, so that a backward that needs
+        only the shape (``log_softmax``'s ``logsumexp``) does not recompute it."""
+        op = self.op_by_result.get(leaf)
+        if op is not None and isinstance(
+            op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp)
+        ):
+            arg, dims, keepdim = op.expr.args
+            signs = {int(d) < 0 for d in dims}
+            if keepdim and len(signs) <= 1:
+                shape = T.KeptShape(self.shape_of(arg), dims)
+                self.kept_shapes[shape] = leaf
+                return shape
+        return T.ShapeOf(leaf)
 
     def sums_own_broadcast(self, leaf: sp.Symbol) -> bool:
         op = self.op_by_result.get(leaf)
@@ -295,9 +313,18 @@ class Deriver:
         best = None
         for number, choice in candidates:
             recompute = self.needed_recomputation(choice)
+            # A result recomputed anyway reads best as its own shape.
+            recomputed = {op.result for op in recompute}
+            plain = {
+                shape: T.ShapeOf(result)
+                for shape, result in self.kept_shapes.items()
+                if result in recomputed
+            }
+            choice = [expr.xreplace(plain) for expr in choice]
             all_exprs = [op.expr for op in recompute] + choice
             tensors, shapes = self.referenced(all_exprs)
-            cost = (len(tensors), len(shapes), op_count(*all_exprs))
+            # Tensors kept alive first, then work; a shape on ctx is a few ints.
+            cost = (len(tensors), op_count(*all_exprs), len(shapes))
             if best is None or cost < best[0]:
                 best = (cost, number, choice, recompute, tensors, shapes)
         _, self.option, option, recompute, tensors, shapes = best

@@ -459,6 +459,23 @@ class TorchPrinter(StrPrinter):
             return shapes[0]
         return f"torch.broadcast_shapes({', '.join(shapes)})"
 
+    def _print_KeptShape(self, expr):
+        shape, dims = expr.args
+        text = self._postfix(shape)
+        dims = {int(d) for d in dims}
+        if not dims:
+            return f"(1,) * len({text})"
+        if min(dims) < 0:
+            # (*x.shape[:-2], 1, x.shape[-1]) for dims (-2,)
+            last = -min(dims)
+            items = [f"*{text}[:-{last}]"]
+            items += ["1" if j in dims else f"{text}[{j}]" for j in range(-last, 0)]
+        else:
+            last = max(dims)
+            items = ["1" if j in dims else f"{text}[{j}]" for j in range(last + 1)]
+            items.append(f"*{text}[{last + 1}:]")
+        return f"({', '.join(items)})"
+
     def _print_SumToSize(self, expr):
         return f"{self._postfix(expr.args[0])}.sum_to_size({self._print(expr.args[1])})"
 

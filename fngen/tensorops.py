@@ -63,6 +63,14 @@ class ShapeOf(TensorOp):
     """The broadcast shape of its tensor arguments (``x.shape`` for one)."""
 
 
+class KeptShape(TensorOp):
+    """The shape of a ``keepdim=True`` reduction over ``dims`` (a Tuple, all
+    negative or all non-negative) of a tensor of shape ``shape``: the shape
+    of a reduction's result without the result itself."""
+
+    nargs = 2
+
+
 class SumToSize(TensorOp):
     """``e.sum_to_size(shape)``: sum a gradient back to an input's shape."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch.multiprocessing import ProcessExitedException
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ddp_train.py"
 # Seconds a DDP run may take before its processes are killed, so that a hung
@@ -43,10 +44,19 @@ def runs(ddp_train):
     """Initial parameters, and final parameters and per-step losses of the
     one-process and the two-process run."""
     single_losses, ddp_losses = [], []
+    try:
+        ddp = ddp_train.train(2, losses=ddp_losses, timeout=TIMEOUT)
+    except ProcessExitedException:
+        # Gloo, rarely, aborts a rank on this 2-core machine ("terminate
+        # called without an active exception", SIGABRT; seen once in some
+        # twenty full runs, never twice in a row): one more try.  A failure
+        # of the generated code fails both tries.
+        ddp_losses.clear()
+        ddp = ddp_train.train(2, losses=ddp_losses, timeout=TIMEOUT)
     return {
         "initial": ddp_train.train(1, steps=0),
         "single": ddp_train.train(1, losses=single_losses),
-        "ddp": ddp_train.train(2, losses=ddp_losses, timeout=TIMEOUT),
+        "ddp": ddp,
         "single_losses": single_losses,
         "ddp_losses": ddp_losses,
     }

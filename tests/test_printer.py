@@ -137,6 +137,18 @@ NO_DIMS = sp.Tuple()
         (T.TensorMT(T.TensorMatmul(x, y)), "(x @ y).mT"),
         # broadcasting bookkeeping
         (T.SumToSize(grad, T.ShapeOf(x)), "grad.sum_to_size(x.shape)"),
+        # the shape of a keepdim reduction, from its argument's shape
+        (T.KeptShape(T.ShapeOf(x), everything(-1)), "(*x.shape[:-1], 1)"),
+        (
+            T.KeptShape(T.ShapeOf(x), everything(-3, -1)),
+            "(*x.shape[:-3], 1, x.shape[-2], 1)",
+        ),
+        (T.KeptShape(T.ShapeOf(x), everything(1)), "(x.shape[0], 1, *x.shape[2:])"),
+        (
+            T.KeptShape(T.ShapeOf(x, y), everything(0)),
+            "(1, *torch.broadcast_shapes(x.shape, y.shape)[1:])",
+        ),
+        (T.KeptShape(T.ShapeOf(x), NO_DIMS), "(1,) * len(x.shape)"),
         (T.SumToSize(grad * y, T.ShapeOf(x)), "(grad*y).sum_to_size(x.shape)"),
         (T.SumToSize(-grad, T.ShapeOf(x)), "(-grad).sum_to_size(x.shape)"),
         (

@@ -709,3 +709,57 @@ def test_matmul_of_zero_dim_reduction_is_refused(formula):
     message = spec_error(_spec_with(formula))
     assert message.startswith("ops.yaml:4:")
     assert "'@'" in message
+
+
+# --------------------------------------------------------------------------
+# A reduction's shape without the reduction: log_softmax saves only its output
+
+KEPT_SHAPE_SPEC = """\
+fngen: 1
+functions:
+  log_softmax_dims:
+    formula: y = x - log(sum(exp(x), dim=(0, 2), keepdim=true))
+  log_softmax_middle:
+    formula: y = x - log(sum(exp(x), dim=-2, keepdim=true))
+  log_softmax_all:
+    formula: y = x - log(sum(exp(x), keepdim=true))
+  shifted:
+    formula: y = z - log(sum(exp(x), dim=-1, keepdim=true))
+"""
+
+
+@pytest.fixture(scope="module")
+def kept():
+    return fngen.load(parse_spec(KEPT_SHAPE_SPEC, "kept.yaml"))
+
+
+def test_log_softmax_saves_its_output_and_recomputes_nothing(kept):
+    source = inspect.getsource(kept.LogSoftmaxDimsFunction.backward)
+    assert "torch.logsumexp" not in source
+    assert "sum_to_size((1, ctx.x_shape[1], 1, *ctx.x_shape[3:]))" in source
+    source = inspect.getsource(kept.LogSoftmaxMiddleFunction.backward)
+    assert "sum_to_size((*ctx.x_shape[:-2], 1, ctx.x_shape[-1]))" in source
+    setup = inspect.getsource(kept.LogSoftmaxDimsFunction.setup_context)
+    assert "ctx.save_for_backward(y)" in setup
+
+
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        ("log_softmax_dims", lambda x: x - torch.logsumexp(x, (0, 2), keepdim=True)),
+        ("log_softmax_middle", lambda x: F.log_softmax(x, -2)),
+        ("log_softmax_all", lambda x: x - torch.logsumexp(x, (0, 1, 2, 3), True)),
+    ],
+)
+def test_reductions_over_any_dims_match_torch(kept, name, want):
+    x = rand(2, 3, 4, 2, lo=-3, hi=3)
+    assert_matches(getattr(kept, name), want, (x,))
+    assert gradcheck(getattr(kept, name), (x,))
+    assert gradgradcheck(getattr(kept, name), (x,))
+
+
+def test_reduction_shape_under_broadcasting(kept):
+    # z is wider than x: the gradient of the logsumexp sums over z's rows.
+    x, z = rand(1, 5, lo=-3, hi=3), rand(4, 1)
+    assert gradcheck(kept.shifted, (x, z))
+    assert gradgradcheck(kept.shifted, (x, z))
