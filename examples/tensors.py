@@ -466,42 +466,94 @@ class RoundSte(torch.nn.Module):
 
 
 class MseLossFunction(torch.autograd.Function):
-    """Autograd Function of :func:`mse_loss`: loss = mean((input - target)**2)"""
+    """Autograd Function of :func:`mse_loss`: loss = mean((input - target)**2)
+
+    ``apply`` also returns ``kept = input - target``, kept for the backward
+    as an output, so that double backward differentiates through it;
+    :func:`mse_loss` returns only the declared outputs."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target):
-        loss = ((input - target) ** 2).mean()
-        return loss
+        t0 = input - target
+        loss = (t0**2).mean()
+        kept = t0
+        return loss, kept
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target = inputs
-        ctx.save_for_backward(input, target)
-        ctx.save_for_forward(input, target)
+        loss, kept = output
+        ctx.set_materialize_grads(False)
+        ctx.input_shape = input.shape
+        ctx.target_shape = target.shape
+        ctx.save_for_backward(kept)
+        ctx.save_for_forward(kept)
 
     @staticmethod
-    def backward(ctx, grad):
-        input, target = ctx.saved_tensors
+    def backward(ctx, grad_loss, grad_kept):
+        if grad_loss is None and grad_kept is None:
+            return None, None
+        if grad_loss is not None and grad_kept is None:
+            (kept,) = ctx.saved_tensors
+            needs_input, needs_target = ctx.needs_input_grad
+            grad_input = grad_target = None
+            t0 = (
+                2
+                * kept
+                * (
+                    grad_loss
+                    / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
+                ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
+            )
+            if needs_input:
+                grad_input = t0.sum_to_size(ctx.input_shape)
+            if needs_target:
+                grad_target = (-t0).sum_to_size(ctx.target_shape)
+            return grad_input, grad_target
+        if grad_loss is None and grad_kept is not None:
+            (kept,) = ctx.saved_tensors
+            needs_input, needs_target = ctx.needs_input_grad
+            grad_input = grad_target = None
+            if needs_input:
+                grad_input = grad_kept.sum_to_size(ctx.input_shape)
+            if needs_target:
+                grad_target = (-grad_kept).sum_to_size(ctx.target_shape)
+            return grad_input, grad_target
+        (kept,) = ctx.saved_tensors
         needs_input, needs_target = ctx.needs_input_grad
         grad_input = grad_target = None
-        t0 = input - target
-        t1 = 2 * (
-            grad / torch.broadcast_shapes(input.shape, target.shape).numel()
-        ).expand(torch.broadcast_shapes(input.shape, target.shape))
+        t0 = (
+            2
+            * kept
+            * (
+                grad_loss
+                / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
+            ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
+        )
         if needs_input:
-            grad_input = (t0 * t1).sum_to_size(input.shape)
+            grad_input = grad_kept.sum_to_size(ctx.input_shape) + t0.sum_to_size(
+                ctx.input_shape
+            )
         if needs_target:
-            grad_target = (-t0 * t1).sum_to_size(target.shape)
+            grad_target = (-grad_kept).sum_to_size(ctx.target_shape) + (
+                -t0
+            ).sum_to_size(ctx.target_shape)
         return grad_input, grad_target
 
     @staticmethod
     def jvp(ctx, input_t, target_t):
-        input, target = ctx.saved_tensors
-        t0 = input - target
-        loss_t = (2 * input_t * t0 - 2 * t0 * target_t).mean()
-        return loss_t
+        like = next(t for t in (input_t, target_t) if t is not None)
+        if input_t is None:
+            input_t = like.new_zeros(ctx.input_shape)
+        if target_t is None:
+            target_t = like.new_zeros(ctx.target_shape)
+        (kept,) = ctx.saved_tensors
+        t0 = 2 * kept
+        loss_t = (input_t * t0 - t0 * target_t).mean()
+        kept_t = input_t - target_t
+        return loss_t, kept_t
 
 
 class _MseLossTraceable(MseLossFunction):
@@ -528,8 +580,8 @@ def mse_loss(input, target):
         input = input.to(dtype)
         target = target.to(dtype)
         with torch.autocast(device_type, enabled=False):
-            return function.apply(input, target)
-    return function.apply(input, target)
+            return function.apply(input, target)[0]
+    return function.apply(input, target)[0]
 
 
 class MseLoss(torch.nn.Module):
@@ -543,7 +595,11 @@ class MseLoss(torch.nn.Module):
 
 
 class HuberLossFunction(torch.autograd.Function):
-    """Autograd Function of :func:`huber_loss`: d = input - target"""
+    """Autograd Function of :func:`huber_loss`: d = input - target
+
+    ``apply`` also returns ``kept = input - target``, kept for the backward
+    as an output, so that double backward differentiates through it;
+    :func:`huber_loss` returns only the declared outputs."""
 
     generate_vmap_rule = True
 
@@ -552,47 +608,91 @@ class HuberLossFunction(torch.autograd.Function):
         t0 = input - target
         t1 = torch.abs(t0)
         loss = torch.where(delta > t1, t0**2 / 2, delta * (-delta / 2 + t1)).mean()
-        return loss
+        kept = t0
+        return loss, kept
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, delta = inputs
+        loss, kept = output
         ctx.delta = delta
-        ctx.save_for_backward(input, target)
-        ctx.save_for_forward(input, target)
+        ctx.set_materialize_grads(False)
+        ctx.input_shape = input.shape
+        ctx.target_shape = target.shape
+        ctx.save_for_backward(kept)
+        ctx.save_for_forward(kept)
 
     @staticmethod
-    def backward(ctx, grad):
-        input, target = ctx.saved_tensors
+    def backward(ctx, grad_loss, grad_kept):
+        if grad_loss is None and grad_kept is None:
+            return None, None, None
+        if grad_loss is not None and grad_kept is None:
+            (kept,) = ctx.saved_tensors
+            delta = ctx.delta
+            needs_input, needs_target, _ = ctx.needs_input_grad
+            grad_input = grad_target = None
+            t0 = (
+                grad_loss
+                / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
+            ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
+            t1 = delta > torch.abs(kept)
+            t2 = delta * torch.sign(kept)
+            if needs_input:
+                grad_input = (torch.where(t1, kept * t0, t0 * t2)).sum_to_size(
+                    ctx.input_shape
+                )
+            if needs_target:
+                grad_target = (torch.where(t1, -kept * t0, -t0 * t2)).sum_to_size(
+                    ctx.target_shape
+                )
+            return grad_input, grad_target, None
+        if grad_loss is None and grad_kept is not None:
+            (kept,) = ctx.saved_tensors
+            delta = ctx.delta
+            needs_input, needs_target, _ = ctx.needs_input_grad
+            grad_input = grad_target = None
+            if needs_input:
+                grad_input = grad_kept.sum_to_size(ctx.input_shape)
+            if needs_target:
+                grad_target = (-grad_kept).sum_to_size(ctx.target_shape)
+            return grad_input, grad_target, None
+        (kept,) = ctx.saved_tensors
         delta = ctx.delta
         needs_input, needs_target, _ = ctx.needs_input_grad
         grad_input = grad_target = None
-        t0 = (grad / torch.broadcast_shapes(input.shape, target.shape).numel()).expand(
-            torch.broadcast_shapes(input.shape, target.shape)
-        )
-        t1 = input - target
-        t2 = delta > torch.abs(t1)
-        t3 = delta * torch.sign(t1)
+        t0 = (
+            grad_loss
+            / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
+        ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
+        t1 = delta > torch.abs(kept)
+        t2 = delta * torch.sign(kept)
         if needs_input:
-            grad_input = (torch.where(t2, t0 * t1, t0 * t3)).sum_to_size(input.shape)
+            grad_input = grad_kept.sum_to_size(ctx.input_shape) + (
+                torch.where(t1, kept * t0, t0 * t2)
+            ).sum_to_size(ctx.input_shape)
         if needs_target:
-            grad_target = (torch.where(t2, -t0 * t1, -t0 * t3)).sum_to_size(
-                target.shape
-            )
+            grad_target = (-grad_kept).sum_to_size(ctx.target_shape) + (
+                torch.where(t1, -kept * t0, -t0 * t2)
+            ).sum_to_size(ctx.target_shape)
         return grad_input, grad_target, None
 
     @staticmethod
     def jvp(ctx, input_t, target_t, _delta):
-        input, target = ctx.saved_tensors
+        like = next(t for t in (input_t, target_t) if t is not None)
+        if input_t is None:
+            input_t = like.new_zeros(ctx.input_shape)
+        if target_t is None:
+            target_t = like.new_zeros(ctx.target_shape)
+        (kept,) = ctx.saved_tensors
         delta = ctx.delta
-        t0 = input - target
-        t1 = delta > torch.abs(t0)
-        t2 = delta * torch.sign(t0)
+        t0 = delta > torch.abs(kept)
+        t1 = delta * torch.sign(kept)
         loss_t = (
-            torch.where(t1, input_t * t0, input_t * t2)
-            + torch.where(t1, -t0 * target_t, -t2 * target_t)
+            torch.where(t0, input_t * kept, input_t * t1)
+            + torch.where(t0, -kept * target_t, -t1 * target_t)
         ).mean()
-        return loss_t
+        kept_t = input_t - target_t
+        return loss_t, kept_t
 
 
 class _HuberLossTraceable(HuberLossFunction):
@@ -613,7 +713,7 @@ def huber_loss(input, target, delta=1.0):
         function = _HuberLossTraceable
     else:
         function = HuberLossFunction
-    return function.apply(input, target, delta)
+    return function.apply(input, target, delta)[0]
 
 
 class HuberLoss(torch.nn.Module):

@@ -6,6 +6,7 @@ All logic lives here; the Jinja2 template only places the precomputed strings.
 from __future__ import annotations
 
 import itertools
+import textwrap
 import sys
 from importlib import resources
 
@@ -16,7 +17,7 @@ from sympy.printing.pycode import pycode
 
 from fngen import __version__
 from fngen import tensorops as T
-from fngen.derive import Derivation, derive, derive_backward
+from fngen.derive import Derivation, derive, derive_backward, keep_intermediate
 from fngen.model import FunctionSpec, InputKind, InputSpec, Spec
 from fngen.errors import SpecError
 from fngen.printer import PrintError, TorchPrinter
@@ -150,9 +151,7 @@ class FunctionWriter:
         if any(o in kept for o in self.d.outputs) or not all(
             self.d.differentiable_outputs
         ):
-            lines.append(
-                f"{', '.join(outputs)}{',' if len(outputs) > 1 else ''} = output"
-            )
+            lines.append(f"{', '.join(outputs)} = output")
         for out, differentiable in zip(self.d.outputs, self.d.differentiable_outputs):
             if not differentiable:
                 lines.append(f"ctx.mark_non_differentiable({out.name})")
@@ -163,6 +162,11 @@ class FunctionWriter:
             lines.append(f"ctx.{name}_is_none = {name} is None")
         if self.presence_variants(self.d):
             lines.append("ctx.set_materialize_grads(False)")
+            for spec in self.zero_tangents():
+                shape = f"{spec.name}.shape"
+                if spec.optional:
+                    shape = f"None if {spec.name} is None else {shape}"
+                lines.append(f"ctx.{spec.name}_shape = {shape}")
 
         def body(d):
             saves = []
@@ -175,7 +179,8 @@ class FunctionWriter:
                     f"ctx.save_for_forward({', '.join(s.name for s in d.saved_for_jvp)})"
                 )
             for symbol in d.shapes:
-                saves.append(f"ctx.{symbol.name}_shape = {symbol.name}.shape")
+                if symbol.name not in {i.name for i in self.zero_tangents()}:
+                    saves.append(f"ctx.{symbol.name}_shape = {symbol.name}.shape")
             return saves or ["pass"]
 
         body_lines = self.branches(body, in_ctx=False)
@@ -262,6 +267,32 @@ class FunctionWriter:
         lines.append(f"return {', '.join(results)}{',' if len(results) == 1 else ''}")
         return lines
 
+    def zero_tangents(self) -> list:
+        """Tensor inputs whose tangent may come as None: without materialized
+        gradients (several outputs), forward-mode AD passes None for an
+        input without a tangent, and the jvp makes it zeros."""
+        if not self.presence_variants(self.d):
+            return []
+        tensors = [i for i in self.fn.tensor_inputs]
+        return tensors if len(tensors) > 1 else []
+
+    def _fill_tangents(self) -> list[str]:
+        specs = self.zero_tangents()
+        if not specs:
+            return []
+        tangents = dict(zip([i.name for i in self.fn.inputs], self.d.tangent_symbols))
+        names = [tangents[i.name].name for i in specs]
+        lines = [f"like = next(t for t in ({', '.join(names)}) if t is not None)"]
+        for spec, name in zip(specs, names):
+            test = f"{name} is None"
+            if spec.optional:
+                test += f" and not ctx.{spec.name}_is_none"
+            lines += [
+                f"if {test}:",
+                f"    {name} = like.new_zeros(ctx.{spec.name}_shape)",
+            ]
+        return lines
+
     def jvp(self) -> list[str]:
         def body(d):
             lines = self._unpack(d.saved_for_jvp) + self._scalars()
@@ -269,7 +300,7 @@ class FunctionWriter:
             lines += self.emit(d.jvp, self.printer(tangent.name), {})
             return lines + [f"return {', '.join(t.name for t in d.output_tangents)}"]
 
-        return self.branches(body, in_ctx=True)
+        return self._fill_tangents() + self.branches(body, in_ctx=True)
 
     def autocast_lines(self) -> list[str]:
         """Under autocast, cast the tensor inputs the way a built-in op
@@ -410,9 +441,11 @@ class FunctionWriter:
             "",
         ]
         lines += [f"    {line.strip()}" for line in formula.splitlines()]
-        if self.d.derivatives:
+        declared = {out.name for out in self.declared_outputs}
+        derivatives = [d for d in self.d.derivatives if d[0] in declared]
+        if derivatives:
             lines += ["", "Derivatives::", ""]
-            for out, leaf, expr in self.d.derivatives:
+            for out, leaf, expr in derivatives:
                 lines.append(f"    d{out}/d{leaf} = {sp.sstr(expr)}")
         for name, expr in fn.grads:
             lines += ["", f"Gradient of ``{name}`` overridden: ``{sp.sstr(expr)}``."]
@@ -421,9 +454,34 @@ class FunctionWriter:
             function_doc=function_doc,
             class_doc=docstring(
                 f"Autograd Function of :func:`{fn.name}`: {formula.splitlines()[0]}"
+                + self.kept_note()
             ),
             module_doc=docstring(f"Module form of :func:`{fn.name}`."),
         )
+
+    @property
+    def declared_outputs(self) -> tuple[sp.Symbol, ...]:
+        return self.d.outputs[: len(self.d.outputs) - self.fn.kept]
+
+    def kept_note(self) -> str:
+        if not self.fn.kept:
+            return ""
+        kept = self.d.outputs[len(self.declared_outputs) :]
+        exprs = dict(self.fn.formula.outputs)
+        listed = ", ".join(f"``{k.name} = {sp.sstr(exprs[k])}``" for k in kept)
+        note = (
+            f"``apply`` also returns {listed}, kept for the backward as an "
+            "output, so that double backward differentiates through it; "
+            f":func:`{self.fn.name}` returns only the declared outputs."
+        )
+        return "\n\n" + textwrap.fill(note, width=72)
+
+    def apply_suffix(self) -> str:
+        """Indexing that drops the kept intermediates from apply's result."""
+        if not self.fn.kept:
+            return ""
+        declared = len(self.declared_outputs)
+        return "[0]" if declared == 1 else f"[:{declared}]"
 
     def context(self) -> dict:
         fn = self.fn
@@ -446,6 +504,7 @@ class FunctionWriter:
             first_tensor=self.first_tensor,
             signature=self.signature(),
             apply_args=", ".join(i.name for i in fn.inputs),
+            apply_suffix=self.apply_suffix(),
             **self.module_parts(),
             **self.docs(),
         )
@@ -480,6 +539,7 @@ def render(spec: Spec) -> str:
     writers, contexts = [], []
     for fn in spec.functions:
         try:
+            fn = keep_intermediate(fn)
             writer = FunctionWriter(fn, variants(fn))
             contexts.append(writer.context())
         except PrintError as err:

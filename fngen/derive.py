@@ -10,7 +10,8 @@ common subexpressions shared (`schedule.py`), ready for the printer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
@@ -264,9 +265,35 @@ class Deriver:
                     and not is_condition(out_expr)
                     and out_expr.free_symbols
                 ):
-                    expr = expr.subs(out_expr, out)
+                    expr = self.eliminate(expr.subs(out_expr, out), out, out_expr)
             result.append(expr)
         return result
+
+    def eliminate(self, expr: sp.Expr, out: sp.Symbol, out_expr: sp.Expr) -> sp.Expr:
+        """`expr` with a leaf solved from ``out = out_expr`` when that leaves
+        it fewer tensors to read.  SymPy distributes ``2*(x - y)`` into
+        ``2*x - 2*y``, where ``subs(x - y, d)`` finds nothing; ``x = d + y``
+        gives ``2*d``."""
+        if not isinstance(out_expr, sp.Add):
+            return expr
+        # Shapes stay as they are: a shape is kept on ctx, never recomputed.
+        shapes = {
+            shape: sp.Dummy(f"shape{n}")
+            for n, shape in enumerate(expr.atoms(T.ShapeOf))
+        }
+        masked = expr.xreplace(shapes)
+        tensors = set(self.tensor_inputs) | set(self.op_results) | set(self.outputs)
+        before = len(masked.free_symbols & tensors)
+        for leaf in sorted(
+            out_expr.free_symbols & masked.free_symbols & tensors, key=str
+        ):
+            slope = out_expr.diff(leaf)
+            if not slope.is_number or slope == 0:
+                continue
+            solved = masked.subs(leaf, leaf + (out - out_expr) / slope)
+            if len(solved.free_symbols & tensors) < before:
+                return solved.xreplace({d: shape for shape, d in shapes.items()})
+        return expr
 
     def needed_recomputation(self, exprs) -> list:
         """Tensor ops whose results the backward needs but are not outputs:
@@ -298,6 +325,19 @@ class Deriver:
             )
             tensors |= bare.free_symbols & available
         return tensors, shapes - tensors
+
+    def saved_count(self) -> int:
+        """How many tensors `derive` would save, without the rest of its
+        work (scheduling, the forward and the jvp)."""
+        grads = self.gradient_expressions()
+        exprs = [e for _, e in self.op_grads]
+        exprs += [grads[leaf] for leaf in self.tensor_inputs if grads[leaf] != 0]
+        counts = []
+        for choice in (exprs, self.substitute_outputs(exprs)):
+            recompute = self.needed_recomputation(choice)
+            tensors, _ = self.referenced([op.expr for op in recompute] + choice)
+            counts.append(len(tensors))
+        return min(counts)
 
     def derive(self, option: int | None = None):
         """`option` forces the save policy (0: inputs, 1: outputs where
@@ -551,6 +591,100 @@ def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:
     return expr.args[0] if isinstance(expr, T.SumToSize) else expr
 
 
+# Intermediates tried as a kept output: the largest first.
+MAX_KEPT_CANDIDATES = 6
+
+
+def keep_intermediate(fn: FunctionSpec) -> FunctionSpec:
+    """`fn`, or `fn` returning one intermediate as an extra output, when
+    keeping it lets the backward save fewer tensors.
+
+    ``mean((input - target)**2)`` needs only ``input - target`` for its
+    gradient: keep that one tensor instead of both inputs.  It is kept as an
+    output of the Function, not as a tensor made under no_grad, so that its
+    history survives and double backward through it stays right (the way
+    ``native_layer_norm`` returns its mean and rstd).  The wrapper and the
+    Module return only the declared outputs.
+    """
+    if fn.kept or fn.grads or len(fn.formula.outputs) != 1:
+        return fn
+    if any(i.optional for i in fn.inputs) or is_condition(fn.formula.outputs[0][1]):
+        return fn
+    best = derive(fn)
+    if len(best.saved) < 2:
+        return fn
+    chosen, fewest = fn, len(best.saved)
+    base = Deriver(fn)
+    grads = base.gradient_expressions()
+    exprs = [e for _, e in base.op_grads] + [g for g in grads.values() if g != 0]
+    tensors = set(base.tensor_inputs) | set(base.op_results) | set(base.outputs)
+    for candidate in _kept_candidates(fn):
+        # A quick look first: the gradients, rewritten through the candidate,
+        # must read fewer tensors before a whole derivation is worth it.
+        kept = sp.Dummy("kept")
+        rewritten = [
+            base.eliminate(e.subs(candidate, kept), kept, candidate) for e in exprs
+        ]
+        bare = [
+            e.replace(lambda a: isinstance(a, T.ShapeOf), lambda a: 0)
+            for e in rewritten
+        ]
+        reads = set().union(*(e.free_symbols for e in bare)) & (tensors | {kept})
+        if len(reads) >= fewest:
+            continue
+        trial = _with_kept(fn, candidate)
+        count = Deriver(trial).saved_count()
+        if count < fewest:
+            chosen, fewest = trial, count
+    return chosen
+
+
+def _kept_candidates(fn: FunctionSpec) -> list[sp.Expr]:
+    """Pointwise subexpressions of two or more tensor inputs: the arguments
+    of reductions and the outputs' expressions."""
+    tensors = {fn.symbol(i.name) for i in fn.tensor_inputs}
+    scalars = {fn.symbol(i.name) for i in fn.inputs if not i.is_tensor}
+    roots = [
+        op.expr.args[0]
+        for op in fn.formula.ops
+        if isinstance(op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp))
+    ]
+    roots += [expr for _, expr in fn.formula.outputs]
+    found = []
+    for root in roots:
+        for sub in sp.preorder_traversal(root):
+            if (
+                sub.is_Atom
+                or sub in found
+                or is_condition(sub)
+                or isinstance(sub, (sp.Piecewise, T.TensorOp))
+                or sub.atoms(T.TensorOp)
+                or not sub.free_symbols <= tensors | scalars
+                or len(sub.free_symbols & tensors) < 2
+            ):
+                continue
+            found.append(sub)
+    return found[:MAX_KEPT_CANDIDATES]
+
+
+def _with_kept(fn: FunctionSpec, expr: sp.Expr) -> FunctionSpec:
+    taken = {i.name for i in fn.inputs} | {name for name, _ in fn.formula.statements}
+    taken |= {op.result.name for op in fn.formula.ops}
+    taken |= {out.name for out, _ in fn.formula.outputs}
+    name = "kept"
+    while name in taken or f"grad_{name}" in taken:
+        name += "_"
+    formula = fn.formula
+    outputs = formula.outputs + ((sp.Symbol(name, real=True), expr),)
+    return replace(
+        fn,
+        formula=Formula(
+            formula.text, formula.ops, outputs, formula.statements, formula.location
+        ),
+        kept=1,
+    )
+
+
 def derive_backward(
     fn: FunctionSpec, absent: frozenset[str], present: frozenset[int], option: int
 ) -> Derivation:
@@ -559,6 +693,8 @@ def derive_backward(
     return Deriver(fn, absent, present).derive(option)
 
 
+@functools.lru_cache(maxsize=64)
 def derive(fn: FunctionSpec, absent: frozenset[str] = frozenset()) -> Derivation:
-    """The programs of `fn`, with the optional tensors in `absent` left out."""
+    """The programs of `fn`, with the optional tensors in `absent` left out
+    (cached: choosing what to keep derives a function before it is written)."""
     return Deriver(fn, absent).derive()

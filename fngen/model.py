@@ -100,6 +100,10 @@ class FunctionSpec:
     # None: like a built-in op (matrix products run in the autocast dtype);
     # "float32": always in full precision, like custom_fwd(cast_inputs=float32).
     autocast: str | None = None
+    # How many of the formula's outputs, counted from the end, are not
+    # declared outputs but intermediates the Function returns as well so
+    # that its backward can keep them (see derive.keep_intermediate).
+    kept: int = 0
 
     def __post_init__(self):
         names = [i.name for i in self.inputs]

@@ -6,6 +6,7 @@ import sympy as sp
 
 import fngen
 from fngen import derive
+from fngen import tensorops as T
 from fngen.derive import dag_size, horner, op_count, simplest
 from fngen.spec import parse_spec
 
@@ -69,3 +70,48 @@ def test_generated_polynomial_forward_is_in_horner_form():
     text = "fngen: 1\nfunctions:\n  p:\n    formula: z = x**3 + 3*x**2*y - 2*x*y**2 + y**3 - x*y\n"
     source = fngen.generate(parse_spec(text, "p.yaml"))
     assert "z = x * (x * (x + 3 * y) + y * (-2 * y - 1)) + y**3\n" in source
+
+
+def test_a_leaf_is_solved_from_a_kept_difference():
+    from fngen.derive import Deriver, _with_kept
+
+    text = "fngen: 1\nfunctions:\n  f:\n    formula: z = sum((x - y)**2)\n"
+    fn = parse_spec(text, "f.yaml").functions[0]
+    symbols = dict(fn.symbols)
+    x, y = symbols["x"], symbols["y"]
+    deriver = Deriver(_with_kept(fn, x - y))
+    kept = deriver.outputs[1]
+    assert kept.name == "kept"
+    # 2*x - 2*y, where subs(x - y, kept) finds nothing, becomes 2*kept.
+    assert deriver.substitute_outputs([2 * x - 2 * y]) == [2 * kept]
+    # Shapes are left alone: they are kept on ctx, never recomputed.
+    shaped = T.SumToSize(2 * x - 2 * y, T.ShapeOf(x))
+    assert deriver.substitute_outputs([shaped]) == [T.SumToSize(2 * kept, T.ShapeOf(x))]
+    # Nothing is solved where it would not leave fewer tensors.
+    assert deriver.substitute_outputs([x * y]) == [x * y]
+
+
+FORWARD_AD_SPEC = """\
+fngen: 1
+functions:
+  pair:
+    formula: |
+      p = x*y
+      s = sin(x) + y
+    outputs: [p, s]
+"""
+
+
+def test_forward_ad_of_two_outputs_with_one_tangent():
+    import torch
+    import torch.autograd.forward_ad as fwAD
+
+    module = fngen.load(parse_spec(FORWARD_AD_SPEC, "pair.yaml"))
+    x = torch.rand(4, dtype=torch.float64)
+    y = torch.rand(3, 1, dtype=torch.float64)
+    y_t = torch.randn_like(y)
+    with fwAD.dual_level():
+        p, s = module.pair(x, fwAD.make_dual(y, y_t))
+        p_t, s_t = fwAD.unpack_dual(p).tangent, fwAD.unpack_dual(s).tangent
+    torch.testing.assert_close(p_t, x * y_t)
+    torch.testing.assert_close(s_t, y_t.expand(3, 4))

@@ -763,3 +763,70 @@ def test_reduction_shape_under_broadcasting(kept):
     x, z = rand(1, 5, lo=-3, hi=3), rand(4, 1)
     assert gradcheck(kept.shifted, (x, z))
     assert gradgradcheck(kept.shifted, (x, z))
+
+
+# --------------------------------------------------------------------------
+# An intermediate kept as an extra output: mse_loss saves input - target only
+
+
+def saved_storages(fn, *args) -> int:
+    """Distinct storages autograd keeps for the backward of fn(*args)."""
+    seen = set()
+
+    def pack(tensor):
+        seen.add(tensor.untyped_storage().data_ptr())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return len(seen)
+
+
+def test_mse_loss_keeps_the_difference_instead_of_both_inputs(mod):
+    x, t = rand(3, 4), rand(3, 4)
+    loss, kept = mod.MseLossFunction.apply(x, t)
+    torch.testing.assert_close(kept, x - t)
+    assert mod.mse_loss(x, t).shape == ()
+    assert saved_storages(mod.mse_loss, x, t) == 1
+    # Autograd on the composed formula keeps the difference too, no more.
+    assert saved_storages(lambda a, b: ((a - b) ** 2).mean(), x, t) == 1
+    source = inspect.getsource(mod.MseLossFunction.setup_context)
+    assert "ctx.save_for_backward(kept)" in source
+    assert "kept = input - target" in mod.MseLossFunction.__doc__
+
+
+@pytest.mark.parametrize("shapes", [((3, 4), (3, 4)), ((3, 4), (4,)), ((1, 4), (3, 1))])
+def test_kept_difference_under_broadcasting_and_double_backward(mod, shapes):
+    x, t = rand(*shapes[0]), rand(*shapes[1])
+    assert_matches(
+        mod.mse_loss, lambda a, b: F.mse_loss(*torch.broadcast_tensors(a, b)), (x, t)
+    )
+    assert gradcheck(mod.mse_loss, (x, t))
+    assert gradgradcheck(mod.mse_loss, (x, t))
+    hessian = torch.func.hessian(mod.mse_loss, argnums=(0, 1))(x, t)
+    want = torch.func.hessian(lambda a, b: ((a - b) ** 2).mean(), argnums=(0, 1))(
+        x.detach(), t.detach()
+    )
+    for row, want_row in zip(hessian, want):
+        for h, w in zip(row, want_row):
+            torch.testing.assert_close(h, w)
+
+
+def test_forward_ad_with_a_tangent_for_one_input_only(mod):
+    # Without materialized gradients forward-mode AD passes None for the
+    # target's tangent: the jvp makes it zeros.
+    import torch.autograd.forward_ad as fwAD
+
+    x, t = rand(3, 4, grad=False), rand(3, 4, grad=False)
+    x_t = torch.randn_like(x)
+    with fwAD.dual_level():
+        loss = mod.mse_loss(fwAD.make_dual(x, x_t), t)
+        tangent = fwAD.unpack_dual(loss).tangent
+    torch.testing.assert_close(tangent, (2 * (x - t) * x_t).mean())
+
+
+def test_no_intermediate_is_kept_where_it_saves_nothing(mod):
+    # Both tensors of the linear layer are needed: nothing extra is returned.
+    x, w = rand(5, 4), rand(3, 4)
+    assert isinstance(mod.LinearFunction.apply(x, w, None), torch.Tensor)
+    assert "also returns" not in mod.LinearFunction.__doc__
