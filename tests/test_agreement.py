@@ -33,6 +33,9 @@ REFERENCES = {
     "logsigmoid": F.logsigmoid,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "elu": F.elu,
+    "selu": F.selu,
+    "softplus_beta": lambda x: F.softplus(x, beta=2),
+    "gelu": F.gelu,
     "erfinv": torch.special.erfinv,
     "lgamma": torch.lgamma,
     "digamma": torch.digamma,
@@ -58,6 +61,9 @@ STABILITY_CASES = [
     "logsigmoid",
     "gelu_tanh",
     "elu",
+    "selu",
+    "softplus_beta",
+    "gelu",
     "expm1",
     # The contract: log(1 + exp(x)) is computed as softplus, exp(x)/(1 + exp(x))
     # as sigmoid, "and so on, in the forward and in every derivative".
