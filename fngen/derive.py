@@ -285,7 +285,7 @@ class Deriver:
         tensors = set(self.tensor_inputs) | set(self.op_results) | set(self.outputs)
         before = len(masked.free_symbols & tensors)
         for leaf in sorted(
-            out_expr.free_symbols & masked.free_symbols & tensors, key=str
+            out_expr.free_symbols & masked.free_symbols & self.leaves, key=str
         ):
             slope = out_expr.diff(leaf)
             if not slope.is_number or slope == 0:
