@@ -137,6 +137,13 @@ class Relu(sp.Function):
 
     nargs = 1
 
+    @classmethod
+    def eval(cls, arg):
+        # A number, as SymPy's piecewise folding makes of relu(where(...)).
+        if arg.is_Number:
+            return arg if arg > 0 else ZERO
+        return None
+
     def fdiff(self, argindex=1):
         return indicator(self.args[0] > 0)
 

@@ -84,7 +84,11 @@ class Interpreter:
             # SymPy decided the condition: where(x < 2, x, 2) > pi is False.
             return torch.tensor(bool(expr), device=self.like.device)
         if expr.is_number and not expr.is_Relational:
-            return self.number(sp.N(expr, 17))
+            # fngen's own evaluation: sp.N leaves softplus(2) unevaluated.
+            value = F.constant_value(expr)
+            if value is None:
+                raise ValueError(f"the constant {expr} has no finite real value")
+            return self.number(value)
         if isinstance(expr, sp.Add):
             result = self(expr.args[0])
             for arg in expr.args[1:]:

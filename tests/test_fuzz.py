@@ -94,6 +94,16 @@ def _may_exec(code) -> bool:
     return _trusted_filename(getattr(code, "co_filename", ""))
 
 
+def _sympy_monomial_code(caller) -> bool:
+    """SymPy's polynomials (Horner form) build their monomial arithmetic,
+    once per number of variables, by exec of code SymPy writes itself from
+    that number (``(a0, a1,) = A``...): no spec text can reach it."""
+    code = caller.f_code
+    return code.co_name == "_build" and code.co_filename.endswith(
+        os.path.join("sympy", "polys", "monomials.py")
+    )
+
+
 def _trusted_filename(filename) -> bool:
     """Jinja2 compiles fngen's template as "<template>"; imports compile files."""
     filename = os.fsdecode(filename) if isinstance(filename, bytes) else str(filename)
@@ -115,7 +125,7 @@ def no_code_execution():
         return guard
 
     def guarded_exec(code, *args, **kwargs):
-        if _may_exec(code):
+        if _may_exec(code) or _sympy_monomial_code(sys._getframe(1)):
             return exec_(code, *args, **kwargs)
         raise CodeExecuted(f"exec called with {str(code)[:200]}")
 
