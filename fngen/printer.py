@@ -92,6 +92,8 @@ _ALLOWED = (
     sp.polygamma,
     F.HeavisideStep,
     F.Clamp,
+    F.SigmoidBackward,
+    F.SoftplusBackward,
     T.TensorOp,
     *TORCH_FUNCTIONS,
     *TORCH_BINARY,
@@ -259,6 +261,23 @@ class TorchPrinter(StrPrinter):
                 return f"{self.parenthesize(rest, PRECEDENCE['Mul'])} * {mask}"
             branches = [(rest * value, condition) for value, condition in piece.args]
             return self._print_Piecewise(sp.Piecewise(*branches, evaluate=False))
+        backward = next(
+            (
+                f
+                for f in expr.args
+                if isinstance(f, (F.SigmoidBackward, F.SoftplusBackward))
+            ),
+            None,
+        )
+        if backward is not None:
+            rest = sp.Mul(*[f for f in expr.args if f is not backward])
+            if not rest.is_number:
+                # PyTorch's fused backward kernel of the function, on any
+                # tensor (a gradient, a tangent, or x*grad for swish).
+                (arg,) = backward.args
+                if isinstance(backward, F.SigmoidBackward):
+                    return f"torch.ops.aten.sigmoid_backward({self._print(rest)}, {self._print(arg)})"
+                return f"torch.ops.aten.softplus_backward({self._print(rest)}, {self._print(arg)}, 1.0, 20.0)"
         numbers = [f for f in expr.args if f.is_number]
         others = [f for f in expr.args if not f.is_number]
         if numbers and others:
@@ -356,6 +375,13 @@ class TorchPrinter(StrPrinter):
         if order == 0:
             return f"torch.digamma({self._print(x)})"
         return f"torch.polygamma({self._print(order)}, {self._print(x)})"
+
+    def _print_SigmoidBackward(self, expr):
+        (s,) = expr.args
+        return f"{self.parenthesize(s, PRECEDENCE['Mul'])}*({self._print(1 - s)})"
+
+    def _print_SoftplusBackward(self, expr):
+        return self._print(F.Sigmoid(expr.args[0]))
 
     def _print_HeavisideStep(self, expr):
         return self._print(F.indicator(expr.args[0] > 0))

@@ -74,7 +74,7 @@ NO_DIMS = sp.Tuple()
         (F.LogSigmoid(x), "torch.nn.functional.logsigmoid(x)"),
         (F.Softplus(x).diff(x), "torch.sigmoid(x)"),
         (F.LogSigmoid(x).diff(x), "torch.sigmoid(-x)"),
-        (F.Sigmoid(x).diff(x), "(1 - torch.sigmoid(x))*torch.sigmoid(x)"),
+        (F.Sigmoid(x).diff(x), "torch.sigmoid(x)*(1 - torch.sigmoid(x))"),
         (sp.atan2(y, x), "torch.atan2(y, x)"),
         (sp.atan2(1, x), "torch.atan2(torch.full_like(x, 1), x)"),
         (F.Hypot(x, 2), "torch.hypot(x, torch.full_like(x, 2))"),
@@ -85,6 +85,23 @@ NO_DIMS = sp.Tuple()
         (F.Clamp(x, y, z), "torch.clamp(x, y, z)"),
         # conditions
         (F.Relu(x).diff(x) * grad, "torch.where(x > 0, grad, 0)"),
+        # PyTorch's fused backward kernels, on any tensor
+        (
+            F.Sigmoid(x).diff(x) * grad,
+            "torch.ops.aten.sigmoid_backward(grad, torch.sigmoid(x))",
+        ),
+        (
+            (x * F.Sigmoid(x)).diff(x),
+            "torch.ops.aten.sigmoid_backward(x, torch.sigmoid(x)) + torch.sigmoid(x)",
+        ),
+        (
+            F.Softplus(2 * x).diff(x) * grad,
+            "torch.ops.aten.softplus_backward(2*grad, 2*x, 1.0, 20.0)",
+        ),
+        # ... and alone, with nothing to scale
+        (F.SigmoidBackward(F.Sigmoid(x)), "torch.sigmoid(x)*(1 - torch.sigmoid(x))"),
+        (F.SoftplusBackward(x), "torch.sigmoid(x)"),
+        (F.SigmoidBackward(sp.Rational(1, 4)), "0.1875"),
         (F.indicator(x > 0), "(x > 0).to(grad.dtype)"),
         (
             F.Maximum(x, y).diff(x) * grad,
