@@ -165,6 +165,8 @@ class SigmoidBackward(sp.Function):
     PyTorch's own fused kernel (one pass instead of three)."""
 
     nargs = 1
+    # Printed as a product: printers parenthesize it as one.
+    precedence = PRECEDENCE["Mul"]
 
     @classmethod
     def eval(cls, s):
@@ -178,6 +180,42 @@ class SigmoidBackward(sp.Function):
     def _sympystr(self, printer):
         s = printer.parenthesize(self.args[0], PRECEDENCE["Mul"])
         return f"{s}*(1 - {printer.doprint(self.args[0])})"
+
+
+class Tanh(sp.tanh):
+    """``torch.tanh``: SymPy's tanh, with its derivative as `TanhBackward`."""
+
+    def fdiff(self, argindex=1):
+        return TanhBackward(self)
+
+    def _eval_evalf(self, prec):
+        # mpmath knows tanh by SymPy's class name, not by this one.
+        return sp.tanh(self.args[0])._eval_evalf(prec)
+
+    def _sympystr(self, printer):
+        return f"tanh({printer.doprint(self.args[0])})"
+
+
+class TanhBackward(sp.Function):
+    """``1 - t**2`` of ``t = tanh(u)``: the derivative of tanh.
+
+    Times a tensor it prints as ``torch.ops.aten.tanh_backward(g, t)``."""
+
+    nargs = 1
+    # Printed as a difference: printers parenthesize it as one.
+    precedence = PRECEDENCE["Add"]
+
+    @classmethod
+    def eval(cls, t):
+        if t.is_Number:
+            return 1 - t**2
+        return None
+
+    def fdiff(self, argindex=1):
+        return -2 * self.args[0]
+
+    def _sympystr(self, printer):
+        return printer.doprint(1 - self.args[0] ** 2)
 
 
 class Softplus(sp.Function):
@@ -301,7 +339,7 @@ _BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
     "atan2": (2, sp.atan2),
     "sinh": (1, sp.sinh),
     "cosh": (1, sp.cosh),
-    "tanh": (1, sp.tanh),
+    "tanh": (1, Tanh),
     "asinh": (1, sp.asinh),
     "acosh": (1, sp.acosh),
     "atanh": (1, sp.atanh),
@@ -359,6 +397,8 @@ NUMERIC = {
     Relu: lambda v: max(v, 0),
     Sigmoid: lambda v: 1 / (1 + _mp().exp(-v)),
     SigmoidBackward: lambda s: s * (1 - s),
+    Tanh: lambda v: _mp().tanh(v),
+    TanhBackward: lambda t: 1 - t**2,
     SoftplusBackward: lambda v: 1 / (1 + _mp().exp(-v)),
     Softplus: lambda v: _mp().log1p(_mp().exp(v)),
     LogSigmoid: lambda v: -_mp().log1p(_mp().exp(-v)),

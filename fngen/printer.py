@@ -40,6 +40,7 @@ TORCH_FUNCTIONS: dict[type, str] = {
     sp.sinh: "torch.sinh",
     sp.cosh: "torch.cosh",
     sp.tanh: "torch.tanh",
+    F.Tanh: "torch.tanh",
     sp.asinh: "torch.asinh",
     sp.acosh: "torch.acosh",
     sp.atanh: "torch.atanh",
@@ -76,6 +77,14 @@ _RELATIONS = {
     sp.Unequality: "!=",
 }
 
+# Derivatives printed as PyTorch's fused kernel when they scale a tensor:
+# class -> (aten op, the arguments after the tensor and the derivative's own).
+FUSED_BACKWARD = {
+    F.SigmoidBackward: ("sigmoid_backward", ""),
+    F.TanhBackward: ("tanh_backward", ""),
+    F.SoftplusBackward: ("softplus_backward", ", 1.0, 20.0"),
+}
+
 _ALLOWED = (
     sp.Symbol,
     sp.Number,
@@ -94,6 +103,7 @@ _ALLOWED = (
     F.Clamp,
     F.SigmoidBackward,
     F.SoftplusBackward,
+    F.TanhBackward,
     T.TensorOp,
     *TORCH_FUNCTIONS,
     *TORCH_BINARY,
@@ -261,23 +271,16 @@ class TorchPrinter(StrPrinter):
                 return f"{self.parenthesize(rest, PRECEDENCE['Mul'])} * {mask}"
             branches = [(rest * value, condition) for value, condition in piece.args]
             return self._print_Piecewise(sp.Piecewise(*branches, evaluate=False))
-        backward = next(
-            (
-                f
-                for f in expr.args
-                if isinstance(f, (F.SigmoidBackward, F.SoftplusBackward))
-            ),
-            None,
-        )
+        backward = next((f for f in expr.args if type(f) in FUSED_BACKWARD), None)
         if backward is not None:
             rest = sp.Mul(*[f for f in expr.args if f is not backward])
             if not rest.is_number:
                 # PyTorch's fused backward kernel of the function, on any
                 # tensor (a gradient, a tangent, or x*grad for swish).
                 (arg,) = backward.args
-                if isinstance(backward, F.SigmoidBackward):
-                    return f"torch.ops.aten.sigmoid_backward({self._print(rest)}, {self._print(arg)})"
-                return f"torch.ops.aten.softplus_backward({self._print(rest)}, {self._print(arg)}, 1.0, 20.0)"
+                kernel, extra = FUSED_BACKWARD[type(backward)]
+                tensor, value = self._print(rest), self._print(arg)
+                return f"torch.ops.aten.{kernel}({tensor}, {value}{extra})"
         numbers = [f for f in expr.args if f.is_number]
         others = [f for f in expr.args if not f.is_number]
         if numbers and others:
@@ -379,6 +382,9 @@ class TorchPrinter(StrPrinter):
     def _print_SigmoidBackward(self, expr):
         (s,) = expr.args
         return f"{self.parenthesize(s, PRECEDENCE['Mul'])}*({self._print(1 - s)})"
+
+    def _print_TanhBackward(self, expr):
+        return self._print(1 - expr.args[0] ** 2)
 
     def _print_SoftplusBackward(self, expr):
         return self._print(F.Sigmoid(expr.args[0]))

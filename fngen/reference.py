@@ -32,6 +32,7 @@ _UNARY = {
     sp.sinh: torch.sinh,
     sp.cosh: torch.cosh,
     sp.tanh: torch.tanh,
+    F.Tanh: torch.tanh,
     sp.asinh: torch.asinh,
     sp.acosh: torch.acosh,
     sp.atanh: torch.atanh,

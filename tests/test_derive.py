@@ -115,3 +115,14 @@ def test_forward_ad_of_two_outputs_with_one_tangent():
         p_t, s_t = fwAD.unpack_dual(p).tangent, fwAD.unpack_dual(s).tangent
     torch.testing.assert_close(p_t, x * y_t)
     torch.testing.assert_close(s_t, y_t.expand(3, 4))
+
+
+def test_derivatives_read_as_math_in_docstrings():
+    from fngen import functions as F
+
+    assert (
+        sp.sstr(x * F.Tanh(x).diff(x) * F.Sigmoid(x)) == "x*Sigmoid(x)*(1 - tanh(x)**2)"
+    )
+    assert sp.sstr(F.Sigmoid(x).diff(x) ** 2) == "(Sigmoid(x)*(1 - Sigmoid(x)))**2"
+    assert sp.sstr(F.Softplus(x).diff(x)) == "Sigmoid(x)"
+    assert sp.N(F.Tanh(3)) == sp.N(sp.tanh(3))

@@ -98,6 +98,11 @@ NO_DIMS = sp.Tuple()
             F.Softplus(2 * x).diff(x) * grad,
             "torch.ops.aten.softplus_backward(2*grad, 2*x, 1.0, 20.0)",
         ),
+        (
+            F.Tanh(x).diff(x) * grad * y,
+            "torch.ops.aten.tanh_backward(grad*y, torch.tanh(x))",
+        ),
+        (2 * F.Tanh(x).diff(x) + x, "x + 2*(1 - torch.tanh(x)**2)"),
         # ... and alone, with nothing to scale
         (F.SigmoidBackward(F.Sigmoid(x)), "torch.sigmoid(x)*(1 - torch.sigmoid(x))"),
         (F.SoftplusBackward(x), "torch.sigmoid(x)"),
