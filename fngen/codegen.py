@@ -87,6 +87,8 @@ class FunctionWriter:
         self.d = variants[-1][1]
         self.optional = [i.name for i in fn.inputs if i.optional]
         self.uses_math = False
+        # presence_variants, derived once per set of absent optional tensors.
+        self._presence: dict[frozenset[str], list] = {}
         self.first_tensor = next(i.name for i in fn.tensor_inputs if not i.optional)
 
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
@@ -168,6 +170,8 @@ class FunctionWriter:
                     shape = f"None if {spec.name} is None else {shape}"
                 lines.append(f"ctx.{spec.name}_shape = {shape}")
 
+        filled = {spec.name for spec in self.zero_tangents()}
+
         def body(d):
             saves = []
             if d.saved:
@@ -179,7 +183,7 @@ class FunctionWriter:
                     f"ctx.save_for_forward({', '.join(s.name for s in d.saved_for_jvp)})"
                 )
             for symbol in d.shapes:
-                if symbol.name not in {i.name for i in self.zero_tangents()}:
+                if symbol.name not in filled:  # saved above for the jvp
                     saves.append(f"ctx.{symbol.name}_shape = {symbol.name}.shape")
             return saves or ["pass"]
 
@@ -209,15 +213,17 @@ class FunctionWriter:
         if not 2 <= len(differentiable) <= MAX_PRESENCE_OUTPUTS:
             return []
         absent = next(a for a, v in self.variants if v is d)
-        subsets = []
-        for size in range(1, len(differentiable)):
-            subsets += [
-                frozenset(c) for c in itertools.combinations(differentiable, size)
+        if absent not in self._presence:
+            subsets = []
+            for size in range(1, len(differentiable)):
+                subsets += [
+                    frozenset(c) for c in itertools.combinations(differentiable, size)
+                ]
+            self._presence[absent] = [
+                (present, derive_backward(self.fn, absent, present, d.option))
+                for present in subsets
             ]
-        return [
-            (present, derive_backward(self.fn, absent, present, d.option))
-            for present in subsets
-        ]
+        return self._presence[absent]
 
     def _backward_by_presence(self, d: Derivation) -> list[str]:
         variants = self.presence_variants(d)

@@ -10,7 +10,6 @@ common subexpressions shared (`schedule.py`), ready for the printer.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 
 import sympy as sp
@@ -320,18 +319,22 @@ class Deriver:
         for expr in exprs:
             for shape in expr.atoms(T.ShapeOf):
                 shapes |= set(shape.args)
-            bare = expr.replace(
-                lambda e: isinstance(e, T.ShapeOf), lambda e: sp.Integer(0)
-            )
-            tensors |= bare.free_symbols & available
+            tensors |= _without_shapes(expr).free_symbols & available
         return tensors, shapes - tensors
 
-    def saved_count(self) -> int:
-        """How many tensors `derive` would save, without the rest of its
-        work (scheduling, the forward and the jvp)."""
+    def backward_expressions(self) -> list[sp.Expr]:
+        """The tensor ops' gradients, then each nonzero input gradient: what
+        the backward computes, before the save policy."""
         grads = self.gradient_expressions()
         exprs = [e for _, e in self.op_grads]
-        exprs += [grads[leaf] for leaf in self.tensor_inputs if grads[leaf] != 0]
+        return exprs + [grads[leaf] for leaf in self.tensor_inputs if grads[leaf] != 0]
+
+    def saved_count(self, exprs: list[sp.Expr] | None = None) -> int:
+        """How many tensors `derive` would save for `exprs` (by default the
+        backward's own), without the rest of its work (scheduling, the
+        forward and the jvp)."""
+        if exprs is None:
+            exprs = self.backward_expressions()
         counts = []
         for choice in (exprs, self.substitute_outputs(exprs)):
             recompute = self.needed_recomputation(choice)
@@ -587,6 +590,11 @@ def _is_negation(expr: sp.Basic) -> bool:
     return isinstance(expr, sp.Mul) and -1 in expr.args
 
 
+def _without_shapes(expr: sp.Expr) -> sp.Expr:
+    """`expr` with its shapes as 0: what is left reads tensors' values."""
+    return expr.replace(lambda e: isinstance(e, T.ShapeOf), lambda e: sp.Integer(0))
+
+
 def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:
     return expr.args[0] if isinstance(expr, T.SumToSize) else expr
 
@@ -610,26 +618,24 @@ def keep_intermediate(fn: FunctionSpec) -> FunctionSpec:
         return fn
     if any(i.optional for i in fn.inputs) or is_condition(fn.formula.outputs[0][1]):
         return fn
-    best = derive(fn)
-    if len(best.saved) < 2:
+    candidates = _kept_candidates(fn)
+    if not candidates:
         return fn
-    chosen, fewest = fn, len(best.saved)
     base = Deriver(fn)
-    grads = base.gradient_expressions()
-    exprs = [e for _, e in base.op_grads] + [g for g in grads.values() if g != 0]
+    exprs = base.backward_expressions()
+    fewest = base.saved_count(exprs)
+    if fewest < 2:
+        return fn
+    chosen = fn
     tensors = set(base.tensor_inputs) | set(base.op_results) | set(base.outputs)
-    for candidate in _kept_candidates(fn):
+    for candidate in candidates:
         # A quick look first: the gradients, rewritten through the candidate,
         # must read fewer tensors before a whole derivation is worth it.
         kept = sp.Dummy("kept")
-        rewritten = [
-            base.eliminate(e.subs(candidate, kept), kept, candidate) for e in exprs
-        ]
-        bare = [
-            e.replace(lambda a: isinstance(a, T.ShapeOf), lambda a: 0)
-            for e in rewritten
-        ]
-        reads = set().union(*(e.free_symbols for e in bare)) & (tensors | {kept})
+        reads = set()
+        for expr in exprs:
+            rewritten = base.eliminate(expr.subs(candidate, kept), kept, candidate)
+            reads |= _without_shapes(rewritten).free_symbols & (tensors | {kept})
         if len(reads) >= fewest:
             continue
         trial = _with_kept(fn, candidate)
@@ -693,8 +699,6 @@ def derive_backward(
     return Deriver(fn, absent, present).derive(option)
 
 
-@functools.lru_cache(maxsize=64)
 def derive(fn: FunctionSpec, absent: frozenset[str] = frozenset()) -> Derivation:
-    """The programs of `fn`, with the optional tensors in `absent` left out
-    (cached: choosing what to keep derives a function before it is written)."""
+    """The programs of `fn`, with the optional tensors in `absent` left out."""
     return Deriver(fn, absent).derive()

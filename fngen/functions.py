@@ -178,8 +178,9 @@ class SigmoidBackward(sp.Function):
         return 1 - 2 * self.args[0]
 
     def _sympystr(self, printer):
-        s = printer.parenthesize(self.args[0], PRECEDENCE["Mul"])
-        return f"{s}*(1 - {printer.doprint(self.args[0])})"
+        # Also how TorchPrinter writes it alone, with nothing to scale.
+        (s,) = self.args
+        return f"{printer.parenthesize(s, PRECEDENCE['Mul'])}*({printer._print(1 - s)})"
 
 
 class Tanh(sp.tanh):
@@ -215,7 +216,8 @@ class TanhBackward(sp.Function):
         return -2 * self.args[0]
 
     def _sympystr(self, printer):
-        return printer.doprint(1 - self.args[0] ** 2)
+        # Also how TorchPrinter writes it alone, with nothing to scale.
+        return printer._print(1 - self.args[0] ** 2)
 
 
 class Softplus(sp.Function):
@@ -246,7 +248,8 @@ class SoftplusBackward(sp.Function):
         return SigmoidBackward(Sigmoid(self.args[0]))
 
     def _sympystr(self, printer):
-        return printer.doprint(Sigmoid(self.args[0]))
+        # Also how TorchPrinter writes it alone, with nothing to scale.
+        return printer._print(Sigmoid(self.args[0]))
 
 
 class LogSigmoid(sp.Function):
@@ -387,6 +390,10 @@ def _round_half_even(v):
 
 # Numeric values of fngen's own functions at constant arguments (SymPy's own
 # functions evaluate themselves), so that ``relu(1)`` folds to a number.
+def _mp_sigmoid(v):
+    return 1 / (1 + _mp().exp(-v))
+
+
 NUMERIC = {
     Sign: lambda v: _mp().sign(v),
     HeavisideStep: lambda v: 1 if v > 0 else 0,
@@ -395,11 +402,11 @@ NUMERIC = {
     Round: _round_half_even,
     Abs: lambda v: abs(v),
     Relu: lambda v: max(v, 0),
-    Sigmoid: lambda v: 1 / (1 + _mp().exp(-v)),
+    Sigmoid: _mp_sigmoid,
     SigmoidBackward: lambda s: s * (1 - s),
     Tanh: lambda v: _mp().tanh(v),
     TanhBackward: lambda t: 1 - t**2,
-    SoftplusBackward: lambda v: 1 / (1 + _mp().exp(-v)),
+    SoftplusBackward: _mp_sigmoid,
     Softplus: lambda v: _mp().log1p(_mp().exp(v)),
     LogSigmoid: lambda v: -_mp().log1p(_mp().exp(-v)),
     Hypot: lambda a, b: _mp().hypot(a, b),

@@ -379,15 +379,13 @@ class TorchPrinter(StrPrinter):
             return f"torch.digamma({self._print(x)})"
         return f"torch.polygamma({self._print(order)}, {self._print(x)})"
 
-    def _print_SigmoidBackward(self, expr):
-        (s,) = expr.args
-        return f"{self.parenthesize(s, PRECEDENCE['Mul'])}*({self._print(1 - s)})"
+    def _print_fused_derivative(self, expr):
+        # Alone, with nothing to scale: the plain math, as docstrings read it.
+        return expr._sympystr(self)
 
-    def _print_TanhBackward(self, expr):
-        return self._print(1 - expr.args[0] ** 2)
-
-    def _print_SoftplusBackward(self, expr):
-        return self._print(F.Sigmoid(expr.args[0]))
+    _print_SigmoidBackward = _print_fused_derivative
+    _print_TanhBackward = _print_fused_derivative
+    _print_SoftplusBackward = _print_fused_derivative
 
     def _print_HeavisideStep(self, expr):
         return self._print(F.indicator(expr.args[0] > 0))

@@ -19,7 +19,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fngen
@@ -255,17 +255,13 @@ def compare(module, fn, args, generator):
         )
 
 
-def fuzz_settings(max_examples: int, shrink: bool = True):
-    """Reproducible in CI: derandomized, no example database.  A test
-    marked xfail for a known bug should not shrink (it would only cost
-    time): give it `shrink=False` with the marker."""
-    phases = list(Phase) if shrink else [Phase.explicit, Phase.generate]
+def fuzz_settings(max_examples: int):
+    """Reproducible in CI: derandomized, no example database."""
     return settings(
         max_examples=max_examples,
         deadline=None,
         derandomize=True,
         database=None,
-        phases=phases,
         suppress_health_check=[HealthCheck.too_slow],
     )
 
