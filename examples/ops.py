@@ -144,7 +144,7 @@ def my_relu(x):
 
     Derivatives::
 
-        dy/dx = Piecewise((1, x > 0), (0, True))"""
+        dy/dx = where(x > 0, 1, 0)"""
     if torch.compiler.is_compiling():
         function = _MyReluTraceable
     else:
@@ -500,8 +500,8 @@ def prelu(x, a):
 
     Derivatives::
 
-        dy/da = Minimum(x, 0)
-        dy/dx = a*Piecewise((1, x < 0), (1/2, Eq(x, 0)), (0, True)) + Piecewise((1, x > 0), (1/2, Eq(x, 0)), (0, True))
+        dy/da = min(x, 0)
+        dy/dx = a*where(x < 0, 1, where(x == 0, 1/2, 0)) + where(x > 0, 1, where(x == 0, 1/2, 0))
     """
     if torch.compiler.is_compiling():
         function = _PreluTraceable

@@ -377,7 +377,7 @@ def spike(v, threshold=1.0, alpha=4.0):
 
         ds/dv = 0
 
-    Gradient of ``v`` overridden: ``alpha*grad*(1 - Sigmoid(alpha*(-threshold + v)))*Sigmoid(alpha*(-threshold + v))``.
+    Gradient of ``v`` overridden: ``alpha*grad*(1 - sigmoid(alpha*(-threshold + v)))*sigmoid(alpha*(-threshold + v))``.
     """
     if torch.compiler.is_compiling():
         function = _SpikeTraceable

@@ -261,6 +261,135 @@ class LogSigmoid(sp.Function):
         return Sigmoid(-self.args[0])
 
 
+class _Fused(sp.Function):
+    """A composition of formula functions that PyTorch computes in one
+    kernel.  `formula` is what it stands for: its value at a number, its
+    derivative, and how docstrings write it."""
+
+    nargs = 1
+    precedence = PRECEDENCE["Mul"]
+
+    @staticmethod
+    def formula(u: sp.Expr) -> sp.Expr:
+        raise NotImplementedError
+
+    @classmethod
+    def eval(cls, u):
+        if u.is_Number:
+            return cls.formula(u)
+        return None
+
+    def _sympystr(self, printer):
+        return printer._print(self.formula(self.args[0]))
+
+
+def _derivative_of(formula: Callable[[sp.Expr], sp.Expr], u: sp.Expr) -> sp.Expr:
+    d = sp.Dummy("u", real=True)
+    return sp.diff(formula(d), d).xreplace({d: u})
+
+
+class _FusedDerivative(_Fused):
+    """The derivative of a `_Fused` function, a sum of terms; times a
+    tensor it prints as PyTorch's backward kernel of that function."""
+
+    of: type[_Fused]
+    precedence = PRECEDENCE["Add"]
+
+    @classmethod
+    def formula(cls, u):
+        return _derivative_of(cls.of.formula, u)
+
+    def fdiff(self, argindex=1):
+        return _derivative_of(self.formula, self.args[0])
+
+
+class Silu(_Fused):
+    """``u*sigmoid(u)``, ``torch.nn.functional.silu`` (swish)."""
+
+    @staticmethod
+    def formula(u):
+        return u * Sigmoid(u)
+
+    def fdiff(self, argindex=1):
+        return SiluBackward(self.args[0])
+
+
+class SiluBackward(_FusedDerivative):
+    """silu'(u), ``torch.ops.aten.silu_backward`` times a tensor."""
+
+    of = Silu
+
+
+class Mish(_Fused):
+    """``u*tanh(softplus(u))``, ``torch.nn.functional.mish``."""
+
+    @staticmethod
+    def formula(u):
+        return u * Tanh(Softplus(u))
+
+    def fdiff(self, argindex=1):
+        return MishBackward(self.args[0])
+
+
+class MishBackward(_FusedDerivative):
+    """mish'(u), ``torch.ops.aten.mish_backward`` times a tensor."""
+
+    of = Mish
+
+
+# GELU's constants, as ``torch.nn.functional.gelu`` has them.
+GELU_TANH_SCALE = sp.sqrt(2 / sp.pi)
+GELU_TANH_CUBIC = sp.Rational(44715, 1000000)
+
+
+class Gelu(_Fused):
+    """``u*(1 + erf(u/sqrt(2)))/2``, ``torch.nn.functional.gelu``."""
+
+    @staticmethod
+    def formula(u):
+        return u * (1 + sp.erf(u / sp.sqrt(2))) / 2
+
+    def fdiff(self, argindex=1):
+        return GeluBackward(self.args[0])
+
+
+class GeluBackward(_FusedDerivative):
+    """gelu'(u), ``torch.ops.aten.gelu_backward`` times a tensor."""
+
+    of = Gelu
+
+
+class GeluTanh(_Fused):
+    """``u*(1 + tanh(sqrt(2/pi)*(u + 0.044715*u**3)))/2``,
+    ``torch.nn.functional.gelu(u, approximate="tanh")``."""
+
+    @staticmethod
+    def formula(u):
+        return u * (1 + Tanh(GELU_TANH_SCALE * (u + GELU_TANH_CUBIC * u**3))) / 2
+
+    def fdiff(self, argindex=1):
+        return GeluTanhBackward(self.args[0])
+
+
+class GeluTanhBackward(_FusedDerivative):
+    """The derivative of `GeluTanh`, ``torch.ops.aten.gelu_backward(...,
+    approximate="tanh")`` times a tensor."""
+
+    of = GeluTanh
+
+
+FUSED = (
+    Silu,
+    SiluBackward,
+    Mish,
+    MishBackward,
+    Gelu,
+    GeluBackward,
+    GeluTanh,
+    GeluTanhBackward,
+)
+
+
 class Hypot(sp.Function):
     """``sqrt(a**2 + b**2)`` without overflow, as ``torch.hypot``."""
 
@@ -370,6 +499,13 @@ _BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
 POINTWISE_FUNCTIONS: dict[str, FormulaFunction] = {
     name: FormulaFunction(name, arity, build)
     for name, (arity, build) in _BUILDERS.items()
+}
+
+# fngen's own classes by the name a formula calls them, for docstrings.
+FORMULA_NAMES: dict[type, str] = {
+    build: name
+    for name, (_, build) in _BUILDERS.items()
+    if isinstance(build, type) and issubclass(build, sp.Function)
 }
 
 

@@ -58,6 +58,9 @@ TORCH_FUNCTIONS: dict[type, str] = {
     F.Sigmoid: "torch.sigmoid",
     F.Softplus: "torch.nn.functional.softplus",
     F.LogSigmoid: "torch.nn.functional.logsigmoid",
+    F.Silu: "torch.nn.functional.silu",
+    F.Mish: "torch.nn.functional.mish",
+    F.Gelu: "torch.nn.functional.gelu",
 }
 
 # Functions of two tensors: torch wants tensors on both sides.
@@ -78,11 +81,17 @@ _RELATIONS = {
 }
 
 # Derivatives printed as PyTorch's fused kernel when they scale a tensor:
-# class -> (aten op, the arguments after the tensor and the derivative's own).
+# class -> (the call, the arguments after the tensor and the derivative's own).
 FUSED_BACKWARD = {
-    F.SigmoidBackward: ("sigmoid_backward", ""),
-    F.TanhBackward: ("tanh_backward", ""),
-    F.SoftplusBackward: ("softplus_backward", ", 1.0, 20.0"),
+    F.SigmoidBackward: ("torch.ops.aten.sigmoid_backward", ""),
+    F.TanhBackward: ("torch.ops.aten.tanh_backward", ""),
+    F.SoftplusBackward: ("torch.ops.aten.softplus_backward", ", 1.0, 20.0"),
+    F.GeluBackward: ("torch.ops.aten.gelu_backward", ""),
+    F.GeluTanhBackward: ("torch.ops.aten.gelu_backward", ', approximate="tanh"'),
+    # Kernels with no derivative of their own: a helper of the generated
+    # module calls them, or composed ops when the backward is differentiated.
+    F.SiluBackward: ("_silu_backward", ""),
+    F.MishBackward: ("_mish_backward", ""),
 }
 
 _ALLOWED = (
@@ -104,6 +113,8 @@ _ALLOWED = (
     F.SigmoidBackward,
     F.SoftplusBackward,
     F.TanhBackward,
+    F.GeluTanh,
+    *FUSED_BACKWARD,
     T.TensorOp,
     *TORCH_FUNCTIONS,
     *TORCH_BINARY,
@@ -138,6 +149,8 @@ class TorchPrinter(StrPrinter):
         # mask instead of selected by torch.where.
         self.mask_safe = frozenset(mask_safe)
         self.uses_math = False
+        # The module's helper functions the printed code calls.
+        self.helpers: set[str] = set()
 
     def doprint(self, expr):
         return super().doprint(expr)
@@ -278,9 +291,11 @@ class TorchPrinter(StrPrinter):
                 # PyTorch's fused backward kernel of the function, on any
                 # tensor (a gradient, a tangent, or x*grad for swish).
                 (arg,) = backward.args
-                kernel, extra = FUSED_BACKWARD[type(backward)]
+                call, extra = FUSED_BACKWARD[type(backward)]
+                if call.startswith("_"):
+                    self.helpers.add(call)
                 tensor, value = self._print(rest), self._print(arg)
-                return f"torch.ops.aten.{kernel}({tensor}, {value}{extra})"
+                return f"{call}({tensor}, {value}{extra})"
         numbers = [f for f in expr.args if f.is_number]
         others = [f for f in expr.args if not f.is_number]
         if numbers and others:
@@ -386,6 +401,14 @@ class TorchPrinter(StrPrinter):
     _print_SigmoidBackward = _print_fused_derivative
     _print_TanhBackward = _print_fused_derivative
     _print_SoftplusBackward = _print_fused_derivative
+    _print_SiluBackward = _print_fused_derivative
+    _print_MishBackward = _print_fused_derivative
+    _print_GeluBackward = _print_fused_derivative
+    _print_GeluTanhBackward = _print_fused_derivative
+
+    def _print_GeluTanh(self, expr):
+        (u,) = expr.args
+        return f'torch.nn.functional.gelu({self._print(u)}, approximate="tanh")'
 
     def _print_HeavisideStep(self, expr):
         return self._print(F.indicator(expr.args[0] > 0))
@@ -537,3 +560,36 @@ class TorchPrinter(StrPrinter):
 
 def print_torch(expr: sp.Expr, **options) -> str:
     return TorchPrinter(**options).doprint(expr)
+
+
+class MathPrinter(StrPrinter):
+    """Prints an expression in the formula language, for docstrings:
+    ``sigmoid(x)`` and ``where(x > 0, 1, exp(x))``, as a spec writes them."""
+
+    def _print_Function(self, expr):
+        name = F.FORMULA_NAMES.get(type(expr))
+        if name is None:
+            return super()._print_Function(expr)
+        return f"{name}({self.stringify(expr.args, ', ')})"
+
+    def _print_Relational(self, expr):
+        if isinstance(expr, (sp.Equality, sp.Unequality)):
+            op = "==" if isinstance(expr, sp.Equality) else "!="
+            level = PRECEDENCE["Relational"]
+            lhs = self.parenthesize(expr.lhs, level)
+            return f"{lhs} {op} {self.parenthesize(expr.rhs, level)}"
+        return super()._print_Relational(expr)
+
+    def _print_Piecewise(self, expr):
+        *pairs, (last, otherwise) = expr.args
+        if otherwise != sp.true:
+            return super()._print_Piecewise(expr)
+        text = self._print(last)
+        for value, condition in reversed(pairs):
+            text = f"where({self._print(condition)}, {self._print(value)}, {text})"
+        return text
+
+
+def math_text(expr: sp.Basic) -> str:
+    """`expr` as a formula would write it."""
+    return MathPrinter().doprint(expr)
