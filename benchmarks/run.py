@@ -98,6 +98,14 @@ def machine() -> str:
     )
 
 
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"; {torch.cuda.get_device_name(torch.device(device))}"
+    return ""
+
+
 def run(args):
     import fngen
     from fngen.bench import BenchReport, bench_spec
@@ -131,32 +139,42 @@ def run(args):
     return BenchReport.combine(reports)
 
 
-def results_markdown(report, command: str, seconds: float) -> str:
-    marks = {True: "met", False: "NOT met", None: "not measured"}
-    lines = [
-        "# Benchmark results",
-        "",
-        "Ratios of the generated `torch.autograd.Function` to the same formula as",
-        "plain torch ops under autograd (fngen's printed forward, called outside",
-        "`apply`), both eager and both under `torch.compile`: forward + backward",
-        "time (median of interleaved rounds) and the bytes autograd saves for",
-        "backward (distinct storages seen by `saved_tensors_hooks`, saved inputs",
-        "and outputs included).  Below 1 favours the generated op.  Ratios only:",
-        "absolute times are not comparable across machines or runs.",
-        "",
+CPU_NOTE = {
+    False: [],
+    True: [
         "One torch thread by default (`--threads`): this machine has 2 cores shared",
         "with other jobs, and with 2 OpenMP threads every parallel kernel waits",
         "for a descheduled worker in steps of a scheduler slice (about 8 ms, seen",
         "for kernels that take 0.2 ms on one thread), which swamps the differences",
         "measured here.  Even so, ratios move from run to run by 0.1 to 0.5 here",
-        "(identical code: `layer_norm` eager has read 0.77 to 1.80, `swish`",
-        "0.87 to 1.48): only large or repeated differences mean anything.",
+        "(identical code: `layer_norm` eager has read 0.77 to 1.80, `exp` 1.01",
+        "to 1.27): only large or repeated differences mean anything.",
+    ],
+}
+
+
+def results_markdown(report, command: str, seconds: float) -> str:
+    marks = {True: "met", False: "NOT met", None: "not measured"}
+    lines = [
+        "# Benchmark results",
+        "",
+        "Ratios of the generated `torch.autograd.Function` to the same formula",
+        "written as plain torch ops under autograd (`composed_source`: each",
+        "repeated subexpression computed once, none of fngen's rewrites such as",
+        "fused activation kernels or Horner form), both eager and both under",
+        "`torch.compile`: forward + backward time (median of interleaved rounds)",
+        "and the bytes autograd saves for backward (distinct storages seen by",
+        "`saved_tensors_hooks`, saved inputs and outputs included).  Below 1",
+        "favours the generated op.  Ratios only: absolute times are not",
+        "comparable across machines or runs.",
+        "",
+        *CPU_NOTE[report.device == "cpu"],
         "Functions with a `grad:` override (marked `*`) are not comparable:",
         "autograd of the plain formula computes another gradient.",
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- command: `{command}` ({seconds / 60:.1f} minutes)",
-        f"- machine: {machine()}",
+        f"- machine: {machine()}{device_name(report.device)}",
         "",
         "```",
         report.table(),

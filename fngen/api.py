@@ -66,18 +66,17 @@ def load(spec: Spec | str | os.PathLike, name: str | None = None) -> types.Modul
     What runs is the generated source, never the spec's text."""
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
-    source = _generate(spec)
     name = name or f"fngen_generated_{Path(spec.path).stem}".replace("-", "_")
+    return import_source(_generate(spec), name, f"<fngen {spec.path}>")
+
+
+def import_source(source: str, name: str, filename: str) -> types.ModuleType:
+    """Import generated `source` as the module `name`, with no file;
+    tracebacks and ``inspect.getsource`` show its lines as `filename`."""
     module = types.ModuleType(name)
-    module.__file__ = f"<fngen {spec.path}>"
-    code = compile(source, module.__file__, "exec")
-    # Let inspect.getsource and tracebacks show the generated lines.
-    linecache.cache[module.__file__] = (
-        len(source),
-        None,
-        source.splitlines(True),
-        module.__file__,
-    )
+    module.__file__ = filename
+    code = compile(source, filename, "exec")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     sys.modules[name] = module
     try:
         exec(code, module.__dict__)  # generated code, the equivalent of an import

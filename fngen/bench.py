@@ -5,10 +5,11 @@ inputs and the same incoming gradient:
 
 * ``generated``           the functional wrapper ``module.<name>``, that is
                           ``<Name>Function.apply``: the generated backward;
-* ``composed``            ``module.<Name>Function.forward`` called directly,
-                          outside ``apply``: the formula as plain torch ops,
-                          exactly as fngen's printer wrote them, and autograd
-                          differentiates through those ops;
+* ``composed``            the formula as one plain function of torch ops
+                          (`fngen.codegen.composed_source`): each repeated
+                          subexpression computed once, but none of fngen's
+                          rewrites (fused kernels, Horner form), as a user
+                          would write it by hand; autograd differentiates it;
 * ``generated_compiled``  ``torch.compile`` of the first (fullgraph, static shapes);
 * ``composed_compiled``   ``torch.compile`` of the second.
 
@@ -51,7 +52,8 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
-from fngen.api import load
+from fngen.api import import_source, load
+from fngen.codegen import composed_source
 from fngen.model import FunctionSpec, InputKind, Spec
 from fngen.spec import generated_names, load_spec
 from fngen.tensorops import TensorMatmul
@@ -343,17 +345,11 @@ def bench_inputs(fn: FunctionSpec, size: int, dtype, device, generator) -> list:
 # -- measuring ----------------------------------------------------------------
 
 
-def _declared_outputs(forward, count: int):
-    """`forward` without the intermediates a Function returns for its
-    backward after the declared outputs (mse_loss's input - target)."""
-
-    def composed(*args):
-        value = forward(*args)
-        if isinstance(value, tuple) and len(value) > count:
-            return value[0] if count == 1 else value[:count]
-        return value
-
-    return composed
+def composed_function(fn: FunctionSpec):
+    """The formula of `fn` as plain torch ops (see `composed_source`)."""
+    source = composed_source(fn)
+    module = import_source(source, f"fngen_composed_{fn.name}", f"<composed {fn.name}>")
+    return getattr(module, fn.name)
 
 
 def _outputs(value) -> tuple:
@@ -436,12 +432,10 @@ def _bench_function(
 
     generator = torch.Generator().manual_seed(0)
     args = bench_inputs(fn, size, dtype, device, generator)
-    function_class, wrapper, _ = generated_names(fn.name)
+    _, wrapper, _ = generated_names(fn.name)
     functions = {
         "generated": getattr(module, wrapper),
-        "composed": _declared_outputs(
-            getattr(module, function_class).forward, len(fn.formula.outputs)
-        ),
+        "composed": composed_function(fn),
     }
     if compile:
         torch._dynamo.reset()

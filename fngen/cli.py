@@ -186,8 +186,16 @@ def check(specs, device, dtype, only):
     show_default=True,
     help="The torch.compile backend.",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch's CPU thread count for the run (default: torch's own).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def bench(spec, only, size, device, dtype, repeats, compile_, backend, as_json):
+def bench(
+    spec, only, size, device, dtype, repeats, compile_, backend, threads, as_json
+):
     """Time each function of SPEC against the same formula under plain autograd.
 
     For the generated op and the formula as plain torch ops, eager and under
@@ -209,6 +217,7 @@ def bench(spec, only, size, device, dtype, repeats, compile_, backend, as_json):
             repeats=repeats,
             compile=compile_,
             backend=backend,
+            threads=threads,
         )
     except SpecError as err:
         _fail(str(err))

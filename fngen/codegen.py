@@ -22,7 +22,7 @@ from fngen.model import FunctionSpec, InputKind, InputSpec, Spec
 from fngen.errors import SpecError
 from fngen.fuse import fuse_function
 from fngen.printer import PrintError, TorchPrinter, math_text
-from fngen.schedule import Block
+from fngen.schedule import Block, Step, schedule
 from fngen.spec import class_name, dimension_names, parse_init
 
 MAX_PRESENCE_OUTPUTS = 3
@@ -582,6 +582,26 @@ def render(spec: Spec) -> str:
         all_names=all_names,
         functions=contexts,
     )
+
+
+def composed_source(fn: FunctionSpec) -> str:
+    """The formula of `fn` as one plain function of torch ops, without
+    fngen's rewrites (fused kernels, Horner form, kept intermediates), but
+    with each repeated subexpression computed once as a user would write it
+    by hand: what `fngen bench` measures the generated Function against."""
+    printer = TorchPrinter(dtype_of=fn.symbol(fn.tensor_inputs[0].name).name)
+    steps = [Step(op.result, op.expr, frozenset()) for op in fn.formula.ops]
+    steps += [
+        Step(out, expr, frozenset()) for out, expr in fn.formula.outputs if expr != out
+    ]
+    taken = {name for name, _ in fn.symbols} | {s.target.name for s in steps}
+    lines = [f"def {fn.name}({', '.join(fn.symbol(i.name).name for i in fn.inputs)}):"]
+    for block in schedule(steps, frozenset(), taken):
+        for target, expr in block.assignments:
+            lines.append(f"    {target.name} = {printer.doprint(expr)}")
+    lines.append(f"    return {', '.join(o.name for o, _ in fn.formula.outputs)}")
+    imports = "import math\nimport torch\n" if printer.uses_math else "import torch\n"
+    return format_source(imports + "\n\n" + "\n".join(lines) + "\n")
 
 
 def format_source(source: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import fngen
+from fngen.spec import parse_spec
 from fngen.bench import (
     RATIOS,
     VARIANTS,
@@ -196,3 +197,52 @@ def test_cli_bench_smoke(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [f["name"] for f in data["functions"]] == ["exp"]
+
+
+COMPOSED_SPEC = """\
+fngen: 1
+functions:
+  huber:
+    formula: |
+      d = input - target
+      loss = mean(where(abs(d) < delta, 0.5*d**2, delta*(abs(d) - 0.5*delta)))
+    inputs:
+      input: tensor
+      target: tensor
+      delta: {type: float, default: 1.0}
+  swish:
+    formula: y = x*sigmoid(x)
+  cubic:
+    formula: y = 0.5*(5*x**3 - 3*x)
+"""
+
+
+def test_the_baseline_is_the_formula_as_written():
+    from fngen.codegen import composed_source
+
+    spec = parse_spec(COMPOSED_SPEC, "composed.yaml")
+    huber, swish, cubic = spec.functions
+    # Each repeated subexpression once, as a user would write it by hand.
+    assert composed_source(huber) == (
+        "import torch\n\n\n"
+        "def huber(input, target, delta):\n"
+        "    t0 = input - target\n"
+        "    t1 = torch.abs(t0)\n"
+        "    loss = torch.where(delta > t1, t0**2 / 2, delta * (-delta / 2 + t1)).mean()\n"
+        "    return loss\n"
+    )
+    # None of fngen's rewrites: no fused kernel, no Horner form.
+    assert "    y = x * torch.sigmoid(x)\n" in composed_source(swish)
+    assert "    y = 2.5 * x**3 - 1.5 * x\n" in composed_source(cubic)
+
+
+def test_the_baseline_returns_only_the_declared_outputs():
+    import torch
+
+    from fngen.bench import composed_function
+
+    fn = next(f for f in fngen.load_spec(TENSORS).functions if f.name == "mse_loss")
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    value = composed_function(fn)(a, b)
+    assert torch.is_tensor(value)
+    torch.testing.assert_close(value, torch.nn.functional.mse_loss(a, b))
