@@ -263,44 +263,45 @@ class LogSigmoid(sp.Function):
 
 class _Fused(sp.Function):
     """A composition of formula functions that PyTorch computes in one
-    kernel.  `formula` is what it stands for: its value at a number, its
-    derivative, and how docstrings write it."""
+    kernel.  `formula` is what it stands for: its value at numbers, its
+    derivative, and how docstrings write it.  The first argument is the
+    tensor; any other is a constant of the function (elu's alpha)."""
 
     nargs = 1
     precedence = PRECEDENCE["Mul"]
 
     @staticmethod
-    def formula(u: sp.Expr) -> sp.Expr:
+    def formula(u: sp.Expr, *constants: sp.Expr) -> sp.Expr:
         raise NotImplementedError
 
     @classmethod
-    def eval(cls, u):
+    def eval(cls, u, *constants):
         if u.is_Number:
-            return cls.formula(u)
+            return cls.formula(u, *constants)
         return None
 
     def _sympystr(self, printer):
-        return printer._print(self.formula(self.args[0]))
+        return printer._print(self.formula(*self.args))
 
 
-def _derivative_of(formula: Callable[[sp.Expr], sp.Expr], u: sp.Expr) -> sp.Expr:
+def _derivative_of(formula, u: sp.Expr, *constants: sp.Expr) -> sp.Expr:
     d = sp.Dummy("u", real=True)
-    return sp.diff(formula(d), d).xreplace({d: u})
+    return sp.diff(formula(d, *constants), d).xreplace({d: u})
 
 
 class _FusedDerivative(_Fused):
-    """The derivative of a `_Fused` function, a sum of terms; times a
-    tensor it prints as PyTorch's backward kernel of that function."""
+    """The derivative of a `_Fused` function in its first argument; times
+    a tensor it prints as PyTorch's backward kernel of that function."""
 
     of: type[_Fused]
     precedence = PRECEDENCE["Add"]
 
     @classmethod
-    def formula(cls, u):
-        return _derivative_of(cls.of.formula, u)
+    def formula(cls, u, *constants):
+        return _derivative_of(cls.of.formula, u, *constants)
 
     def fdiff(self, argindex=1):
-        return _derivative_of(self.formula, self.args[0])
+        return _derivative_of(self.formula, *self.args)
 
 
 class Silu(_Fused):
@@ -378,16 +379,27 @@ class GeluTanhBackward(_FusedDerivative):
     of = GeluTanh
 
 
-FUSED = (
-    Silu,
-    SiluBackward,
-    Mish,
-    MishBackward,
-    Gelu,
-    GeluBackward,
-    GeluTanh,
-    GeluTanhBackward,
-)
+class Elu(_Fused):
+    """``where(u > 0, u, alpha*expm1(u))``, ``torch.nn.functional.elu(u,
+    alpha)``: at 0 its derivative is alpha, as PyTorch's."""
+
+    nargs = 2
+    precedence = PRECEDENCE["Atom"]
+
+    @staticmethod
+    def formula(u, alpha):
+        return Piecewise((u, u > 0), (alpha * expm1(u), True))
+
+    def fdiff(self, argindex=1):
+        return EluBackward(*self.args)
+
+
+class EluBackward(_FusedDerivative):
+    """The derivative of `Elu`, ``torch.ops.aten.elu_backward`` times a tensor."""
+
+    of = Elu
+    nargs = 2
+    precedence = PRECEDENCE["Atom"]
 
 
 class Hypot(sp.Function):

@@ -6,15 +6,16 @@ one pass over memory instead of two in the forward, and in the backward
 constants must be PyTorch's own (GELU's ``sqrt(2/pi)`` and ``0.044715``), to
 within the rounding of a double; anything else stays as written.
 
-======================================  =====================================
-form (times any other factors)          becomes
-======================================  =====================================
-``u*sigmoid(u)``                        ``silu(u)``
-``u*tanh(softplus(u))``                 ``mish(u)``
-``u*(1 + erf(u/sqrt(2)))/2``            ``gelu(u)``
-``u*(1 + tanh(sqrt(2/pi)*(u +           ``gelu(u, approximate="tanh")``
+=========================================  ==============================
+form (times any other factors)             becomes
+=========================================  ==============================
+``u*sigmoid(u)``                           ``silu(u)``
+``u*tanh(softplus(u))``                    ``mish(u)``
+``u*(1 + erf(u/sqrt(2)))/2``               ``gelu(u)``
+``u*(1 + tanh(sqrt(2/pi)*(u +              ``gelu(u, approximate="tanh")``
 0.044715*u**3)))/2``
-======================================  =====================================
+``where(u > 0, u, alpha*(exp(u) - 1))``    ``elu(u, alpha)``
+=========================================  ==============================
 
 Applied to the forward of each function before it is differentiated (the
 derivatives come from the fused functions' own), never to the spec's formula
@@ -26,10 +27,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1
 
 from fngen.functions import (
     GELU_TANH_CUBIC,
     GELU_TANH_SCALE,
+    Elu,
     Gelu,
     GeluTanh,
     Mish,
@@ -132,6 +135,29 @@ def _rewrite_mul(expr: sp.Mul) -> sp.Expr | None:
     return None
 
 
+def _elu(expr: sp.Piecewise) -> sp.Expr | None:
+    """``where(u > 0, u, alpha*expm1(u))``, or the same with ``u <= 0`` and
+    the branches swapped: the conventions at 0 where elu'(0) = alpha."""
+    if len(expr.args) != 2 or expr.args[1].cond != sp.true:
+        return None
+    (first, condition), (second, _) = expr.args
+    if isinstance(condition, sp.StrictGreaterThan):
+        u, negative = first, second
+    elif isinstance(condition, sp.LessThan):
+        u, negative = second, first
+    else:
+        return None
+    # The condition is on u itself, up to a positive factor (SymPy reads
+    # x - 1 > 0 as x > 1, and 2*x > 0 as x > 0).
+    factor = u / (condition.lhs - condition.rhs)
+    if not (factor.is_number and factor.is_positive):
+        return None
+    alpha = negative / expm1(u)
+    if not alpha.is_number or alpha == 0 or constant_value(alpha) is None:
+        return None
+    return Elu(u, alpha)
+
+
 def _rewrite(expr: sp.Basic) -> sp.Basic:
     """One bottom-up pass."""
     if expr.is_Atom or not isinstance(expr, sp.Basic):
@@ -143,12 +169,16 @@ def _rewrite(expr: sp.Basic) -> sp.Basic:
         result = _rewrite_mul(expr)
         if result is not None:
             return result
+    if isinstance(expr, sp.Piecewise):
+        result = _elu(expr)
+        if result is not None:
+            return result
     return expr
 
 
 def fuse(expr: sp.Expr) -> sp.Expr:
     """`expr` with the forms of the table above rewritten."""
-    return _rewrite(expr) if expr.has(Sigmoid, Tanh, sp.erf) else expr
+    return _rewrite(expr) if expr.has(Sigmoid, Tanh, sp.erf, expm1) else expr
 
 
 def fuse_function(fn: FunctionSpec) -> FunctionSpec:

@@ -81,18 +81,20 @@ _RELATIONS = {
 }
 
 # Derivatives printed as PyTorch's fused kernel when they scale a tensor:
-# class -> (the call, the arguments after the tensor and the derivative's own).
+# class -> the call, with {t} the tensor and {0}, {1} the derivative's args.
 FUSED_BACKWARD = {
-    F.SigmoidBackward: ("torch.ops.aten.sigmoid_backward", ""),
-    F.TanhBackward: ("torch.ops.aten.tanh_backward", ""),
-    F.SoftplusBackward: ("torch.ops.aten.softplus_backward", ", 1.0, 20.0"),
-    F.GeluBackward: ("torch.ops.aten.gelu_backward", ""),
-    F.GeluTanhBackward: ("torch.ops.aten.gelu_backward", ', approximate="tanh"'),
+    F.SigmoidBackward: "torch.ops.aten.sigmoid_backward({t}, {0})",
+    F.TanhBackward: "torch.ops.aten.tanh_backward({t}, {0})",
+    F.SoftplusBackward: "torch.ops.aten.softplus_backward({t}, {0}, 1.0, 20.0)",
+    F.GeluBackward: "torch.ops.aten.gelu_backward({t}, {0})",
+    F.GeluTanhBackward: 'torch.ops.aten.gelu_backward({t}, {0}, approximate="tanh")',
+    F.EluBackward: "torch.ops.aten.elu_backward({t}, {1}, 1, 1, False, {0})",
     # Kernels with no derivative of their own: a helper of the generated
     # module calls them, or composed ops when the backward is differentiated.
-    F.SiluBackward: ("_silu_backward", ""),
-    F.MishBackward: ("_mish_backward", ""),
+    F.SiluBackward: "_silu_backward({t}, {0})",
+    F.MishBackward: "_mish_backward({t}, {0})",
 }
+
 
 _ALLOWED = (
     sp.Symbol,
@@ -114,6 +116,7 @@ _ALLOWED = (
     F.SoftplusBackward,
     F.TanhBackward,
     F.GeluTanh,
+    F.Elu,
     *FUSED_BACKWARD,
     T.TensorOp,
     *TORCH_FUNCTIONS,
@@ -290,12 +293,11 @@ class TorchPrinter(StrPrinter):
             if not rest.is_number:
                 # PyTorch's fused backward kernel of the function, on any
                 # tensor (a gradient, a tangent, or x*grad for swish).
-                (arg,) = backward.args
-                call, extra = FUSED_BACKWARD[type(backward)]
+                call = FUSED_BACKWARD[type(backward)]
                 if call.startswith("_"):
-                    self.helpers.add(call)
-                tensor, value = self._print(rest), self._print(arg)
-                return f"{call}({tensor}, {value}{extra})"
+                    self.helpers.add(call.split("(")[0])
+                args = [self._print(arg) for arg in backward.args]
+                return call.format(*args, t=self._print(rest))
         numbers = [f for f in expr.args if f.is_number]
         others = [f for f in expr.args if not f.is_number]
         if numbers and others:
@@ -405,6 +407,13 @@ class TorchPrinter(StrPrinter):
     _print_MishBackward = _print_fused_derivative
     _print_GeluBackward = _print_fused_derivative
     _print_GeluTanhBackward = _print_fused_derivative
+    _print_EluBackward = _print_fused_derivative
+
+    def _print_Elu(self, expr):
+        u, alpha = expr.args
+        if alpha == 1:
+            return f"torch.nn.functional.elu({self._print(u)})"
+        return f"torch.nn.functional.elu({self._print(u)}, alpha={self._print(alpha)})"
 
     def _print_GeluTanh(self, expr):
         (u,) = expr.args

@@ -13,7 +13,7 @@ form                       becomes                      why
 ``exp(u) * sigmoid(-u)``   ``sigmoid(u)``               inf * 0
 ``log(sigmoid(u))``        ``logsigmoid(u)``            log(0)
 ``log(1 + u)``             ``log1p(u)``                 cancellation near 0
-``exp(u) - 1``             ``expm1(u)``                 cancellation near 0
+``c*exp(u) - c``           ``c*expm1(u)``               cancellation near 0
 ``log(cosh(u))``           ``|u| + softplus(-2|u|)      cosh overflows
                            - log(2)``
 =========================  ===========================  ======================
@@ -79,15 +79,18 @@ def _rewrite_mul(expr: sp.Mul) -> sp.Expr | None:
 
 
 def _rewrite_add(expr: sp.Add) -> sp.Expr | None:
+    """``c*exp(u) - c`` (SymPy's form of ``c*(exp(u) - 1)``) as ``c*expm1(u)``."""
     terms = list(expr.args)
-    if sp.S.NegativeOne not in terms:
+    constants = [t for t in terms if t.is_Number]
+    if not constants:
         return None
     for i, term in enumerate(terms):
-        u = _exp_argument(term)
-        if u is not None:
+        coefficient, factor = term.as_coeff_Mul()
+        u = _exp_argument(factor)
+        if u is not None and -coefficient in constants:
             rest = [t for k, t in enumerate(terms) if k != i]
-            rest.remove(sp.S.NegativeOne)
-            return sp.Add(expm1(u), *rest)
+            rest.remove(-coefficient)
+            return sp.Add(coefficient * expm1(u), *rest)
     return None
 
 

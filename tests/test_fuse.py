@@ -119,6 +119,10 @@ def test_docstrings_write_the_math():
             F.GeluTanhBackward,
             lambda g, v: torch.ops.aten.gelu_backward(g, v, approximate="tanh"),
         ),
+        (
+            lambda v: F.EluBackward(v, sp.Rational(3, 2)),
+            lambda g, v: torch.ops.aten.elu_backward(g, 1.5, 1, 1, False, v),
+        ),
     ],
 )
 def test_derivative_formula_is_the_kernels(cls, kernel):
@@ -145,6 +149,8 @@ functions:
     formula: y = 0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3)))
   scaled:
     formula: y = w*(2*x)*sigmoid(2*x)
+  elu:
+    formula: y = where(x > 0, x, 1.5*(exp(x) - 1))
 """
 
 REFERENCES = {
@@ -152,6 +158,7 @@ REFERENCES = {
     "mish": nnf.mish,
     "gelu": nnf.gelu,
     "gelu_tanh": lambda v: nnf.gelu(v, approximate="tanh"),
+    "elu": lambda v: nnf.elu(v, alpha=1.5),
 }
 
 
@@ -181,7 +188,7 @@ def test_second_derivatives_through_the_kernels(module, name):
     # silu_backward and mish_backward have no derivative: with grad mode on,
     # the helpers compute by composed ops, and torch.func sees the same.
     f, ref = getattr(module, name), REFERENCES[name]
-    v = torch.linspace(-4, 4, 9, dtype=torch.float64)
+    v = torch.linspace(-4, 4, 9, dtype=torch.float64) + 0.125  # not at a kink
     expected = torch.func.hessian(lambda t: ref(t).sum())(v)
     got = torch.func.hessian(lambda t: f(t).sum())(v)
     torch.testing.assert_close(got, expected)
@@ -203,3 +210,54 @@ def test_fused_with_other_factors(module):
     assert torch.autograd.gradcheck(f, (w, x64))
     assert torch.autograd.gradgradcheck(f, (w, x64))
     torch.testing.assert_close(f(w, x64), w * nnf.silu(2 * x64))
+
+
+ALPHA = "1.6732632423543772"
+
+
+@pytest.mark.parametrize(
+    "formula, expected",
+    [
+        ("y = where(x > 0, x, exp(x) - 1)", F.Elu(x, 1)),
+        ("y = where(x <= 0, exp(x) - 1, x)", F.Elu(x, 1)),
+        ("y = where(x > 1, x - 1, 2*(exp(x - 1) - 1))", F.Elu(x - 1, 2)),
+        (
+            "y = where(2*x > 0, 2*x, 0.5*(exp(2*x) - 1))",
+            F.Elu(2 * x, sp.Rational(1, 2)),
+        ),
+        (
+            f"y = 1.0507009873554805*where(x > 0, x, {ALPHA}*(exp(x) - 1))",
+            sp.Rational(10507009873554805, 10**16)
+            * F.Elu(x, sp.Rational(16732632423543772, 10**16)),
+        ),
+    ],
+)
+def test_elu_is_fused(formula, expected):
+    assert fuse(parsed(formula)) == expected
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        # At 0 the derivative would be 1, where elu's is alpha.
+        "y = where(x >= 0, x, 2*(exp(x) - 1))",
+        "y = where(x > 0, x, exp(2*x) - 1)",
+        "y = where(x > 0, 2*x, exp(x) - 1)",
+        "y = where(x > 0, x, 0)",
+        "y = where(x < 0, x, exp(x) - 1)",
+    ],
+)
+def test_other_piecewise_forms_are_not_elu(formula):
+    expr = parsed(formula)
+    assert fuse(expr) == expr
+
+
+def test_elu_prints_as_pytorchs():
+    printer = TorchPrinter()
+    assert printer.doprint(F.Elu(x, 1)) == "torch.nn.functional.elu(x)"
+    assert printer.doprint(F.Elu(x, 2)) == "torch.nn.functional.elu(x, alpha=2)"
+    assert (
+        printer.doprint(y * F.EluBackward(x, sp.Rational(3, 2)))
+        == "torch.ops.aten.elu_backward(y, 1.5, 1, 1, False, x)"
+    )
+    assert math_text(F.EluBackward(x, 2)) == "where(x > 0, 1, 2*exp(x))"
