@@ -17,9 +17,9 @@ Two numbers per variant:
 
 * **time**: the median over `repeats` rounds of one forward plus one
   ``torch.autograd.grad`` of the outputs against every tensor input, with a
-  fixed random incoming gradient.  The variants run round-robin within each
-  round (the starting variant rotates), so drifts of the machine hit all of
-  them alike.  Compilation and warm-up happen before the first round.
+  fixed random incoming gradient.  Each round runs every variant once, in
+  an order drawn afresh (seeded), so drifts of the machine hit all of them
+  alike and none always follows the same other.  Compilation and warm-up happen before the first round.
 * **saved bytes**: while one forward runs, a
   ``torch.autograd.graph.saved_tensors_hooks`` pack hook sees every tensor
   that autograd keeps for backward; the bytes of their distinct storages
@@ -48,6 +48,7 @@ import gc
 import json
 import math
 import os
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -498,13 +499,16 @@ def _bench_function(
         row.note = f"{row.note}; {why}" if row.note else why
     times: dict[str, list[float]] = {name: [] for name in steps}
     order = list(steps)
+    shuffle = random.Random(0).shuffle
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        for round_ in range(repeats):
-            shift = round_ % len(order) if order else 0
-            for name in order[shift:] + order[:shift]:
+        for _ in range(repeats):
+            # A fresh order each round: no variant always runs after the
+            # same one (whose freed memory or warm caches it would inherit).
+            shuffle(order)
+            for name in order:
                 times[name].append(steps[name].timed())
     finally:
         if enabled:
