@@ -461,13 +461,8 @@ class PreluFunction(torch.autograd.Function):
         needs_x, needs_a = ctx.needs_input_grad
         grad_x = grad_a = None
         if needs_x:
-            t0 = x == 0
             grad_x = (
-                grad
-                * (
-                    torch.where(x < 0, a, torch.where(t0, a / 2, 0))
-                    + torch.where(x > 0, 1, torch.where(t0, 0.5, 0)).to(grad.dtype)
-                )
+                grad * torch.where(x < 0, a, torch.where(x == 0, a / 2 + 0.5, 1))
             ).sum_to_size(x.shape)
         if needs_a:
             grad_a = (grad * torch.clamp(x, max=0)).sum_to_size(a.shape)
@@ -476,10 +471,8 @@ class PreluFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, a_t):
         x, a = ctx.saved_tensors
-        t0 = x == 0
-        y_t = a_t * torch.clamp(x, max=0) + x_t * (
-            torch.where(x < 0, a, torch.where(t0, a / 2, 0))
-            + torch.where(x > 0, 1, torch.where(t0, 0.5, 0)).to(x_t.dtype)
+        y_t = a_t * torch.clamp(x, max=0) + x_t * torch.where(
+            x < 0, a, torch.where(x == 0, a / 2 + 0.5, 1)
         )
         return y_t
 

@@ -634,17 +634,15 @@ class HuberLossFunction(torch.autograd.Function):
             t0 = (
                 grad_loss
                 / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
-            ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
-            t1 = delta > torch.abs(kept)
-            t2 = delta * torch.sign(kept)
+            ).expand(
+                torch.broadcast_shapes(ctx.input_shape, ctx.target_shape)
+            ) * torch.where(
+                delta > torch.abs(kept), kept, delta * torch.sign(kept)
+            )
             if needs_input:
-                grad_input = (torch.where(t1, kept * t0, t0 * t2)).sum_to_size(
-                    ctx.input_shape
-                )
+                grad_input = t0.sum_to_size(ctx.input_shape)
             if needs_target:
-                grad_target = (torch.where(t1, -kept * t0, -t0 * t2)).sum_to_size(
-                    ctx.target_shape
-                )
+                grad_target = (-t0).sum_to_size(ctx.target_shape)
             return grad_input, grad_target, None
         if grad_loss is None and grad_kept is not None:
             (kept,) = ctx.saved_tensors
@@ -663,16 +661,18 @@ class HuberLossFunction(torch.autograd.Function):
         t0 = (
             grad_loss
             / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
-        ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
-        t1 = delta > torch.abs(kept)
-        t2 = delta * torch.sign(kept)
+        ).expand(
+            torch.broadcast_shapes(ctx.input_shape, ctx.target_shape)
+        ) * torch.where(
+            delta > torch.abs(kept), kept, delta * torch.sign(kept)
+        )
         if needs_input:
-            grad_input = grad_kept.sum_to_size(ctx.input_shape) + (
-                torch.where(t1, kept * t0, t0 * t2)
-            ).sum_to_size(ctx.input_shape)
+            grad_input = grad_kept.sum_to_size(ctx.input_shape) + t0.sum_to_size(
+                ctx.input_shape
+            )
         if needs_target:
             grad_target = (-grad_kept).sum_to_size(ctx.target_shape) + (
-                torch.where(t1, -kept * t0, -t0 * t2)
+                -t0
             ).sum_to_size(ctx.target_shape)
         return grad_input, grad_target, None
 
@@ -685,12 +685,8 @@ class HuberLossFunction(torch.autograd.Function):
             target_t = like.new_zeros(ctx.target_shape)
         (kept,) = ctx.saved_tensors
         delta = ctx.delta
-        t0 = delta > torch.abs(kept)
-        t1 = delta * torch.sign(kept)
-        loss_t = (
-            torch.where(t0, input_t * kept, input_t * t1)
-            + torch.where(t0, -kept * target_t, -t1 * target_t)
-        ).mean()
+        t0 = torch.where(delta > torch.abs(kept), kept, delta * torch.sign(kept))
+        loss_t = (input_t * t0 - t0 * target_t).mean()
         kept_t = input_t - target_t
         return loss_t, kept_t
 

@@ -96,7 +96,14 @@ class FunctionWriter:
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
         safe = {sp.Symbol(g.name, real=True) for g in self.d.grad_symbols}
         safe |= {t for t in self.d.tangent_symbols if t is not None}
-        return TorchPrinter(shape_names=shape_names, dtype_of=dtype_of, mask_safe=safe)
+        tensors = {self.fn.symbol(i.name) for i in self.fn.tensor_inputs}
+        tensors |= set(self.d.outputs) | {op.result for op in self.fn.formula.ops}
+        return TorchPrinter(
+            shape_names=shape_names,
+            dtype_of=dtype_of,
+            mask_safe=safe,
+            tensors=tensors,
+        )
 
     def emit(
         self, blocks: tuple[Block, ...], printer: TorchPrinter, needs: dict[int, str]

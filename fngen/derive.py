@@ -16,6 +16,7 @@ import sympy as sp
 
 from fngen import tensorops as T
 from fngen.formula import is_condition
+from fngen.functions import Piecewise
 from fngen.model import Formula, FunctionSpec, OpNode
 from fngen.stable import stabilize
 from fngen.schedule import Block, Step, schedule
@@ -536,8 +537,88 @@ def simplest(expr: sp.Expr) -> sp.Expr:
     (``t*x + t*y + t*z`` becomes ``t*(x + y + z)``), within the budget."""
     if dag_size(expr) > SIMPLIFY_LIMIT:
         return expr
-    best = min([horner(expr), sp.factor_terms(expr)], key=op_count)
+    expr = factor_piecewise(expr)
+    candidates = [horner(expr), sp.factor_terms(expr), fold_piecewise(expr)]
+    best = min(candidates, key=op_count)
     return best if op_count(best) < op_count(expr) else expr
+
+
+# At most this many ``where`` terms are folded into one (the branches
+# multiply).
+MAX_FOLDED = 3
+
+
+def fold_piecewise(expr: sp.Expr) -> sp.Expr:
+    """A sum of ``where`` terms on conditions of one variable as one
+    ``where``: prelu's derivative ``a*where(x < 0, 1, where(x == 0, 1/2, 0))
+    + where(x > 0, 1, where(x == 0, 1/2, 0))`` is ``where(x < 0, a,
+    where(x == 0, a/2 + 1/2, 1))``.  Branches whose condition can never
+    hold are dropped, and the last one that remains covers the rest."""
+    pieces = expr.atoms(sp.Piecewise)
+    if not isinstance(expr, sp.Add) or not 2 <= len(pieces) <= MAX_FOLDED:
+        return expr
+    conditions = [c for p in pieces for _, c in p.args if c != sp.true]
+    variables = set().union(*(c.free_symbols for c in conditions))
+    if len(variables) != 1 or any(p.atoms(sp.Piecewise) != {p} for p in pieces):
+        return expr
+    # Only comparisons of a linear function of the variable, whose sets are
+    # intervals at once (``sin(x) < 0.3`` would send SymPy into solveset).
+    (variable,) = variables
+    for condition in conditions:
+        for relation in condition.atoms(sp.core.relational.Relational):
+            side = relation.lhs - relation.rhs
+            if not (side.is_polynomial(variable) and sp.degree(side, variable) <= 1):
+                return expr
+    try:
+        folded = sp.piecewise_fold(expr)
+        if not isinstance(folded, sp.Piecewise):
+            return expr
+        branches, covered = [], sp.S.EmptySet
+        for value, condition in folded.args:
+            region = sp.S.Reals if condition == sp.true else condition.as_set()
+            if (region - covered).is_empty:
+                continue  # never taken: impossible, or earlier branches cover it
+            covered = covered | region
+            branches.append((value, condition))
+            if covered == sp.S.Reals:
+                break
+    except (NotImplementedError, TypeError, ValueError):
+        return expr
+    if covered != sp.S.Reals:
+        return expr
+    branches[-1] = (branches[-1][0], sp.true)
+    if len(branches) == 1:
+        return branches[0][0]
+    return Piecewise(*branches)
+
+
+def factor_piecewise(expr: sp.Basic) -> sp.Basic:
+    """Each ``where`` with a factor common to all its branches as that
+    factor times the ``where``: ``where(c, -d, -delta*sign(d))`` is
+    ``-where(c, d, delta*sign(d))``, one multiply instead of one a branch,
+    and the same ``where`` as the other input's gradient, computed once.
+    Not when a branch is 0, which must stay 0 where the factor is inf."""
+    if expr.is_Atom or not isinstance(expr, sp.Basic):
+        return expr
+    args = [factor_piecewise(a) if isinstance(a, sp.Basic) else a for a in expr.args]
+    if any(a is not b for a, b in zip(args, expr.args)):
+        expr = expr.func(*args)
+    if not isinstance(expr, sp.Piecewise):
+        return expr
+    values = [value for value, _ in expr.args]
+    if any(not isinstance(v, sp.Expr) or v.is_zero or is_condition(v) for v in values):
+        return expr
+    # -input + target counts as -(input - target).
+    negated = all(v.could_extract_minus_sign() for v in values)
+    splits = [(-v if negated else v).as_coeff_mul() for v in values]
+    coefficients = {c for c, _ in splits}
+    common = coefficients.pop() if len(coefficients) == 1 else sp.S.One
+    shared = set(splits[0][1]).intersection(*(set(f) for _, f in splits[1:]))
+    common = (-1 if negated else 1) * common * sp.Mul(*shared)
+    if common == 1:
+        return expr
+    branches = [(value / common, condition) for value, condition in expr.args]
+    return common * Piecewise(*branches)
 
 
 def horner(expr: sp.Expr) -> sp.Expr:

@@ -142,7 +142,12 @@ class TorchPrinter(StrPrinter):
     printmethod = "_torchcode"
 
     def __init__(
-        self, names=None, shape_names=None, dtype_of="grad", mask_safe=frozenset()
+        self,
+        names=None,
+        shape_names=None,
+        dtype_of="grad",
+        mask_safe=frozenset(),
+        tensors=frozenset(),
     ):
         super().__init__()
         self.names = dict(names or {})
@@ -151,6 +156,9 @@ class TorchPrinter(StrPrinter):
         # Symbols (incoming gradients, tangents) that may be multiplied by a
         # mask instead of selected by torch.where.
         self.mask_safe = frozenset(mask_safe)
+        # Symbols known to be tensors (not Python numbers): a torch.where
+        # with one of them in a branch takes its dtype from it.
+        self.tensors = frozenset(tensors) | self.mask_safe
         self.uses_math = False
         # The module's helper functions the printed code calls.
         self.helpers: set[str] = set()
@@ -285,6 +293,16 @@ class TorchPrinter(StrPrinter):
                 # A constant step times the incoming gradient: a multiply by
                 # a mask, several times faster than torch.where on CPU.
                 return f"{self.parenthesize(rest, PRECEDENCE['Mul'])} * {mask}"
+            values = [value for value, _ in piece.args]
+            if not any(v.is_zero for v in values) and any(
+                v.free_symbols & self.tensors for v in values
+            ):
+                # A tensor branch gives the dtype: one select, then one
+                # multiply, the same values as multiplying in each branch.
+                where = self._print_Piecewise(piece)
+                return f"{self.parenthesize(rest, PRECEDENCE['Mul'])} * {where}"
+            # A 0 branch must stay 0 where `rest` is inf or nan, and numbers
+            # (or Python scalars) need `rest` for their dtype: multiply inside.
             branches = [(rest * value, condition) for value, condition in piece.args]
             return self._print_Piecewise(sp.Piecewise(*branches, evaluate=False))
         backward = next((f for f in expr.args if type(f) in FUSED_BACKWARD), None)

@@ -126,3 +126,37 @@ def test_derivatives_read_as_math_in_docstrings():
     assert sp.sstr(F.Sigmoid(x).diff(x) ** 2) == "(Sigmoid(x)*(1 - Sigmoid(x)))**2"
     assert sp.sstr(F.Softplus(x).diff(x)) == "Sigmoid(x)"
     assert sp.N(F.Tanh(3)) == sp.N(sp.tanh(3))
+
+
+def test_a_factor_common_to_every_branch_is_pulled_out_of_where():
+    from fngen.derive import factor_piecewise
+    from fngen.functions import Piecewise
+
+    d, delta = sp.symbols("d delta", real=True)
+    c = delta > d
+    # huber's gradient for the target: the input's, negated.
+    piece = Piecewise((-d, c), (-delta * d**2, True))
+    assert factor_piecewise(piece) == -Piecewise((d, c), (delta * d**2, True))
+    assert factor_piecewise(Piecewise((y, c), (-2 * x, True))) == Piecewise(
+        (y, c), (-2 * x, True)
+    )
+    assert factor_piecewise(Piecewise((2 * x * y, c), (2 * x * d, True))) == (
+        2 * x * Piecewise((y, c), (d, True))
+    )
+    # A 0 branch stays 0 even where the factor is inf: nothing is pulled out.
+    zero = Piecewise((2 * x, c), (0, True))
+    assert factor_piecewise(zero) == zero
+
+
+def test_where_terms_on_one_variable_fold_into_one_where():
+    from fngen.derive import fold_piecewise, simplest
+    from fngen.functions import Maximum, Minimum, Piecewise
+
+    a = sp.Symbol("a", real=True)
+    prelu = sp.diff(Maximum(x, 0) + a * Minimum(x, 0), x)
+    folded = Piecewise((a, x < 0), (a / 2 + sp.Rational(1, 2), sp.Eq(x, 0)), (1, True))
+    assert fold_piecewise(prelu) == folded
+    assert simplest(prelu) == folded
+    # Conditions on two variables are left alone (no interval reasoning).
+    two = Piecewise((1, x > 0), (0, True)) + Piecewise((1, y > 0), (0, True))
+    assert fold_piecewise(two) == two

@@ -407,3 +407,21 @@ def test_piecewise_constant_takes_the_dtype_of_its_reference():
     result = evaluate(sp.Piecewise((2, x > 1), (0, True)), grad=TG.float())
     assert result.dtype == torch.float32
     assert torch.equal(result, torch.where(TX > 1, 2.0, 0.0).float())
+
+
+def test_a_where_of_tensors_is_selected_once_then_scaled():
+    from fngen.functions import Piecewise
+
+    g, d, delta = sp.symbols("g d delta", real=True)
+    piece = Piecewise((d, delta > F.Abs(d)), (delta * F.Sign(d), True))
+    printer = TorchPrinter(tensors={d})
+    assert printer.doprint(g * piece) == (
+        "g * torch.where(delta > torch.abs(d), d, delta*torch.sign(d))"
+    )
+    # Without a tensor in a branch, or with a 0 branch (that must stay 0
+    # where g is inf), the product goes inside each branch.
+    assert TorchPrinter().doprint(g * piece) == (
+        "torch.where(delta > torch.abs(d), d*g, delta*g*torch.sign(d))"
+    )
+    zero = Piecewise((d, d > 0), (0, True))
+    assert printer.doprint(g * zero) == "torch.where(d > 0, d*g, 0)"
