@@ -750,7 +750,7 @@ class LogSoftmaxFunction(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         needs_x = ctx.needs_input_grad[0]
         grad_x = None
-        grad_y_logsumexp = (-grad).sum_to_size((*ctx.x_shape[:-1], 1))
+        grad_y_logsumexp = -grad.sum_to_size((*ctx.x_shape[:-1], 1))
         if needs_x:
             grad_x = torch.exp(y) * grad_y_logsumexp.expand(
                 ctx.x_shape
@@ -833,17 +833,17 @@ class LayerNormFunction(torch.autograd.Function):
         t0 = mu - x
         var = (t0**2).mean(dim=-1, keepdim=True)
         t1 = eps + var
-        grad_var = (grad * t0 / (2 * t1**1.5)).sum_to_size(var.shape)
-        t2 = grad / torch.sqrt(t1)
-        t3 = 2 * (grad_var / torch.broadcast_shapes(mu.shape, x.shape)[-1]).expand(
+        grad_var = -(-grad * t0).sum_to_size(var.shape) / (2 * t1**1.5)
+        t2 = (grad_var / torch.broadcast_shapes(mu.shape, x.shape)[-1]).expand(
             torch.broadcast_shapes(mu.shape, x.shape)
         )
-        grad_mu = (-t2).sum_to_size(mu.shape) + (t0 * t3).sum_to_size(mu.shape)
+        t3 = grad / torch.sqrt(t1)
+        grad_mu = -t3.sum_to_size(mu.shape) + 2 * (t0 * t2).sum_to_size(mu.shape)
         if needs_x:
             grad_x = (
                 (grad_mu / x.shape[-1]).expand(x.shape)
-                + t2.sum_to_size(x.shape)
-                + (-t0 * t3).sum_to_size(x.shape)
+                + t3.sum_to_size(x.shape)
+                + (-2 * t0 * t2).sum_to_size(x.shape)
             )
         return grad_x, None
 
@@ -933,14 +933,15 @@ class RmsNormFunction(torch.autograd.Function):
         y_mean = (x**2).mean(dim=-1, keepdim=True)
         t0 = eps + y_mean
         if needs_x:
-            grad_y_mean = (-grad * weight * x / (2 * t0**1.5)).sum_to_size(y_mean.shape)
-        t1 = grad / torch.sqrt(t0)
+            t1 = grad * weight
+            grad_y_mean = -(t1 * x).sum_to_size(y_mean.shape) / (2 * t0**1.5)
+        t2 = torch.rsqrt(t0)
         if needs_x:
             grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape) + (
-                t1 * weight
+                t1 * t2
             ).sum_to_size(x.shape)
         if needs_weight:
-            grad_weight = (t1 * x).sum_to_size(weight.shape)
+            grad_weight = (grad * t2 * x).sum_to_size(weight.shape)
         return grad_x, grad_weight, None
 
     @staticmethod

@@ -81,6 +81,9 @@ class Deriver:
         self.op_by_result = {op.result: op for op in self.formula.ops}
         # KeptShape -> the reduction result whose shape it stands for.
         self.kept_shapes: dict[sp.Expr, sp.Symbol] = {}
+        # The gradient symbol of an intermediate (grad_mu) -> its shape.
+        self.reduced_grads: dict[sp.Symbol, sp.Expr] = {}
+        self.scalars = {fn.symbol(i.name) for i in fn.inputs if not i.is_tensor}
         outputs = self.formula.outputs
         self.outputs = [name for name, _ in outputs]
         self.output_exprs = dict(outputs)
@@ -116,13 +119,58 @@ class Deriver:
             # (that would need the result itself): its VJP sums the operand
             # gradients to their shapes, which absorbs any later broadcast.
             if not (exact and leaves == [leaf]) and not self.sums_own_broadcast(leaf):
-                contribution = T.SumToSize(contribution, self.leaf_shape(leaf))
+                contribution = self.sum_to_shape(contribution, self.leaf_shape(leaf))
             into.setdefault(leaf, []).append(contribution)
+
+    def sum_to_shape(self, expr: sp.Expr, shape: sp.Expr) -> sp.Expr:
+        """``SumToSize(expr, shape)``, with the factors that already have
+        `shape` (or are scalars) multiplied after the sum: rms_norm's
+        ``sum(grad*x*w/(2*(eps + ms)**1.5))`` over a row is
+        ``sum(grad*x*w)/(2*(eps + ms)**1.5)``, one pass less over the
+        tensor.  An expanded factor of that shape goes out unexpanded.  Only
+        for the shape of a reduction, which surely is smaller: the shape of
+        an input is most often already the gradient's."""
+        if not isinstance(shape, T.KeptShape):
+            return T.SumToSize(expr, shape)
+        outside, inside = [], []
+        for factor in sp.Mul.make_args(expr):
+            if isinstance(factor, T.Expand) and self.has_shape(factor.args[0], shape):
+                outside.append(factor.args[0])
+            elif self.has_shape(factor, shape):
+                outside.append(factor)
+            else:
+                inside.append(factor)
+        if not outside or not inside:
+            return T.SumToSize(expr, shape)
+        return sp.Mul(*outside) * T.SumToSize(sp.Mul(*inside), shape)
+
+    def has_shape(self, expr: sp.Expr, shape: sp.Expr) -> bool:
+        """Whether `expr` is a scalar or, elementwise of leaves and reduced
+        gradients that all have `shape`, has exactly `shape`."""
+        if any(not isinstance(op, SCALAR_OPS) for op in expr.atoms(T.TensorOp)):
+            return False
+        for symbol in expr.free_symbols:
+            if symbol in self.leaves:
+                if self.pure_leaf_shape(symbol) != shape:
+                    return False
+            elif symbol in self.reduced_grads:
+                if self.reduced_grads[symbol] != shape:
+                    return False
+            elif symbol not in self.scalars:
+                return False  # an incoming gradient: the output's shape
+        return True
 
     def leaf_shape(self, leaf: sp.Symbol) -> sp.Expr:
         """The shape of `leaf`; for the result of a ``keepdim=True``
         reduction, from its argument's shape, so that a backward that needs
         only the shape (``log_softmax``'s ``logsumexp``) does not recompute it."""
+        shape = self.pure_leaf_shape(leaf)
+        if isinstance(shape, T.KeptShape):
+            self.kept_shapes[shape] = leaf
+        return shape
+
+    def pure_leaf_shape(self, leaf: sp.Symbol) -> sp.Expr:
+        """`leaf_shape`, without noting the reduction it stands for."""
         op = self.op_by_result.get(leaf)
         if op is not None and isinstance(
             op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp)
@@ -130,9 +178,7 @@ class Deriver:
             arg, dims, keepdim = op.expr.args
             signs = {int(d) < 0 for d in dims}
             if keepdim and len(signs) <= 1:
-                shape = T.KeptShape(self.shape_of(arg), dims)
-                self.kept_shapes[shape] = leaf
-                return shape
+                return T.KeptShape(self.shape_of(arg), dims)
         return T.ShapeOf(leaf)
 
     def sums_own_broadcast(self, leaf: sp.Symbol) -> bool:
@@ -239,6 +285,7 @@ class Deriver:
             if not total.is_Symbol:
                 upstream = sp.Symbol(f"grad_{op.result.name}", real=True)
                 self.op_grads.append((upstream, total))
+                self.reduced_grads[upstream] = self.pure_leaf_shape(op.result)
             for arg, grad, exact in self.vjp(op, upstream):
                 self.pullback(grad, arg, exact, contributions)
         grads = {
@@ -515,6 +562,10 @@ class Deriver:
 # is kept as SymPy's diff gives it.  A size, not seconds, so that the output
 # stays the same on every machine; factor_terms grows faster than linearly.
 SIMPLIFY_LIMIT = 300
+
+
+# Tensor ops whose value is a number, not a tensor.
+SCALAR_OPS = (T.Numel, T.ShapeOf, T.KeptShape)
 
 
 def dag_size(*exprs: sp.Basic) -> int:

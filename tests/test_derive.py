@@ -160,3 +160,37 @@ def test_where_terms_on_one_variable_fold_into_one_where():
     # Conditions on two variables are left alone (no interval reasoning).
     two = Piecewise((1, x > 0), (0, True)) + Piecewise((1, y > 0), (0, True))
     assert fold_piecewise(two) == two
+
+
+RMS_SPEC = """\
+fngen: 1
+functions:
+  rms:
+    formula: y = x / sqrt(mean(x**2, dim=-1, keepdim=true) + eps) * w
+    inputs:
+      x: tensor
+      w: tensor
+      eps: {type: float, default: 1.0e-6}
+"""
+
+
+def test_factors_of_a_reductions_shape_are_applied_after_its_sum():
+    from fngen.derive import Deriver
+
+    fn = parse_spec(RMS_SPEC, "rms.yaml").functions[0]
+    deriver = Deriver(fn)
+    deriver.gradient_expressions()
+    ((grad_mean, expr),) = deriver.op_grads
+    symbols = dict(fn.symbols)
+    x, w, eps = symbols["x"], symbols["w"], symbols["eps"]
+    (mean,) = deriver.op_results
+    grad = deriver.grad_symbols[0]
+    shape = T.KeptShape(T.ShapeOf(x), sp.Tuple(-1))
+    # sum(grad*x*w) over the row, then the per-row factor: not the factor
+    # multiplied into every element before the sum.
+    assert expr == -T.SumToSize(grad * w * x, shape) / (
+        2 * (eps + mean) ** sp.Rational(3, 2)
+    )
+    # An input's own shape is left alone: no sum happens there, most often.
+    grads = deriver.gradient_expressions()
+    assert isinstance(grads[w], T.SumToSize)
