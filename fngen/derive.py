@@ -18,7 +18,7 @@ from fngen import tensorops as T
 from fngen.formula import is_condition
 from fngen.functions import Piecewise
 from fngen.model import Formula, FunctionSpec, OpNode
-from fngen.stable import stabilize
+from fngen.stable import bottom_up, stabilize
 from fngen.schedule import Block, Step, schedule
 
 
@@ -649,16 +649,13 @@ def factor_piecewise(expr: sp.Basic) -> sp.Basic:
     ``-where(c, d, delta*sign(d))``, one multiply instead of one a branch,
     and the same ``where`` as the other input's gradient, computed once.
     Not when a branch is 0, which must stay 0 where the factor is inf."""
-    if expr.is_Atom or not isinstance(expr, sp.Basic):
-        return expr
-    args = [factor_piecewise(a) if isinstance(a, sp.Basic) else a for a in expr.args]
-    if any(a is not b for a, b in zip(args, expr.args)):
-        expr = expr.func(*args)
-    if not isinstance(expr, sp.Piecewise):
-        return expr
+    return bottom_up(expr, ((sp.Piecewise, _common_factor_out),))
+
+
+def _common_factor_out(expr: sp.Piecewise) -> sp.Expr | None:
     values = [value for value, _ in expr.args]
     if any(not isinstance(v, sp.Expr) or v.is_zero or is_condition(v) for v in values):
-        return expr
+        return None
     # -input + target counts as -(input - target).
     negated = all(v.could_extract_minus_sign() for v in values)
     splits = [(-v if negated else v).as_coeff_mul() for v in values]
@@ -667,9 +664,8 @@ def factor_piecewise(expr: sp.Basic) -> sp.Basic:
     shared = set(splits[0][1]).intersection(*(set(f) for _, f in splits[1:]))
     common = (-1 if negated else 1) * common * sp.Mul(*shared)
     if common == 1:
-        return expr
-    branches = [(value / common, condition) for value, condition in expr.args]
-    return common * Piecewise(*branches)
+        return None
+    return common * Piecewise(*[(v / common, c) for v, c in expr.args])
 
 
 def horner(expr: sp.Expr) -> sp.Expr:

@@ -43,6 +43,7 @@ from fngen.functions import (
     constant_value,
 )
 from fngen.model import FunctionSpec, OpNode
+from fngen.stable import bottom_up
 
 # Relative difference below which a constant is PyTorch's: a few roundings
 # of a double.
@@ -158,27 +159,14 @@ def _elu(expr: sp.Piecewise) -> sp.Expr | None:
     return Elu(u, alpha)
 
 
-def _rewrite(expr: sp.Basic) -> sp.Basic:
-    """One bottom-up pass."""
-    if expr.is_Atom or not isinstance(expr, sp.Basic):
-        return expr
-    args = [_rewrite(a) if isinstance(a, sp.Basic) else a for a in expr.args]
-    if any(a is not b for a, b in zip(args, expr.args)):
-        expr = expr.func(*args)
-    if isinstance(expr, sp.Mul):
-        result = _rewrite_mul(expr)
-        if result is not None:
-            return result
-    if isinstance(expr, sp.Piecewise):
-        result = _elu(expr)
-        if result is not None:
-            return result
-    return expr
+_RULES = ((sp.Mul, _rewrite_mul), (sp.Piecewise, _elu))
 
 
 def fuse(expr: sp.Expr) -> sp.Expr:
     """`expr` with the forms of the table above rewritten."""
-    return _rewrite(expr) if expr.has(Sigmoid, Tanh, sp.erf, expm1) else expr
+    if not expr.has(Sigmoid, Tanh, sp.erf, expm1):
+        return expr
+    return bottom_up(expr, _RULES)
 
 
 def fuse_function(fn: FunctionSpec) -> FunctionSpec:

@@ -102,14 +102,16 @@ _RULES = (
 )
 
 
-def _rewrite(expr: sp.Expr) -> sp.Expr:
-    """One bottom-up pass."""
-    if expr.is_Atom:
+def bottom_up(expr: sp.Basic, rules) -> sp.Basic:
+    """One bottom-up pass of `rules`, (class, rule) pairs: each node, its
+    arguments rewritten first, becomes the first rule's result that is not
+    None among the rules for its class."""
+    if expr.is_Atom or not isinstance(expr, sp.Basic):
         return expr
-    args = [_rewrite(a) if isinstance(a, sp.Basic) else a for a in expr.args]
+    args = [bottom_up(a, rules) if isinstance(a, sp.Basic) else a for a in expr.args]
     if any(a is not b for a, b in zip(args, expr.args)):
         expr = expr.func(*args)
-    for cls, rule in _RULES:
+    for cls, rule in rules:
         if isinstance(expr, cls):
             result = rule(expr)
             if result is not None:
@@ -120,7 +122,7 @@ def _rewrite(expr: sp.Expr) -> sp.Expr:
 def stabilize(expr: sp.Expr) -> sp.Expr:
     """`expr` with the unstable forms of the table above rewritten."""
     for _ in range(MAX_PASSES):
-        rewritten = _rewrite(expr)
+        rewritten = bottom_up(expr, _RULES)
         if rewritten == expr:
             return expr
         expr = rewritten
