@@ -685,9 +685,11 @@ class HuberLossFunction(torch.autograd.Function):
             target_t = like.new_zeros(ctx.target_shape)
         (kept,) = ctx.saved_tensors
         delta = ctx.delta
-        t0 = torch.where(delta > torch.abs(kept), kept, delta * torch.sign(kept))
-        loss_t = (input_t * t0 - t0 * target_t).mean()
-        kept_t = input_t - target_t
+        t0 = input_t - target_t
+        loss_t = (
+            t0 * torch.where(delta > torch.abs(kept), kept, delta * torch.sign(kept))
+        ).mean()
+        kept_t = t0
         return loss_t, kept_t
 
 
@@ -818,10 +820,9 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, eps = inputs
-        y = output
         ctx.eps = eps
         ctx.save_for_backward(x)
-        ctx.save_for_forward(x, y)
+        ctx.save_for_forward(x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -849,16 +850,14 @@ class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_t, _eps):
-        x, y = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         eps = ctx.eps
         mu = x.mean(dim=-1, keepdim=True)
         t0 = mu - x
         var = (t0**2).mean(dim=-1, keepdim=True)
         mu_t = x_t.mean(dim=-1, keepdim=True)
         var_t = (2 * mu_t * t0 - 2 * t0 * x_t).mean(dim=-1, keepdim=True)
-        t1 = eps + var
-        t2 = torch.rsqrt(t1)
-        y_t = -mu_t * t2 + t2 * x_t - var_t * y / (2 * t1)
+        y_t = (-mu_t + t0 * var_t / (2 * eps + 2 * var) + x_t) / torch.sqrt(eps + var)
         return y_t
 
 
@@ -919,10 +918,9 @@ class RmsNormFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, eps = inputs
-        y = output
         ctx.eps = eps
         ctx.save_for_backward(x, weight)
-        ctx.save_for_forward(x, weight, y)
+        ctx.save_for_forward(x, weight)
 
     @staticmethod
     def backward(ctx, grad):
@@ -946,13 +944,15 @@ class RmsNormFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_t, weight_t, _eps):
-        x, weight, y = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         eps = ctx.eps
         y_mean = (x**2).mean(dim=-1, keepdim=True)
         y_mean_t = (2 * x * x_t).mean(dim=-1, keepdim=True)
-        t0 = eps + y_mean
-        t1 = torch.rsqrt(t0)
-        y_t = t1 * weight * x_t + t1 * weight_t * x - y * y_mean_t / (2 * t0)
+        y_t = (
+            -weight * x * y_mean_t / (2 * eps + 2 * y_mean)
+            + weight * x_t
+            + weight_t * x
+        ) / torch.sqrt(eps + y_mean)
         return y_t
 
 

@@ -288,8 +288,12 @@ class Deriver:
                 self.reduced_grads[upstream] = self.pure_leaf_shape(op.result)
             for arg, grad, exact in self.vjp(op, upstream):
                 self.pullback(grad, arg, exact, contributions)
+        # Contributions through several paths share factors: x*sigmoid(x)
+        # feeding two outputs gets grad_a*D + grad_b*D*cos(...), which is
+        # D*(grad_a + grad_b*cos(...)), D printed as one fused kernel.
         grads = {
-            leaf: sp.Add(*contributions.get(leaf, [])) for leaf in self.tensor_inputs
+            leaf: _sum_simplest(contributions.get(leaf, []))
+            for leaf in self.tensor_inputs
         }
         for name, expr in self.overrides.items():
             leaf = self.inputs[name]
@@ -498,7 +502,8 @@ class Deriver:
                     derivative = simplest(stabilize(sp.diff(expr, leaf)))
                 if derivative != 0 and leaf in tangents:
                     terms.append(derivative * tangents[leaf])
-            return sp.Add(*terms)
+            # (x_t + b_t)*mish'(x + b), one fused kernel, not two products.
+            return _sum_simplest(terms)
 
         for op in self.formula.ops:
             tangent = self.jvp_rule(op.expr, tangent_of, op.result)
@@ -581,6 +586,13 @@ def dag_size(*exprs: sp.Basic) -> int:
         seen.add(expr)
         stack.extend(expr.args)
     return len(seen)
+
+
+def _sum_simplest(terms: list[sp.Expr]) -> sp.Expr:
+    """The sum of `terms`, simplified when there are several (each term is
+    already as simple as it gets)."""
+    total = sp.Add(*terms)
+    return simplest(total) if len(terms) > 1 else total
 
 
 def simplest(expr: sp.Expr) -> sp.Expr:

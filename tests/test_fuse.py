@@ -239,3 +239,26 @@ def test_elu_prints_as_pytorchs():
         == "torch.ops.aten.elu_backward(y, 1.5, 1, 1, False, x)"
     )
     assert math_text(F.EluBackward(x, 2)) == "where(x > 0, 1, 2*exp(x))"
+
+
+def test_a_fused_derivative_shared_by_paths_is_one_kernel():
+    # x*sigmoid(x) feeds two outputs: grad_a*D + grad_b*D*cos(...) is
+    # D*(grad_a + grad_b*cos(...)), one silu_backward; and in forward mode
+    # (x_t + b_t)*mish'(x + b) is one mish_backward (of the kept x + b).
+    text = """\
+fngen: 1
+functions:
+  two:
+    formula: |
+      a = x*sigmoid(x)
+      b = sin(x*sigmoid(x))
+    outputs: [a, b]
+  shifted:
+    formula: y = (x + b)*tanh(softplus(x + b))
+"""
+    source = " ".join(fngen.generate(parse_spec(text, "paths.yaml")).split())
+    assert (
+        "grad_x = _silu_backward( "
+        "grad_a + grad_b * torch.cos(torch.nn.functional.silu(x)), x )"
+    ) in source
+    assert "t0 = b_t + x_t y_t = _mish_backward(t0, kept)" in source
