@@ -834,17 +834,16 @@ class LayerNormFunction(torch.autograd.Function):
         t0 = mu - x
         var = (t0**2).mean(dim=-1, keepdim=True)
         t1 = eps + var
-        grad_var = -(-grad * t0).sum_to_size(var.shape) / (2 * t1**1.5)
-        t2 = (grad_var / torch.broadcast_shapes(mu.shape, x.shape)[-1]).expand(
-            torch.broadcast_shapes(mu.shape, x.shape)
-        )
-        t3 = grad / torch.sqrt(t1)
-        grad_mu = -t3.sum_to_size(mu.shape) + 2 * (t0 * t2).sum_to_size(mu.shape)
+        grad_var = -(-grad * t0).sum_to_size(mu.shape) / (2 * t1**1.5)
+        t2 = torch.rsqrt(t1)
+        t3 = 1 / x.shape[-1]
+        t4 = grad_var * t3
+        grad_mu = -t2 * grad.sum_to_size(mu.shape) + 2 * t4 * t0.sum_to_size(mu.shape)
         if needs_x:
             grad_x = (
-                (grad_mu / x.shape[-1]).expand(x.shape)
-                + t3.sum_to_size(x.shape)
-                + (-2 * t0 * t2).sum_to_size(x.shape)
+                (grad_mu * t3).expand(x.shape)
+                + (grad * t2).sum_to_size(x.shape)
+                + (-2 * t0 * t4.expand(x.shape)).sum_to_size(x.shape)
             )
         return grad_x, None
 

@@ -101,7 +101,23 @@ class Deriver:
         return sorted(found, key=lambda s: s.name)
 
     def shape_of(self, expr: sp.Expr) -> sp.Expr:
-        return T.ShapeOf(*self.leaves_of(expr))
+        """The broadcast shape of the leaves of `expr`, leaving out a
+        ``keepdim`` reduction of the others (``x - mu`` has x's shape)."""
+        leaves = self.leaves_of(expr)
+        return T.ShapeOf(*[leaf for leaf in leaves if not self._within(leaf, leaves)])
+
+    def _within(self, leaf: sp.Symbol, leaves: list[sp.Symbol]) -> bool:
+        """Whether `leaf` is a ``keepdim=True`` reduction of an argument all
+        of whose leaves are among `leaves`: its shape then broadcasts into
+        theirs, and adds nothing to it."""
+        op = self.op_by_result.get(leaf)
+        if op is None or not isinstance(
+            op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp)
+        ):
+            return False
+        arg, _, keepdim = op.expr.args
+        inner = self.leaves_of(arg)
+        return bool(keepdim) and bool(inner) and set(inner) <= set(leaves) - {leaf}
 
     def pullback(
         self, upstream: sp.Expr, expr: sp.Expr, exact: bool, into: dict
@@ -149,7 +165,7 @@ class Deriver:
         gradients that all have `shape`, has exactly `shape`."""
         if any(not isinstance(op, SCALAR_OPS) for op in expr.atoms(T.TensorOp)):
             return False
-        for symbol in expr.free_symbols:
+        for symbol in _without_shapes(expr).free_symbols:  # x.shape[-1] is a number
             if symbol in self.leaves:
                 if self.pure_leaf_shape(symbol) != shape:
                     return False

@@ -194,3 +194,34 @@ def test_factors_of_a_reductions_shape_are_applied_after_its_sum():
     # An input's own shape is left alone: no sum happens there, most often.
     grads = deriver.gradient_expressions()
     assert isinstance(grads[w], T.SumToSize)
+
+
+LAYER_NORM_SPEC = """\
+fngen: 1
+functions:
+  ln:
+    formula: |
+      mu = mean(x, dim=-1, keepdim=true)
+      var = mean((x - mu)**2, dim=-1, keepdim=true)
+      y = (x - mu) / sqrt(var + eps)
+    inputs:
+      x: tensor
+      eps: {type: float, default: 1.0e-5}
+"""
+
+
+def test_a_keepdim_reduction_adds_nothing_to_a_broadcast_shape():
+    from fngen.derive import Deriver
+
+    fn = parse_spec(LAYER_NORM_SPEC, "ln.yaml").functions[0]
+    deriver = Deriver(fn)
+    x = dict(fn.symbols)["x"]
+    mu, var = deriver.op_results
+    assert deriver.shape_of(x - mu) == T.ShapeOf(x)
+    assert deriver.shape_of(mu * var) == T.ShapeOf(mu, var)
+    # mu and var then have the same shape expression, so var's gradient
+    # (a per-row value) comes out of the row sum in mu's: no sum of a
+    # product that waits for it.
+    source = " ".join(fngen.generate(parse_spec(LAYER_NORM_SPEC, "ln.yaml")).split())
+    assert "torch.broadcast_shapes" not in source
+    assert "t4 * t0.sum_to_size(mu.shape)" in source
