@@ -831,19 +831,18 @@ class LayerNormFunction(torch.autograd.Function):
         needs_x, _ = ctx.needs_input_grad
         grad_x = None
         mu = x.mean(dim=-1, keepdim=True)
-        t0 = mu - x
+        t0 = -mu + x
         var = (t0**2).mean(dim=-1, keepdim=True)
         t1 = eps + var
-        grad_var = -(-grad * t0).sum_to_size(mu.shape) / (2 * t1**1.5)
+        grad_var = -(grad * t0).sum_to_size(mu.shape) / (2 * t1**1.5)
         t2 = torch.rsqrt(t1)
+        grad_mu = -t2 * grad.sum_to_size(mu.shape)
         t3 = 1 / x.shape[-1]
-        t4 = grad_var * t3
-        grad_mu = -t2 * grad.sum_to_size(mu.shape) + 2 * t4 * t0.sum_to_size(mu.shape)
         if needs_x:
             grad_x = (
                 (grad_mu * t3).expand(x.shape)
                 + (grad * t2).sum_to_size(x.shape)
-                + (-2 * t0 * t4.expand(x.shape)).sum_to_size(x.shape)
+                + (2 * t0 * (grad_var * t3).expand(x.shape)).sum_to_size(x.shape)
             )
         return grad_x, None
 

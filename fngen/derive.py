@@ -156,9 +156,34 @@ class Deriver:
                 outside.append(factor)
             else:
                 inside.append(factor)
+        if self.sums_to_zero(sp.Mul(*inside), shape):
+            return sp.Integer(0)
         if not outside or not inside:
             return T.SumToSize(expr, shape)
         return sp.Mul(*outside) * T.SumToSize(sp.Mul(*inside), shape)
+
+    def sums_to_zero(self, expr: sp.Expr, shape: sp.Expr) -> bool:
+        """Whether `expr` is ``e - mu`` (or ``mu - e``) with ``mu = mean(e,
+        dims, keepdim=True)`` and `shape` mu's: deviations from a mean sum
+        to zero over the dimensions it was taken on (exactly; in floating
+        point to rounding, which PyTorch's own layer_norm backward also
+        leaves out)."""
+        terms = sp.Add.make_args(expr)
+        if len(terms) != 2:
+            return False
+        for mean, other in (terms, terms[::-1]):
+            if mean.could_extract_minus_sign():
+                mean, other = -mean, -other
+            op = self.op_by_result.get(mean)
+            if (
+                op is not None
+                and isinstance(op.expr, T.TensorMean)
+                and bool(op.expr.args[2])
+                and other == -op.expr.args[0]
+                and self.pure_leaf_shape(mean) == shape
+            ):
+                return True
+        return False
 
     def has_shape(self, expr: sp.Expr, shape: sp.Expr) -> bool:
         """Whether `expr` is a scalar or, elementwise of leaves and reduced

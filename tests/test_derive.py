@@ -220,8 +220,32 @@ def test_a_keepdim_reduction_adds_nothing_to_a_broadcast_shape():
     assert deriver.shape_of(x - mu) == T.ShapeOf(x)
     assert deriver.shape_of(mu * var) == T.ShapeOf(mu, var)
     # mu and var then have the same shape expression, so var's gradient
-    # (a per-row value) comes out of the row sum in mu's: no sum of a
-    # product that waits for it.
+    # (a per-row value) comes out of the row sum in mu's, leaving the sum of
+    # x - mu over the row: zero, and left out.
     source = " ".join(fngen.generate(parse_spec(LAYER_NORM_SPEC, "ln.yaml")).split())
     assert "torch.broadcast_shapes" not in source
-    assert "t4 * t0.sum_to_size(mu.shape)" in source
+    assert "grad_mu = -t2 * grad.sum_to_size(mu.shape)" in source
+
+
+def test_deviations_from_a_mean_sum_to_zero_only_over_its_dimensions():
+    from fngen.derive import Deriver
+
+    text = """\
+fngen: 1
+functions:
+  f:
+    formula: |
+      m = mean(x, dim=-1, keepdim=true)
+      s = sum(x, dim=-1, keepdim=true)
+      y = (x - m)**2 + (x - s)**2
+"""
+    fn = parse_spec(text, "f.yaml").functions[0]
+    deriver = Deriver(fn)
+    x = dict(fn.symbols)["x"]
+    m, s = deriver.op_results
+    row = deriver.pure_leaf_shape(m)
+    assert deriver.sums_to_zero(x - m, row)
+    assert deriver.sums_to_zero(m - x, row)
+    assert not deriver.sums_to_zero(x - s, row)  # a sum, not a mean
+    assert not deriver.sums_to_zero(x - m, T.ShapeOf(x))  # not summed over the row
+    assert not deriver.sums_to_zero(x**2 - m, row)
