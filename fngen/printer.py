@@ -112,9 +112,6 @@ _ALLOWED = (
     sp.polygamma,
     F.HeavisideStep,
     F.Clamp,
-    F.SigmoidBackward,
-    F.SoftplusBackward,
-    F.TanhBackward,
     F.GeluTanh,
     F.Elu,
     *FUSED_BACKWARD,
@@ -364,6 +361,9 @@ class TorchPrinter(StrPrinter):
 
     def _print_Function(self, expr):
         cls = type(expr)
+        if cls in FUSED_BACKWARD:
+            # Alone, with nothing to scale: the plain math, as docstrings read it.
+            return expr._sympystr(self)
         if cls in TORCH_FUNCTIONS:
             return f"{TORCH_FUNCTIONS[cls]}({self._print(expr.args[0])})"
         if cls in TORCH_BINARY:
@@ -413,19 +413,6 @@ class TorchPrinter(StrPrinter):
         if order == 0:
             return f"torch.digamma({self._print(x)})"
         return f"torch.polygamma({self._print(order)}, {self._print(x)})"
-
-    def _print_fused_derivative(self, expr):
-        # Alone, with nothing to scale: the plain math, as docstrings read it.
-        return expr._sympystr(self)
-
-    _print_SigmoidBackward = _print_fused_derivative
-    _print_TanhBackward = _print_fused_derivative
-    _print_SoftplusBackward = _print_fused_derivative
-    _print_SiluBackward = _print_fused_derivative
-    _print_MishBackward = _print_fused_derivative
-    _print_GeluBackward = _print_fused_derivative
-    _print_GeluTanhBackward = _print_fused_derivative
-    _print_EluBackward = _print_fused_derivative
 
     def _print_Elu(self, expr):
         u, alpha = expr.args
@@ -599,13 +586,8 @@ class MathPrinter(StrPrinter):
             return super()._print_Function(expr)
         return f"{name}({self.stringify(expr.args, ', ')})"
 
-    def _print_Relational(self, expr):
-        if isinstance(expr, (sp.Equality, sp.Unequality)):
-            op = "==" if isinstance(expr, sp.Equality) else "!="
-            level = PRECEDENCE["Relational"]
-            lhs = self.parenthesize(expr.lhs, level)
-            return f"{lhs} {op} {self.parenthesize(expr.rhs, level)}"
-        return super()._print_Relational(expr)
+    # ``x == 0`` as torch code writes it, where SymPy's would say Eq(x, 0).
+    _print_Relational = TorchPrinter._print_Relational
 
     def _print_Piecewise(self, expr):
         *pairs, (last, otherwise) = expr.args
