@@ -283,6 +283,10 @@ class _Fused(sp.Function):
     def _sympystr(self, printer):
         return printer._print(self.formula(*self.args))
 
+    def fdiff(self, argindex=1):
+        # The class that names this one in `of`: its derivative.
+        return self.derivative(*self.args)
+
 
 def _derivative_of(formula, u: sp.Expr, *constants: sp.Expr) -> sp.Expr:
     d = sp.Dummy("u", real=True)
@@ -295,6 +299,10 @@ class _FusedDerivative(_Fused):
 
     of: type[_Fused]
     precedence = PRECEDENCE["Add"]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.of.derivative = cls
 
     @classmethod
     def formula(cls, u, *constants):
@@ -311,9 +319,6 @@ class Silu(_Fused):
     def formula(u):
         return u * Sigmoid(u)
 
-    def fdiff(self, argindex=1):
-        return SiluBackward(self.args[0])
-
 
 class SiluBackward(_FusedDerivative):
     """silu'(u), ``torch.ops.aten.silu_backward`` times a tensor."""
@@ -327,9 +332,6 @@ class Mish(_Fused):
     @staticmethod
     def formula(u):
         return u * Tanh(Softplus(u))
-
-    def fdiff(self, argindex=1):
-        return MishBackward(self.args[0])
 
 
 class MishBackward(_FusedDerivative):
@@ -350,9 +352,6 @@ class Gelu(_Fused):
     def formula(u):
         return u * (1 + sp.erf(u / sp.sqrt(2))) / 2
 
-    def fdiff(self, argindex=1):
-        return GeluBackward(self.args[0])
-
 
 class GeluBackward(_FusedDerivative):
     """gelu'(u), ``torch.ops.aten.gelu_backward`` times a tensor."""
@@ -367,9 +366,6 @@ class GeluTanh(_Fused):
     @staticmethod
     def formula(u):
         return u * (1 + Tanh(GELU_TANH_SCALE * (u + GELU_TANH_CUBIC * u**3))) / 2
-
-    def fdiff(self, argindex=1):
-        return GeluTanhBackward(self.args[0])
 
 
 class GeluTanhBackward(_FusedDerivative):
@@ -389,9 +385,6 @@ class Elu(_Fused):
     @staticmethod
     def formula(u, alpha):
         return Piecewise((u, u > 0), (alpha * expm1(u), True))
-
-    def fdiff(self, argindex=1):
-        return EluBackward(*self.args)
 
 
 class EluBackward(_FusedDerivative):
