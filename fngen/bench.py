@@ -19,7 +19,8 @@ Two numbers per variant:
   ``torch.autograd.grad`` of the outputs against every tensor input, with a
   fixed random incoming gradient.  Each round runs every variant once, in
   an order drawn afresh (seeded), so drifts of the machine hit all of them
-  alike and none always follows the same other.  Compilation and warm-up happen before the first round.
+  alike and none always follows the same other.  Compilation and warm-up
+  happen before the first round.
 * **saved bytes**: while one forward runs, a
   ``torch.autograd.graph.saved_tensors_hooks`` pack hook sees every tensor
   that autograd keeps for backward; the bytes of their distinct storages

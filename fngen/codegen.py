@@ -17,12 +17,18 @@ from sympy.printing.pycode import pycode
 
 from fngen import __version__
 from fngen import tensorops as T
-from fngen.derive import Derivation, derive, derive_backward, keep_intermediate
+from fngen.derive import (
+    Derivation,
+    derive,
+    derive_backward,
+    forward_program,
+    keep_intermediate,
+)
 from fngen.model import FunctionSpec, InputKind, InputSpec, Spec
 from fngen.errors import SpecError
 from fngen.fuse import fuse_function
 from fngen.printer import PrintError, TorchPrinter, math_text
-from fngen.schedule import Block, Step, schedule
+from fngen.schedule import Block
 from fngen.spec import class_name, dimension_names, parse_init
 
 MAX_PRESENCE_OUTPUTS = 3
@@ -597,13 +603,10 @@ def composed_source(fn: FunctionSpec) -> str:
     with each repeated subexpression computed once as a user would write it
     by hand: what `fngen bench` measures the generated Function against."""
     printer = TorchPrinter(dtype_of=fn.symbol(fn.tensor_inputs[0].name).name)
-    steps = [Step(op.result, op.expr, frozenset()) for op in fn.formula.ops]
-    steps += [
-        Step(out, expr, frozenset()) for out, expr in fn.formula.outputs if expr != out
-    ]
-    taken = {name for name, _ in fn.symbols} | {s.target.name for s in steps}
+    taken = {name for name, _ in fn.symbols} | {op.result.name for op in fn.formula.ops}
+    taken |= {out.name for out, _ in fn.formula.outputs}
     lines = [f"def {fn.name}({', '.join(fn.symbol(i.name).name for i in fn.inputs)}):"]
-    for block in schedule(steps, frozenset(), taken):
+    for block in forward_program(fn.formula, taken):
         for target, expr in block.assignments:
             lines.append(f"    {target.name} = {printer.doprint(expr)}")
     lines.append(f"    return {', '.join(o.name for o, _ in fn.formula.outputs)}")

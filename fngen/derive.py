@@ -512,11 +512,7 @@ class Deriver:
     # -- forward and jvp ------------------------------------------------
 
     def forward_program(self) -> tuple[Block, ...]:
-        steps = [Step(op.result, op.expr, frozenset()) for op in self.formula.ops]
-        for out, expr in self.formula.outputs:
-            if expr != out:
-                steps.append(Step(out, horner(expr), frozenset()))
-        return schedule(steps, frozenset(), self.taken_names())
+        return forward_program(self.formula, self.taken_names(), horner)
 
     def jvp_program(self):
         tangents = {
@@ -608,6 +604,18 @@ class Deriver:
 # is kept as SymPy's diff gives it.  A size, not seconds, so that the output
 # stays the same on every machine; factor_terms grows faster than linearly.
 SIMPLIFY_LIMIT = 300
+
+
+def forward_program(
+    formula: Formula, taken: set[str], rewrite=None
+) -> tuple[Block, ...]:
+    """The formula's statements, then its outputs (through `rewrite`, when
+    given), with repeated subexpressions computed once."""
+    steps = [Step(op.result, op.expr, frozenset()) for op in formula.ops]
+    for out, expr in formula.outputs:
+        if expr != out:
+            steps.append(Step(out, rewrite(expr) if rewrite else expr, frozenset()))
+    return schedule(steps, frozenset(), taken)
 
 
 # Tensor ops whose value is a number, not a tensor.
