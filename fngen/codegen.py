@@ -180,13 +180,13 @@ class FunctionWriter:
             lines.append(f"ctx.{name}_is_none = {name} is None")
         if self.presence_variants(self.d):
             lines.append("ctx.set_materialize_grads(False)")
-            for spec in self.zero_tangents():
-                shape = f"{spec.name}.shape"
-                if spec.optional:
-                    shape = f"None if {spec.name} is None else {shape}"
-                lines.append(f"ctx.{spec.name}_shape = {shape}")
-
-        filled = {spec.name for spec in self.zero_tangents()}
+        zero = self.zero_tangents()  # only with presence variants
+        for spec in zero:
+            shape = f"{spec.name}.shape"
+            if spec.optional:
+                shape = f"None if {spec.name} is None else {shape}"
+            lines.append(f"ctx.{spec.name}_shape = {shape}")
+        filled = {spec.name for spec in zero}
 
         def body(d):
             saves = []
