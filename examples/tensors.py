@@ -512,7 +512,7 @@ class MseLossFunction(torch.autograd.Function):
             if needs_target:
                 grad_target = (-t0).sum_to_size(ctx.target_shape)
             return grad_input, grad_target
-        if grad_loss is None and grad_kept is not None:
+        if grad_loss is None:
             (kept,) = ctx.saved_tensors
             needs_input, needs_target = ctx.needs_input_grad
             grad_input = grad_target = None
@@ -644,7 +644,7 @@ class HuberLossFunction(torch.autograd.Function):
             if needs_target:
                 grad_target = (-t0).sum_to_size(ctx.target_shape)
             return grad_input, grad_target, None
-        if grad_loss is None and grad_kept is not None:
+        if grad_loss is None:
             (kept,) = ctx.saved_tensors
             delta = ctx.delta
             needs_input, needs_target, _ = ctx.needs_input_grad
@@ -805,7 +805,11 @@ class LogSoftmax(torch.nn.Module):
 
 
 class LayerNormFunction(torch.autograd.Function):
-    """Autograd Function of :func:`layer_norm`: mu = mean(x, dim=-1, keepdim=true)"""
+    """Autograd Function of :func:`layer_norm`: mu = mean(x, dim=-1, keepdim=true)
+
+    ``apply`` also returns ``mu``, ``kept_var = 1/sqrt(eps + var)``, kept
+    for the backward as outputs, so that double backward differentiates
+    through them; :func:`layer_norm` returns only the declared outputs."""
 
     generate_vmap_rule = True
 
@@ -814,49 +818,88 @@ class LayerNormFunction(torch.autograd.Function):
         mu = x.mean(dim=-1, keepdim=True)
         t0 = -mu + x
         var = (t0**2).mean(dim=-1, keepdim=True)
-        y = t0 / torch.sqrt(eps + var)
-        return y
+        t1 = torch.rsqrt(eps + var)
+        y = t0 * t1
+        kept_var = t1
+        return y, mu, kept_var
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, eps = inputs
+        y, mu, kept_var = output
         ctx.eps = eps
-        ctx.save_for_backward(x)
-        ctx.save_for_forward(x)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, mu, kept_var)
+        ctx.save_for_forward(x, mu, kept_var)
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
+    def backward(ctx, grad_y, grad_mu, grad_kept_var):
+        if grad_y is None and grad_mu is None and grad_kept_var is None:
+            return None, None
+        if grad_y is not None and grad_mu is None and grad_kept_var is None:
+            x, mu, kept_var = ctx.saved_tensors
+            eps = ctx.eps
+            needs_x, _ = ctx.needs_input_grad
+            grad_x = None
+            t0 = -mu + x
+            grad_var = -(kept_var**3) * (grad_y * t0).sum_to_size(mu.shape) / 2
+            grad_mu = -kept_var * grad_y.sum_to_size(mu.shape)
+            t1 = 1 / x.shape[-1]
+            if needs_x:
+                grad_x = (
+                    (grad_mu * t1).expand(x.shape)
+                    + (grad_y * kept_var).sum_to_size(x.shape)
+                    + (2 * t0 * (grad_var * t1).expand(x.shape)).sum_to_size(x.shape)
+                )
+            return grad_x, None
+        if grad_y is None:
+            x, mu, kept_var = ctx.saved_tensors
+            if grad_mu is None:
+                grad_mu = torch.zeros_like(mu)
+            if grad_kept_var is None:
+                grad_kept_var = torch.zeros_like(kept_var)
+            eps = ctx.eps
+            needs_x, _ = ctx.needs_input_grad
+            grad_x = None
+            grad_var = -grad_kept_var * kept_var**3 / 2
+            t0 = 1 / x.shape[-1]
+            if needs_x:
+                grad_x = (grad_mu * t0).expand(x.shape) + (
+                    2 * (-mu + x) * (grad_var * t0).expand(x.shape)
+                ).sum_to_size(x.shape)
+            return grad_x, None
+        x, mu, kept_var = ctx.saved_tensors
+        if grad_mu is None:
+            grad_mu = torch.zeros_like(mu)
+        if grad_kept_var is None:
+            grad_kept_var = torch.zeros_like(kept_var)
         eps = ctx.eps
         needs_x, _ = ctx.needs_input_grad
         grad_x = None
-        mu = x.mean(dim=-1, keepdim=True)
-        t0 = -mu + x
-        var = (t0**2).mean(dim=-1, keepdim=True)
-        t1 = eps + var
-        grad_var = -(grad * t0).sum_to_size(mu.shape) / (2 * t1**1.5)
-        t2 = torch.rsqrt(t1)
-        grad_mu = -t2 * grad.sum_to_size(mu.shape)
-        t3 = 1 / x.shape[-1]
+        t0 = kept_var**3 / 2
+        t1 = -mu + x
+        grad_var = -grad_kept_var * t0 - t0 * (grad_y * t1).sum_to_size(mu.shape)
+        grad_mu = grad_mu - kept_var * grad_y.sum_to_size(mu.shape)
+        t2 = 1 / x.shape[-1]
         if needs_x:
             grad_x = (
-                (grad_mu * t3).expand(x.shape)
-                + (grad * t2).sum_to_size(x.shape)
-                + (2 * t0 * (grad_var * t3).expand(x.shape)).sum_to_size(x.shape)
+                (grad_mu * t2).expand(x.shape)
+                + (grad_y * kept_var).sum_to_size(x.shape)
+                + (2 * t1 * (grad_var * t2).expand(x.shape)).sum_to_size(x.shape)
             )
         return grad_x, None
 
     @staticmethod
     def jvp(ctx, x_t, _eps):
-        (x,) = ctx.saved_tensors
+        x, mu, kept_var = ctx.saved_tensors
         eps = ctx.eps
-        mu = x.mean(dim=-1, keepdim=True)
-        t0 = mu - x
-        var = (t0**2).mean(dim=-1, keepdim=True)
         mu_t = x_t.mean(dim=-1, keepdim=True)
+        t0 = mu - x
         var_t = (2 * mu_t * t0 - 2 * t0 * x_t).mean(dim=-1, keepdim=True)
-        y_t = (-mu_t + t0 * var_t / (2 * eps + 2 * var) + x_t) / torch.sqrt(eps + var)
-        return y_t
+        t1 = var_t / 2
+        y_t = kept_var * (kept_var**2 * t0 * t1 - mu_t + x_t)
+        kept_var_t = -(kept_var**3) * t1
+        return y_t, mu_t, kept_var_t
 
 
 class _LayerNormTraceable(LayerNormFunction):
@@ -884,8 +927,8 @@ def layer_norm(x, eps=1e-05):
         dtype = torch.float32
         x = x.to(dtype)
         with torch.autocast(device_type, enabled=False):
-            return function.apply(x, eps)
-    return function.apply(x, eps)
+            return function.apply(x, eps)[0]
+    return function.apply(x, eps)[0]
 
 
 class LayerNorm(torch.nn.Module):
@@ -903,55 +946,95 @@ class LayerNorm(torch.nn.Module):
 
 
 class RmsNormFunction(torch.autograd.Function):
-    """Autograd Function of :func:`rms_norm`: y = x / sqrt(mean(x**2, dim=-1, keepdim=true) + eps) * weight"""
+    """Autograd Function of :func:`rms_norm`: y = x / sqrt(mean(x**2, dim=-1, keepdim=true) + eps) * weight
+
+    ``apply`` also returns ``kept_y_mean = 1/sqrt(eps + y_mean)``, kept for
+    the backward as an output, so that double backward differentiates
+    through it; :func:`rms_norm` returns only the declared outputs."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, eps):
         y_mean = (x**2).mean(dim=-1, keepdim=True)
-        y = weight * x / torch.sqrt(eps + y_mean)
-        return y
+        t0 = torch.rsqrt(eps + y_mean)
+        y = t0 * weight * x
+        kept_y_mean = t0
+        return y, kept_y_mean
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, eps = inputs
+        y, kept_y_mean = output
         ctx.eps = eps
-        ctx.save_for_backward(x, weight)
-        ctx.save_for_forward(x, weight)
+        ctx.set_materialize_grads(False)
+        ctx.x_shape = x.shape
+        ctx.weight_shape = weight.shape
+        ctx.save_for_backward(x, weight, kept_y_mean)
+        ctx.save_for_forward(x, weight, kept_y_mean)
 
     @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+    def backward(ctx, grad_y, grad_kept_y_mean):
+        if grad_y is None and grad_kept_y_mean is None:
+            return None, None, None
+        if grad_y is not None and grad_kept_y_mean is None:
+            x, weight, kept_y_mean = ctx.saved_tensors
+            eps = ctx.eps
+            needs_x, needs_weight, _ = ctx.needs_input_grad
+            grad_x = grad_weight = None
+            if needs_x:
+                t0 = grad_y * weight
+                grad_y_mean = (
+                    -(kept_y_mean**3) * (t0 * x).sum_to_size((*x.shape[:-1], 1)) / 2
+                )
+                grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape) + (
+                    kept_y_mean * t0
+                ).sum_to_size(x.shape)
+            if needs_weight:
+                grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
+            return grad_x, grad_weight, None
+        if grad_y is None:
+            x, weight, kept_y_mean = ctx.saved_tensors
+            eps = ctx.eps
+            needs_x, _, _ = ctx.needs_input_grad
+            grad_x = None
+            grad_y_mean = -grad_kept_y_mean * kept_y_mean**3 / 2
+            if needs_x:
+                grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape)
+            return grad_x, None, None
+        x, weight, kept_y_mean = ctx.saved_tensors
         eps = ctx.eps
         needs_x, needs_weight, _ = ctx.needs_input_grad
         grad_x = grad_weight = None
-        y_mean = (x**2).mean(dim=-1, keepdim=True)
-        t0 = eps + y_mean
         if needs_x:
-            t1 = grad * weight
-            grad_y_mean = -(t1 * x).sum_to_size(y_mean.shape) / (2 * t0**1.5)
-        t2 = torch.rsqrt(t0)
-        if needs_x:
+            t0 = kept_y_mean**3 / 2
+            t1 = grad_y * weight
+            grad_y_mean = -grad_kept_y_mean * t0 - t0 * (t1 * x).sum_to_size(
+                (*x.shape[:-1], 1)
+            )
             grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape) + (
-                t1 * t2
+                kept_y_mean * t1
             ).sum_to_size(x.shape)
         if needs_weight:
-            grad_weight = (grad * t2 * x).sum_to_size(weight.shape)
+            grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
         return grad_x, grad_weight, None
 
     @staticmethod
     def jvp(ctx, x_t, weight_t, _eps):
-        x, weight = ctx.saved_tensors
+        like = next(t for t in (x_t, weight_t) if t is not None)
+        if x_t is None:
+            x_t = like.new_zeros(ctx.x_shape)
+        if weight_t is None:
+            weight_t = like.new_zeros(ctx.weight_shape)
+        x, weight, kept_y_mean = ctx.saved_tensors
         eps = ctx.eps
-        y_mean = (x**2).mean(dim=-1, keepdim=True)
         y_mean_t = (2 * x * x_t).mean(dim=-1, keepdim=True)
-        y_t = (
-            -weight * x * y_mean_t / (2 * eps + 2 * y_mean)
-            + weight * x_t
-            + weight_t * x
-        ) / torch.sqrt(eps + y_mean)
-        return y_t
+        t0 = y_mean_t / 2
+        y_t = kept_y_mean * (
+            -(kept_y_mean**2) * t0 * weight * x + weight * x_t + weight_t * x
+        )
+        kept_y_mean_t = -(kept_y_mean**3) * t0
+        return y_t, kept_y_mean_t
 
 
 class _RmsNormTraceable(RmsNormFunction):
@@ -978,8 +1061,8 @@ def rms_norm(x, weight, eps=1e-06):
         x = x.to(dtype)
         weight = weight.to(dtype)
         with torch.autocast(device_type, enabled=False):
-            return function.apply(x, weight, eps)
-    return function.apply(x, weight, eps)
+            return function.apply(x, weight, eps)[0]
+    return function.apply(x, weight, eps)[0]
 
 
 class RmsNorm(torch.nn.Module):

@@ -23,6 +23,7 @@ from fngen.derive import (
     derive_backward,
     forward_program,
     keep_intermediate,
+    keep_reductions,
 )
 from fngen.model import FunctionSpec, InputKind, InputSpec, Spec
 from fngen.errors import SpecError
@@ -235,6 +236,10 @@ class FunctionWriter:
                 subsets += [
                     frozenset(c) for c in itertools.combinations(differentiable, size)
                 ]
+            if self.fn.kept:
+                # The declared output alone (the usual backward), or the
+                # kept outputs alone (double backward through them).
+                subsets = [s for s in self.kept_groups(d) if s in subsets]
             self._presence[absent] = [
                 (present, derive_backward(self.fn, absent, present, d.option))
                 for present in subsets
@@ -255,6 +260,8 @@ class FunctionWriter:
             f"if {' and '.join(f'{g} is None' for g in grads.values())}:",
             f"    return {', '.join('None' for _ in results)}{',' if len(results) == 1 else ''}",
         ]
+        if self.fn.kept:
+            return lines + self._backward_by_kept(d, variants, grads)
         for present, variant in variants:
             tests = [
                 f"{g} is not None" if i in present else f"{g} is None"
@@ -263,6 +270,48 @@ class FunctionWriter:
             lines.append(f"if {' and '.join(tests)}:")
             lines += [f"    {line}" for line in self._backward(variant, d)]
         return lines + self._backward(d, d)
+
+    def kept_groups(self, d: Derivation) -> list[frozenset[int]]:
+        """The indices of the declared outputs, then of the kept ones."""
+        declared = len(self.declared_outputs)
+        indices = [i for i, diff in enumerate(d.differentiable_outputs) if diff]
+        return [
+            frozenset(i for i in indices if i < declared),
+            frozenset(i for i in indices if i >= declared),
+        ]
+
+    def _backward_by_kept(self, d: Derivation, variants, grads) -> list[str]:
+        """Branches of a Function with kept outputs: gradients for the
+        declared outputs only (the usual backward), for the kept ones only,
+        and for both.  Among several kept outputs, one without a gradient
+        gets zeros: kept reductions are small."""
+        declared, kept = self.kept_groups(d)
+        lines = []
+        fill = []
+        if len(kept) > 1:
+            for i in sorted(kept):
+                if d.outputs[i] not in d.saved:
+                    raise PrintError(f"kept output '{d.outputs[i].name}' is not saved")
+                fill += [
+                    f"if {grads[i]} is None:",
+                    f"    {grads[i]} = torch.zeros_like({d.outputs[i].name})",
+                ]
+        by_present = dict(variants)
+        if declared in by_present:
+            tests = [
+                f"{g} is not None" if i in declared else f"{g} is None"
+                for i, g in grads.items()
+            ]
+            lines.append(f"if {' and '.join(tests)}:")
+            lines += [f"    {line}" for line in self._backward(by_present[declared], d)]
+        if kept in by_present:
+            tests = [f"{grads[i]} is None" for i in sorted(declared)]
+            body = self._backward(by_present[kept], d)
+            body = body[:1] + fill + body[1:] if fill else body
+            lines.append(f"if {' and '.join(tests)}:")
+            lines += [f"    {line}" for line in body]
+        body = self._backward(d, d)
+        return lines + (body[:1] + fill + body[1:] if fill else body)
 
     def _backward(self, d: Derivation, full: Derivation) -> list[str]:
         """The backward of `d`; saved tensors and shapes are those of `full`."""
@@ -490,10 +539,20 @@ class FunctionWriter:
             return ""
         kept = self.d.outputs[len(self.declared_outputs) :]
         exprs = dict(self.fn.formula.outputs)
-        listed = ", ".join(f"``{k.name} = {math_text(exprs[k])}``" for k in kept)
+        listed = ", ".join(
+            (
+                f"``{k.name}``"
+                if exprs[k] == k
+                else f"``{k.name} = {math_text(exprs[k])}``"
+            )
+            for k in kept
+        )
+        if len(kept) == 1:
+            kept_as = "kept for the backward as an output, so that double backward differentiates through it"
+        else:
+            kept_as = "kept for the backward as outputs, so that double backward differentiates through them"
         note = (
-            f"``apply`` also returns {listed}, kept for the backward as an "
-            "output, so that double backward differentiates through it; "
+            f"``apply`` also returns {listed}, {kept_as}; "
             f":func:`{self.fn.name}` returns only the declared outputs."
         )
         return "\n\n" + textwrap.fill(note, width=72)
@@ -561,7 +620,7 @@ def render(spec: Spec) -> str:
     writers, contexts = [], []
     for fn in spec.functions:
         try:
-            fn = keep_intermediate(fuse_function(fn))
+            fn = keep_reductions(keep_intermediate(fuse_function(fn)))
             writer = FunctionWriter(fn, variants(fn))
             contexts.append(writer.context())
         except PrintError as err:

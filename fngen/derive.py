@@ -88,6 +88,17 @@ class Deriver:
         self.outputs = [name for name, _ in outputs]
         self.output_exprs = dict(outputs)
         self.differentiable = [not is_condition(expr) for _, expr in outputs]
+        # Kept functions of reductions (``kept_var = 1/sqrt(var + eps)``):
+        # the reduction, solved from the kept value (``var = kept_var**-2 -
+        # eps``), for a backward that reads the kept value instead.
+        self.inverses = {}
+        self.kept_powers = set()
+        for out, expr in outputs:
+            solved = _solve_kept(out, expr, self.op_by_result)
+            if solved is not None:
+                self.inverses[solved[0]] = solved[1]
+                self.kept_powers.add(out)
+        self.small = {out for out, expr in outputs if self._reduced_only(expr)}
         single = len(outputs) == 1
         self.grad_symbols = [
             sp.Symbol("grad" if single else f"grad_{o.name}", real=True)
@@ -95,6 +106,34 @@ class Deriver:
         ]
 
     # -- helpers ------------------------------------------------------
+
+    def _reduced_only(self, expr: sp.Expr) -> bool:
+        """Whether `expr` reads tensors only through reductions: a value as
+        small as they are."""
+        leaves = expr.free_symbols & self.leaves
+        return bool(leaves) and all(
+            isinstance(
+                getattr(self.op_by_result.get(leaf), "expr", None),
+                (T.TensorSum, T.TensorMean, T.TensorLogSumExp),
+            )
+            for leaf in leaves
+        )
+
+    def through_kept(self, expr: sp.Expr) -> sp.Expr:
+        """`expr` reading kept functions of reductions instead of the
+        reductions, where that costs no more operations: ``(var +
+        eps)**1.5`` is ``kept_var**-3``, but ``log(var)`` stays, as
+        ``log(kept_var**-2 - eps)`` would lose precision."""
+        if not self.inverses or not expr.free_symbols & set(self.inverses):
+            return expr
+        solved = expr.xreplace(self.inverses)
+        for add in solved.atoms(sp.Add):
+            # ``kept_var**-2 - eps``: the reduction, recovered by a subtraction.
+            if add.free_symbols & self.kept_powers and any(
+                term.free_symbols <= self.scalars for term in add.args
+            ):
+                return expr
+        return solved if op_count(solved) <= op_count(expr) else expr
 
     def leaves_of(self, expr: sp.Expr) -> list[sp.Symbol]:
         found = expr.free_symbols & self.leaves
@@ -420,7 +459,8 @@ class Deriver:
         the backward computes, before the save policy."""
         grads = self.gradient_expressions()
         exprs = [e for _, e in self.op_grads]
-        return exprs + [grads[leaf] for leaf in self.tensor_inputs if grads[leaf] != 0]
+        exprs += [grads[leaf] for leaf in self.tensor_inputs if grads[leaf] != 0]
+        return [self.through_kept(e) for e in exprs]
 
     def saved_count(self, exprs: list[sp.Expr] | None = None) -> int:
         """How many tensors `derive` would save for `exprs` (by default the
@@ -443,24 +483,32 @@ class Deriver:
         grad_names = {leaf: sp.Symbol(f"grad_{leaf.name}", real=True) for leaf in order}
         op_grads = self.op_grads
         exprs = [e for _, e in op_grads] + [grads[leaf] for leaf in order]
+        exprs = [self.through_kept(e) for e in exprs]
         candidates = list(enumerate([exprs, self.substitute_outputs(exprs)]))
         if option is not None:
             candidates = [candidates[option]]
         best = None
         for number, choice in candidates:
             recompute = self.needed_recomputation(choice)
-            # A result recomputed anyway reads best as its own shape.
+            # A result recomputed or saved anyway reads best as its own shape.
             recomputed = {op.result for op in recompute}
+            tensors, _ = self.referenced([op.expr for op in recompute] + choice)
             plain = {
                 shape: T.ShapeOf(result)
                 for shape, result in self.kept_shapes.items()
-                if result in recomputed
+                if result in recomputed or result in tensors
             }
             choice = [expr.xreplace(plain) for expr in choice]
             all_exprs = [op.expr for op in recompute] + choice
             tensors, shapes = self.referenced(all_exprs)
-            # Tensors kept alive first, then work; a shape on ctx is a few ints.
-            cost = (len(tensors), op_count(*all_exprs), len(shapes))
+            # Tensors kept alive first, then work; a shape on ctx is a few
+            # ints, a reduction kept a few bytes a row.
+            cost = (
+                len(tensors - self.small),
+                op_count(*all_exprs),
+                len(tensors & self.small),
+                len(shapes),
+            )
             if best is None or cost < best[0]:
                 best = (cost, number, choice, recompute, tensors, shapes)
         _, self.option, option, recompute, tensors, shapes = best
@@ -557,7 +605,7 @@ class Deriver:
                     tangent = T.Expand(tangent, self.shape_of(expr))
                 steps.append(Step(symbol, tangent, frozenset()))
             output_tangents.append(symbol)
-        exprs = self.substitute_outputs([s.expr for s in steps])
+        exprs = self.substitute_outputs([self.through_kept(s.expr) for s in steps])
         steps = [Step(s.target, e, s.guard) for s, e in zip(steps, exprs)]
         recompute = self.needed_recomputation([s.expr for s in steps])
         steps = [Step(op.result, op.expr, frozenset()) for op in recompute] + steps
@@ -832,6 +880,127 @@ def keep_intermediate(fn: FunctionSpec) -> FunctionSpec:
         if count < fewest:
             chosen, fewest = trial, count
     return chosen
+
+
+def keep_reductions(fn: FunctionSpec) -> FunctionSpec:
+    """`fn` returning, as extra outputs, the reductions its backward would
+    otherwise compute again.
+
+    layer_norm's backward needs the row means and variances: read from
+    `x` again they cost two passes over it, kept they cost a few bytes a
+    row (``native_layer_norm`` keeps its mean and rstd the same way).
+    Like `keep_intermediate`'s, they are outputs of the Function, so double
+    backward differentiates through them.
+    """
+    if fn.grads or len(fn.formula.outputs) - fn.kept != 1:
+        return fn
+    if any(i.optional for i in fn.inputs):
+        return fn
+    recomputed = _recomputed(Deriver(fn))
+    reductions = [
+        op.result
+        for op in recomputed
+        if isinstance(op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp))
+    ]
+    if not reductions:
+        return fn
+    taken = {i.name for i in fn.inputs} | {name for name, _ in fn.formula.statements}
+    taken |= {op.result.name for op in fn.formula.ops}
+    taken |= {out.name for out, _ in fn.formula.outputs}
+    kept = []
+    for reduction in reductions:
+        value = _kept_value(fn, reduction)
+        if value is None:
+            kept.append((reduction, reduction))
+            continue
+        name = f"kept_{reduction.name}"
+        while name in taken or f"grad_{name}" in taken:
+            name += "_"
+        taken.add(name)
+        kept.append((sp.Symbol(name, positive=True), value))
+    trial = _with_outputs(fn, kept)
+    # A kept value that does not spare the backward its reduction (it
+    # reads the reduction some other way too) gives way to the reduction.
+    still = {op.result for op in _recomputed(Deriver(trial))}
+    kept = [
+        (reduction, reduction) if reduction in still else pair
+        for reduction, pair in zip(reductions, kept)
+    ]
+    return _with_outputs(fn, kept)
+
+
+def _recomputed(base: "Deriver") -> list[OpNode]:
+    """The tensor ops the backward of `base` would compute again, with the
+    save policy that recomputes fewest."""
+    exprs = base.backward_expressions()
+    return min(
+        (
+            base.needed_recomputation(choice)
+            for choice in (exprs, base.substitute_outputs(exprs))
+        ),
+        key=len,
+    )
+
+
+def _with_outputs(fn: FunctionSpec, kept: list) -> FunctionSpec:
+    formula = fn.formula
+    return replace(
+        fn,
+        formula=Formula(
+            formula.text,
+            formula.ops,
+            formula.outputs + tuple(kept),
+            formula.statements,
+            formula.location,
+        ),
+        kept=fn.kept + len(kept),
+    )
+
+
+def _kept_value(fn: FunctionSpec, reduction: sp.Symbol) -> sp.Expr | None:
+    """The power of a reduction that an output reads it through, as in
+    ``(x - mu)/sqrt(var + eps)``: ``1/sqrt(var + eps)``, which a backward
+    can read for both ``1/sqrt(var + eps)`` and ``(var + eps)**1.5`` (like
+    ``native_layer_norm``'s rstd), where a kept ``var`` would leave a root
+    to take on every element."""
+    for _, expr in fn.formula.outputs:
+        for sub in sp.preorder_traversal(expr):
+            if reduction in getattr(sub, "free_symbols", ()) and _solve_power(
+                sub, reduction
+            ):
+                return sub
+    return None
+
+
+def _solve_power(expr: sp.Expr, reduction: sp.Symbol) -> sp.Lambda | None:
+    """For ``(a + c*r)**p`` with p a fraction, not a whole number (the base
+    is then positive, as the value is real, and so is the value): r as a
+    function of the value."""
+    if not isinstance(expr, sp.Pow):
+        return None
+    base, power = expr.args
+    if not power.is_number or power.is_integer or power == 0:
+        return None
+    slope = base.diff(reduction)
+    if not slope.is_number or slope == 0:
+        return None
+    rest = base - slope * reduction
+    if reduction in rest.free_symbols:
+        return None
+    value = sp.Dummy("value", positive=True)
+    return sp.Lambda(value, (value ** (1 / power) - rest) / slope)
+
+
+def _solve_kept(out: sp.Symbol, expr: sp.Expr, ops: dict) -> tuple | None:
+    """(reduction, reduction in terms of `out`) for a kept power of a
+    reduction (see `_kept_value`); None for any other output."""
+    if not out.is_positive or not isinstance(expr, sp.Pow):
+        return None
+    leaves = [s for s in expr.free_symbols if s in ops]
+    if len(leaves) != 1:
+        return None
+    solved = _solve_power(expr, leaves[0])
+    return None if solved is None else (leaves[0], solved(out))
 
 
 def _kept_candidates(fn: FunctionSpec) -> list[sp.Expr]:

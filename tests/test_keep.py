@@ -1,0 +1,183 @@
+"""Reductions kept for the backward (`derive.keep_reductions`).
+
+A backward that needs a reduction of the forward (layer_norm's mean and
+variance) gets it, or the power of it that the formula reads, as an extra
+output of the Function instead of reading a whole input again.  These tests
+pin what is kept and check every branch of the backward: the declared
+output's gradient alone, the kept outputs' alone (double backward), and
+both, in float64, forward mode included.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+import fngen
+from fngen.spec import parse_spec
+
+SPEC = """\
+fngen: 1
+functions:
+  ln:
+    doc: layer_norm, its root written as a power.
+    formula: |
+      mu = mean(x, dim=-1, keepdim=true)
+      d = x - mu
+      var = mean(d*d, dim=-1, keepdim=true)
+      y = d * (var + eps)**-0.5
+    inputs:
+      x: tensor
+      eps: {type: float, default: 1.0e-5}
+  rms:
+    formula: y = x / sqrt(mean(x**2, dim=-1, keepdim=true) + eps) * weight
+    inputs:
+      x: tensor
+      weight: tensor
+      eps: {type: float, default: 1.0e-6}
+  by_sum:
+    doc: A whole power of the reduction, and no keepdim.
+    formula: y = x / sum(x**2, dim=0)
+    inputs:
+      x: {domain: [0.5, 2.0]}
+  with_log:
+    doc: The reduction is read under log as well as under a root.
+    formula: |
+      s = mean(x**2, dim=-1, keepdim=true)
+      y = x / sqrt(s + 1) + log(s)
+    inputs:
+      x: {domain: [0.5, 2.0]}
+  plain:
+    doc: The backward needs no reduction.
+    formula: y = x - mean(x, dim=-1, keepdim=true)
+"""
+
+
+@pytest.fixture(scope="module")
+def mod():
+    return fngen.load(parse_spec(SPEC, "keep.yaml"))
+
+
+def _lines(method) -> list[str]:
+    return [line.strip() for line in inspect.getsource(method).splitlines()]
+
+
+def test_layer_norm_keeps_its_mean_and_rstd(mod):
+    forward = _lines(mod.LnFunction.forward)
+    assert "t1 = torch.rsqrt(eps + var)" in forward
+    assert "kept_var = t1" in forward
+    assert "return y, mu, kept_var" in forward
+    setup = _lines(mod.LnFunction.setup_context)
+    assert "ctx.save_for_backward(x, mu, kept_var)" in setup
+    backward = inspect.getsource(mod.LnFunction.backward)
+    # No reduction of x again, no root per element: kept_var**3 is var's.
+    assert ".mean(" not in backward and "sqrt" not in backward
+    assert "grad_var = -(kept_var**3) * (grad_y * t0).sum_to_size(mu.shape) / 2" in (
+        " ".join(backward.split())
+    )
+
+
+def test_rms_norm_keeps_the_reciprocal_root(mod):
+    forward = _lines(mod.RmsFunction.forward)
+    assert "t0 = torch.rsqrt(eps + y_mean)" in forward
+    assert "kept_y_mean = t0" in forward
+    assert "return y, kept_y_mean" in forward
+    assert ".mean(" not in inspect.getsource(mod.RmsFunction.backward)
+
+
+def test_a_whole_power_keeps_the_reduction_itself(mod):
+    # 1/s**2 from 1/s is no cheaper than from s; s itself is kept.
+    assert "return y, y_sum" in _lines(mod.BySumFunction.forward)
+    assert ".sum(dim=0" not in inspect.getsource(mod.BySumFunction.backward)
+
+
+def test_a_reduction_read_under_log_is_kept_as_is(mod):
+    # log(s) from 1/sqrt(s + 1) would be log(kept**-2 - 1): s itself is kept.
+    assert "return y, s" in _lines(mod.WithLogFunction.forward)
+    assert ".mean(" not in inspect.getsource(mod.WithLogFunction.backward)
+
+
+def test_nothing_is_kept_when_the_backward_needs_no_reduction(mod):
+    assert "return y" in _lines(mod.PlainFunction.forward)
+    assert "also returns" not in mod.PlainFunction.__doc__
+
+
+def test_the_wrapper_returns_only_the_declared_output(mod):
+    x = torch.randn(3, 5, dtype=torch.float64)
+    assert torch.is_tensor(mod.ln(x))
+    assert torch.is_tensor(mod.Ln()(x))
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (2, 3, 5)])
+def test_layer_norm_matches_torch(mod, shape):
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape, dtype=torch.float64)
+    ours = mod.ln(x, 1e-5)
+    ref = F.layer_norm(x, shape[-1:], eps=1e-5)
+    torch.testing.assert_close(ours, ref)
+    (a,) = torch.autograd.grad(ours, x, g)
+    (b,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(a, b)
+
+
+def test_rms_norm_matches_torch(mod):
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 6, dtype=torch.float64)
+    ours = mod.rms(x, w, 1e-6)
+    ref = F.rms_norm(x, (6,), w, eps=1e-6)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(
+        torch.autograd.grad(ours, (x, w), g), torch.autograd.grad(ref, (x, w), g)
+    ):
+        torch.testing.assert_close(a, b)
+
+
+def _inputs(name):
+    def t(*shape, lo=-2.0, hi=2.0):
+        x = torch.empty(*shape, dtype=torch.float64).uniform_(lo, hi)
+        return x.requires_grad_()
+
+    return {
+        "ln": lambda: (t(3, 5), 1e-5),
+        "rms": lambda: (t(3, 5), t(5), 1e-6),
+        "by_sum": lambda: (t(3, 4, lo=0.5, hi=2.0),),
+        "with_log": lambda: (t(3, 4, lo=0.5, hi=2.0),),
+    }[name]()
+
+
+CLASSES = {"ln": "Ln", "rms": "Rms", "by_sum": "BySum", "with_log": "WithLog"}
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+@pytest.mark.parametrize("outputs", ["declared", "kept", "all"])
+def test_every_branch_of_the_backward_is_right(mod, name, outputs):
+    """gradcheck of apply through the declared output, the kept ones, or
+    all: each a different branch of the backward (None gradients for the
+    others), and gradgradcheck, which differentiates through the kept."""
+    torch.manual_seed(0)
+    function = getattr(mod, f"{CLASSES[name]}Function")
+    args = _inputs(name)
+
+    def f(*args):
+        results = function.apply(*args)
+        chosen = {
+            "declared": results[:1],
+            "kept": results[1:],
+            "all": results,
+        }[outputs]
+        return tuple(r * (n + 1) for n, r in enumerate(chosen))
+
+    assert gradcheck(f, args, check_forward_ad=True)
+    assert gradgradcheck(f, args)
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_a_second_derivative_through_the_wrapper(mod, name):
+    torch.manual_seed(1)
+    args = _inputs(name)
+    assert gradgradcheck(getattr(mod, name), args)
