@@ -59,7 +59,7 @@ TORCH_FUNCTIONS: dict[type, str] = {
     F.Softplus: "torch.nn.functional.softplus",
     F.LogSigmoid: "torch.nn.functional.logsigmoid",
     F.Silu: "torch.nn.functional.silu",
-    F.Mish: "torch.nn.functional.mish",
+    F.Mish: "_mish",
     F.Gelu: "torch.nn.functional.gelu",
 }
 
@@ -365,7 +365,10 @@ class TorchPrinter(StrPrinter):
             # Alone, with nothing to scale: the plain math, as docstrings read it.
             return expr._sympystr(self)
         if cls in TORCH_FUNCTIONS:
-            return f"{TORCH_FUNCTIONS[cls]}({self._print(expr.args[0])})"
+            name = TORCH_FUNCTIONS[cls]
+            if name.startswith("_"):
+                self.helpers.add(name)  # a function of the generated module
+            return f"{name}({self._print(expr.args[0])})"
         if cls in TORCH_BINARY:
             return self._print_binary(expr)
         raise PrintError(f"no torch translation for function {cls.__name__}")

@@ -96,7 +96,7 @@ def test_other_forms_are_left_as_written(formula):
     "expr, expected",
     [
         (F.Silu(x), "torch.nn.functional.silu(x)"),
-        (F.Mish(x), "torch.nn.functional.mish(x)"),
+        (F.Mish(x), "_mish(x)"),
         (F.Gelu(2 * x), "torch.nn.functional.gelu(2*x)"),
         (F.GeluTanh(x), 'torch.nn.functional.gelu(x, approximate="tanh")'),
         (y * F.SiluBackward(x), "_silu_backward(y, x)"),
@@ -118,6 +118,8 @@ def test_helpers_are_recorded_only_when_called():
     assert printer.helpers == set()
     printer.doprint(y * F.SiluBackward(x) + y * F.MishBackward(x))
     assert printer.helpers == {"_silu_backward", "_mish_backward"}
+    printer.doprint(F.Mish(x))
+    assert printer.helpers == {"_silu_backward", "_mish_backward", "_mish"}
 
 
 def test_docstrings_write_the_math():
@@ -192,6 +194,46 @@ def test_generated_code_calls_the_kernels(module):
     assert 'torch.ops.aten.gelu_backward(grad, x, approximate="tanh")' in source
     assert source.count("def _silu_backward(") == 1
     assert source.count("def _mish_backward(") == 1
+    assert "y = _mish(x)" in source and source.count("def _mish(") == 1
+
+
+EXTREMES = [-float("inf"), -100.0, -30.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 30.0, 100.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_mish_on_a_cpu_agrees_with_the_kernels(module, dtype):
+    # On a CPU the helpers compute mish from one sigmoid, not by the
+    # kernels: the same values, to a few units in the last place.
+    x = torch.cat([torch.linspace(-12, 12, 2001), torch.tensor(EXTREMES)])
+    x = x.to(dtype)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    tol = {
+        torch.float32: dict(rtol=4e-6, atol=1e-6),
+        torch.float64: dict(rtol=1e-12, atol=1e-14),
+        torch.bfloat16: dict(rtol=0, atol=0),  # the kernels themselves
+    }[dtype]
+    torch.testing.assert_close(module._mish(x), nnf.mish(x), equal_nan=True, **tol)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module._mish_backward(g, x),
+            torch.ops.aten.mish_backward(g, x),
+            equal_nan=True,
+            **tol,
+        )
+    # The inputs are left as they were (the helpers work in place only on
+    # their own temporaries).
+    assert torch.equal(
+        x, torch.cat([torch.linspace(-12, 12, 2001), torch.tensor(EXTREMES)]).to(dtype)
+    )
+
+
+def test_mish_helpers_read_the_device(module):
+    source = inspect.getsource(module._mish)
+    test = 'if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):'
+    assert f"{test}\n        return torch.nn.functional.mish(x)" in source
+    source = inspect.getsource(module._mish_backward)
+    assert f"{test}\n        return torch.ops.aten.mish_backward(grad, x)" in source
+    assert "return torch.ops.aten.mish_backward(grad, x)" in source
 
 
 def test_no_helper_without_a_caller():
