@@ -807,9 +807,9 @@ class LogSoftmax(torch.nn.Module):
 class LayerNormFunction(torch.autograd.Function):
     """Autograd Function of :func:`layer_norm`: mu = mean(x, dim=-1, keepdim=true)
 
-    ``apply`` also returns ``mu``, ``kept_var = 1/sqrt(eps + var)``, kept
-    for the backward as outputs, so that double backward differentiates
-    through them; :func:`layer_norm` returns only the declared outputs."""
+    ``apply`` also returns ``kept_var = 1/sqrt(eps + var)``, kept for the
+    backward as an output, so that double backward differentiates through
+    it; :func:`layer_norm` returns only the declared outputs."""
 
     generate_vmap_rule = True
 
@@ -821,26 +821,27 @@ class LayerNormFunction(torch.autograd.Function):
         t1 = torch.rsqrt(eps + var)
         y = t0 * t1
         kept_var = t1
-        return y, mu, kept_var
+        return y, kept_var
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, eps = inputs
-        y, mu, kept_var = output
+        y, kept_var = output
         ctx.eps = eps
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, mu, kept_var)
-        ctx.save_for_forward(x, mu, kept_var)
+        ctx.save_for_backward(x, kept_var)
+        ctx.save_for_forward(x, kept_var)
 
     @staticmethod
-    def backward(ctx, grad_y, grad_mu, grad_kept_var):
-        if grad_y is None and grad_mu is None and grad_kept_var is None:
+    def backward(ctx, grad_y, grad_kept_var):
+        if grad_y is None and grad_kept_var is None:
             return None, None
-        if grad_y is not None and grad_mu is None and grad_kept_var is None:
-            x, mu, kept_var = ctx.saved_tensors
+        if grad_y is not None and grad_kept_var is None:
+            x, kept_var = ctx.saved_tensors
             eps = ctx.eps
             needs_x, _ = ctx.needs_input_grad
             grad_x = None
+            mu = x.mean(dim=-1, keepdim=True)
             t0 = -mu + x
             grad_var = -(kept_var**3) * (grad_y * t0).sum_to_size(mu.shape) / 2
             grad_mu = -kept_var * grad_y.sum_to_size(mu.shape)
@@ -853,33 +854,26 @@ class LayerNormFunction(torch.autograd.Function):
                 )
             return grad_x, None
         if grad_y is None:
-            x, mu, kept_var = ctx.saved_tensors
-            if grad_mu is None:
-                grad_mu = torch.zeros_like(mu)
-            if grad_kept_var is None:
-                grad_kept_var = torch.zeros_like(kept_var)
+            x, kept_var = ctx.saved_tensors
             eps = ctx.eps
             needs_x, _ = ctx.needs_input_grad
             grad_x = None
+            mu = x.mean(dim=-1, keepdim=True)
             grad_var = -grad_kept_var * kept_var**3 / 2
-            t0 = 1 / x.shape[-1]
             if needs_x:
-                grad_x = (grad_mu * t0).expand(x.shape) + (
-                    2 * (-mu + x) * (grad_var * t0).expand(x.shape)
+                grad_x = (
+                    2 * (-mu + x) * (grad_var / x.shape[-1]).expand(x.shape)
                 ).sum_to_size(x.shape)
             return grad_x, None
-        x, mu, kept_var = ctx.saved_tensors
-        if grad_mu is None:
-            grad_mu = torch.zeros_like(mu)
-        if grad_kept_var is None:
-            grad_kept_var = torch.zeros_like(kept_var)
+        x, kept_var = ctx.saved_tensors
         eps = ctx.eps
         needs_x, _ = ctx.needs_input_grad
         grad_x = None
+        mu = x.mean(dim=-1, keepdim=True)
         t0 = kept_var**3 / 2
         t1 = -mu + x
         grad_var = -grad_kept_var * t0 - t0 * (grad_y * t1).sum_to_size(mu.shape)
-        grad_mu = grad_mu - kept_var * grad_y.sum_to_size(mu.shape)
+        grad_mu = -kept_var * grad_y.sum_to_size(mu.shape)
         t2 = 1 / x.shape[-1]
         if needs_x:
             grad_x = (
@@ -891,15 +885,16 @@ class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_t, _eps):
-        x, mu, kept_var = ctx.saved_tensors
+        x, kept_var = ctx.saved_tensors
         eps = ctx.eps
+        mu = x.mean(dim=-1, keepdim=True)
         mu_t = x_t.mean(dim=-1, keepdim=True)
         t0 = mu - x
         var_t = (2 * mu_t * t0 - 2 * t0 * x_t).mean(dim=-1, keepdim=True)
         t1 = var_t / 2
         y_t = kept_var * (kept_var**2 * t0 * t1 - mu_t + x_t)
         kept_var_t = -(kept_var**3) * t1
-        return y_t, mu_t, kept_var_t
+        return y_t, kept_var_t
 
 
 class _LayerNormTraceable(LayerNormFunction):

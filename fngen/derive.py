@@ -357,10 +357,9 @@ class Deriver:
             self.pullback(grad, expr, exact=True, into=contributions)
         self.op_grads: list[tuple[sp.Symbol, sp.Expr]] = []
         for op in reversed(self.formula.ops):
-            parts = contributions.pop(op.result, [])
-            if not parts:
+            total = sp.Add(*contributions.pop(op.result, []))
+            if total == 0:  # no path, or deviations from a mean that sum to 0
                 continue
-            total = sp.Add(*parts)
             upstream = total
             if not total.is_Symbol:
                 upstream = sp.Symbol(f"grad_{op.result.name}", real=True)
@@ -883,50 +882,48 @@ def keep_intermediate(fn: FunctionSpec) -> FunctionSpec:
 
 
 def keep_reductions(fn: FunctionSpec) -> FunctionSpec:
-    """`fn` returning, as extra outputs, the reductions its backward would
-    otherwise compute again.
+    """`fn` returning, as extra outputs, the powers of reductions its
+    backward would otherwise compute again.
 
-    layer_norm's backward needs the row means and variances: read from
-    `x` again they cost two passes over it, kept they cost a few bytes a
-    row (``native_layer_norm`` keeps its mean and rstd the same way).
-    Like `keep_intermediate`'s, they are outputs of the Function, so double
-    backward differentiates through them.
+    layer_norm's and rms_norm's backwards need ``1/sqrt(var + eps)``: read
+    from `x` again it costs a pass over x, and under ``torch.compile`` a root
+    taken on every element; kept, it costs a few bytes a row (like
+    ``native_layer_norm``'s rstd), and the backward reads ``(var +
+    eps)**1.5`` as ``kept_var**-3``.  A reduction read only as itself (a
+    mean) is left to recompute: keeping it too would save more bytes than
+    autograd does for the same formula, and one more pass over a row is
+    what the backward's own row sums cost anyway.  Like
+    `keep_intermediate`'s, the kept values are outputs of the Function, so
+    double backward differentiates through them.
     """
     if fn.grads or len(fn.formula.outputs) - fn.kept != 1:
         return fn
     if any(i.optional for i in fn.inputs):
         return fn
     recomputed = _recomputed(Deriver(fn))
-    reductions = [
-        op.result
-        for op in recomputed
-        if isinstance(op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp))
-    ]
-    if not reductions:
-        return fn
     taken = {i.name for i in fn.inputs} | {name for name, _ in fn.formula.statements}
     taken |= {op.result.name for op in fn.formula.ops}
     taken |= {out.name for out, _ in fn.formula.outputs}
-    kept = []
-    for reduction in reductions:
-        value = _kept_value(fn, reduction)
-        if value is None:
-            kept.append((reduction, reduction))
+    kept = {}
+    for op in recomputed:
+        if not isinstance(op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp)):
             continue
-        name = f"kept_{reduction.name}"
+        value = _kept_value(fn, op.result)
+        if value is None:
+            continue
+        name = f"kept_{op.result.name}"
         while name in taken or f"grad_{name}" in taken:
             name += "_"
         taken.add(name)
-        kept.append((sp.Symbol(name, positive=True), value))
-    trial = _with_outputs(fn, kept)
+        kept[op.result] = (sp.Symbol(name, positive=True), value)
+    if not kept:
+        return fn
     # A kept value that does not spare the backward its reduction (it
-    # reads the reduction some other way too) gives way to the reduction.
-    still = {op.result for op in _recomputed(Deriver(trial))}
-    kept = [
-        (reduction, reduction) if reduction in still else pair
-        for reduction, pair in zip(reductions, kept)
-    ]
-    return _with_outputs(fn, kept)
+    # reads the reduction some other way too) is no use.
+    trial = Deriver(_with_outputs(fn, list(kept.values())))
+    still = {op.result for op in _recomputed(trial)}
+    useful = [pair for reduction, pair in kept.items() if reduction not in still]
+    return _with_outputs(fn, useful) if useful else fn
 
 
 def _recomputed(base: "Deriver") -> list[OpNode]:

@@ -1,7 +1,7 @@
 """Reductions kept for the backward (`derive.keep_reductions`).
 
-A backward that needs a reduction of the forward (layer_norm's mean and
-variance) gets it, or the power of it that the formula reads, as an extra
+A backward that needs a fractional power of a reduction of the forward
+(layer_norm's and rms_norm's ``1/sqrt(var + eps)``) gets it as an extra
 output of the Function instead of reading a whole input again.  These tests
 pin what is kept and check every branch of the backward: the declared
 output's gradient alone, the kept outputs' alone (double backward), and
@@ -51,6 +51,12 @@ functions:
       y = x / sqrt(s + 1) + log(s)
     inputs:
       x: {domain: [0.5, 2.0]}
+  two:
+    doc: Two reductions, each read through a root.
+    formula: |
+      a = mean(x**2, dim=-1, keepdim=true)
+      b = mean(x**4, dim=-1, keepdim=true)
+      y = x / sqrt(a + 1) + x**2 / sqrt(b + 2)
   plain:
     doc: The backward needs no reduction.
     formula: y = x - mean(x, dim=-1, keepdim=true)
@@ -66,16 +72,21 @@ def _lines(method) -> list[str]:
     return [line.strip() for line in inspect.getsource(method).splitlines()]
 
 
-def test_layer_norm_keeps_its_mean_and_rstd(mod):
+def test_layer_norm_keeps_its_rstd_and_recomputes_its_mean(mod):
     forward = _lines(mod.LnFunction.forward)
     assert "t1 = torch.rsqrt(eps + var)" in forward
     assert "kept_var = t1" in forward
-    assert "return y, mu, kept_var" in forward
+    assert "return y, kept_var" in forward
     setup = _lines(mod.LnFunction.setup_context)
-    assert "ctx.save_for_backward(x, mu, kept_var)" in setup
+    # x and one value a row: the bytes autograd saves for the formula (x - mu
+    # and sqrt(var + eps)), where keeping mu as well would be more.
+    assert "ctx.save_for_backward(x, kept_var)" in setup
     backward = inspect.getsource(mod.LnFunction.backward)
-    # No reduction of x again, no root per element: kept_var**3 is var's.
-    assert ".mean(" not in backward and "sqrt" not in backward
+    # The mean again (in each of the three branches), but not the variance,
+    # and no root per element.
+    means = [line for line in _lines(mod.LnFunction.backward) if ".mean(" in line]
+    assert means == ["mu = x.mean(dim=-1, keepdim=True)"] * 3
+    assert "sqrt" not in backward
     assert "grad_var = -(kept_var**3) * (grad_y * t0).sum_to_size(mu.shape) / 2" in (
         " ".join(backward.split())
     )
@@ -89,16 +100,23 @@ def test_rms_norm_keeps_the_reciprocal_root(mod):
     assert ".mean(" not in inspect.getsource(mod.RmsFunction.backward)
 
 
-def test_a_whole_power_keeps_the_reduction_itself(mod):
-    # 1/s**2 from 1/s is no cheaper than from s; s itself is kept.
-    assert "return y, y_sum" in _lines(mod.BySumFunction.forward)
-    assert ".sum(dim=0" not in inspect.getsource(mod.BySumFunction.backward)
+def test_a_whole_power_keeps_nothing(mod):
+    # 1/s**2 from 1/s is no cheaper than from s: s is recomputed.
+    assert "return y" in _lines(mod.BySumFunction.forward)
+    assert ".sum(dim=0" in inspect.getsource(mod.BySumFunction.backward)
 
 
-def test_a_reduction_read_under_log_is_kept_as_is(mod):
-    # log(s) from 1/sqrt(s + 1) would be log(kept**-2 - 1): s itself is kept.
-    assert "return y, s" in _lines(mod.WithLogFunction.forward)
-    assert ".mean(" not in inspect.getsource(mod.WithLogFunction.backward)
+def test_a_reduction_read_under_log_keeps_nothing(mod):
+    # log(s) from 1/sqrt(s + 1) would be log(kept**-2 - 1), losing precision.
+    assert "return y" in _lines(mod.WithLogFunction.forward)
+    assert ".mean(" in inspect.getsource(mod.WithLogFunction.backward)
+
+
+def test_two_kept_values_fill_a_missing_gradient_with_zeros(mod):
+    assert "return y, kept_a, kept_b" in _lines(mod.TwoFunction.forward)
+    backward = _lines(mod.TwoFunction.backward)
+    assert "grad_kept_a = torch.zeros_like(kept_a)" in backward
+    assert ".mean(" not in inspect.getsource(mod.TwoFunction.backward)
 
 
 def test_nothing_is_kept_when_the_backward_needs_no_reduction(mod):
@@ -147,14 +165,15 @@ def _inputs(name):
         "rms": lambda: (t(3, 5), t(5), 1e-6),
         "by_sum": lambda: (t(3, 4, lo=0.5, hi=2.0),),
         "with_log": lambda: (t(3, 4, lo=0.5, hi=2.0),),
+        "two": lambda: (t(3, 4),),
     }[name]()
 
 
-CLASSES = {"ln": "Ln", "rms": "Rms", "by_sum": "BySum", "with_log": "WithLog"}
+CLASSES = {"ln": "Ln", "rms": "Rms", "two": "Two"}
 
 
 @pytest.mark.parametrize("name", list(CLASSES))
-@pytest.mark.parametrize("outputs", ["declared", "kept", "all"])
+@pytest.mark.parametrize("outputs", ["declared", "kept", "first_kept", "all"])
 def test_every_branch_of_the_backward_is_right(mod, name, outputs):
     """gradcheck of apply through the declared output, the kept ones, or
     all: each a different branch of the backward (None gradients for the
@@ -168,6 +187,7 @@ def test_every_branch_of_the_backward_is_right(mod, name, outputs):
         chosen = {
             "declared": results[:1],
             "kept": results[1:],
+            "first_kept": results[1:2],
             "all": results,
         }[outputs]
         return tuple(r * (n + 1) for n, r in enumerate(chosen))
@@ -176,7 +196,7 @@ def test_every_branch_of_the_backward_is_right(mod, name, outputs):
     assert gradgradcheck(f, args)
 
 
-@pytest.mark.parametrize("name", list(CLASSES))
+@pytest.mark.parametrize("name", [*CLASSES, "by_sum", "with_log"])
 def test_a_second_derivative_through_the_wrapper(mod, name):
     torch.manual_seed(1)
     args = _inputs(name)
