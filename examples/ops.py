@@ -192,7 +192,7 @@ class SqrtAndInverseFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, y_t):
         x, y = ctx.saved_tensors
-        z_t = x_t * (-1 / x**2 + 1 / (2 * torch.sqrt(x))) + 4 * y * y_t
+        z_t = torch.addcmul(4 * y * y_t, x_t, -1 / x**2 + 1 / (2 * torch.sqrt(x)))
         return z_t
 
 
@@ -238,7 +238,7 @@ class MultiplyAddFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(w, x, b):
-        y = b + w * x
+        y = torch.addcmul(b, w, x)
         return y
 
     @staticmethod
@@ -264,7 +264,7 @@ class MultiplyAddFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, w_t, x_t, b_t):
         w, x = ctx.saved_tensors
-        y_t = b_t + w * x_t + w_t * x
+        y_t = torch.addcmul(torch.addcmul(b_t, w_t, x), w, x_t)
         return y_t
 
 
@@ -446,7 +446,7 @@ class PreluFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, a):
-        y = a * torch.clamp(x, max=0) + torch.clamp(x, min=0)
+        y = torch.addcmul(torch.clamp(x, min=0), a, torch.clamp(x, max=0))
         return y
 
     @staticmethod
@@ -471,8 +471,10 @@ class PreluFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, a_t):
         x, a = ctx.saved_tensors
-        y_t = a_t * torch.clamp(x, max=0) + x_t * torch.where(
-            x < 0, a, torch.where(x == 0, a / 2 + 0.5, 1)
+        y_t = torch.addcmul(
+            x_t * torch.where(x < 0, a, torch.where(x == 0, a / 2 + 0.5, 1)),
+            a_t,
+            torch.clamp(x, max=0),
         )
         return y_t
 

@@ -257,7 +257,7 @@ class SimpleFuncFunction(torch.autograd.Function):
             needs_x = ctx.needs_input_grad[0]
             grad_x = None
             if needs_x:
-                grad_x = grad_s * (x * torch.cos(x) + torch.sin(x))
+                grad_x = grad_s * torch.addcmul(torch.sin(x), x, torch.cos(x))
             return (grad_x,)
         if grad_s is None and grad_c is not None:
             (x,) = ctx.saved_tensors
@@ -271,14 +271,16 @@ class SimpleFuncFunction(torch.autograd.Function):
         grad_x = None
         t0 = torch.sin(x)
         if needs_x:
-            grad_x = grad_c * (-t0 + 2 * x) + grad_s * (t0 + x * torch.cos(x))
+            grad_x = torch.addcmul(
+                grad_s * torch.addcmul(t0, x, torch.cos(x)), grad_c, -t0 + 2 * x
+            )
         return (grad_x,)
 
     @staticmethod
     def jvp(ctx, x_t):
         (x,) = ctx.saved_tensors
         t0 = torch.sin(x)
-        s_t = x_t * (t0 + x * torch.cos(x))
+        s_t = x_t * torch.addcmul(t0, x, torch.cos(x))
         c_t = x_t * (-t0 + 2 * x)
         return s_t, c_t
 
@@ -551,7 +553,7 @@ class MseLossFunction(torch.autograd.Function):
             target_t = like.new_zeros(ctx.target_shape)
         (kept,) = ctx.saved_tensors
         t0 = 2 * kept
-        loss_t = (input_t * t0 - t0 * target_t).mean()
+        loss_t = torch.addcmul(-t0 * target_t, input_t, t0).mean()
         kept_t = input_t - target_t
         return loss_t, kept_t
 
@@ -754,9 +756,11 @@ class LogSoftmaxFunction(torch.autograd.Function):
         grad_x = None
         grad_y_logsumexp = -grad.sum_to_size((*ctx.x_shape[:-1], 1))
         if needs_x:
-            grad_x = torch.exp(y) * grad_y_logsumexp.expand(
-                ctx.x_shape
-            ) + grad.sum_to_size(ctx.x_shape)
+            grad_x = torch.addcmul(
+                grad.sum_to_size(ctx.x_shape),
+                grad_y_logsumexp.expand(ctx.x_shape),
+                torch.exp(y),
+            )
         return (grad_x,)
 
     @staticmethod
@@ -872,7 +876,9 @@ class LayerNormFunction(torch.autograd.Function):
         mu = x.mean(dim=-1, keepdim=True)
         t0 = kept_var**3 / 2
         t1 = -mu + x
-        grad_var = -grad_kept_var * t0 - t0 * (grad_y * t1).sum_to_size(mu.shape)
+        grad_var = torch.addcmul(
+            -t0 * (grad_y * t1).sum_to_size(mu.shape), grad_kept_var, t0, value=-1
+        )
         grad_mu = -kept_var * grad_y.sum_to_size(mu.shape)
         t2 = 1 / x.shape[-1]
         if needs_x:
@@ -890,9 +896,11 @@ class LayerNormFunction(torch.autograd.Function):
         mu = x.mean(dim=-1, keepdim=True)
         mu_t = x_t.mean(dim=-1, keepdim=True)
         t0 = mu - x
-        var_t = (2 * mu_t * t0 - 2 * t0 * x_t).mean(dim=-1, keepdim=True)
+        var_t = torch.addcmul(-2 * t0 * x_t, mu_t, t0, value=2).mean(
+            dim=-1, keepdim=True
+        )
         t1 = var_t / 2
-        y_t = kept_var * (kept_var**2 * t0 * t1 - mu_t + x_t)
+        y_t = kept_var * torch.addcmul(-mu_t + x_t, t0 * t1, kept_var**2)
         kept_var_t = -(kept_var**3) * t1
         return y_t, kept_var_t
 
@@ -982,9 +990,12 @@ class RmsNormFunction(torch.autograd.Function):
                 grad_y_mean = (
                     -(kept_y_mean**3) * (t0 * x).sum_to_size((*x.shape[:-1], 1)) / 2
                 )
-                grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape) + (
-                    kept_y_mean * t0
-                ).sum_to_size(x.shape)
+                grad_x = torch.addcmul(
+                    (kept_y_mean * t0).sum_to_size(x.shape),
+                    x,
+                    (grad_y_mean / x.shape[-1]).expand(x.shape),
+                    value=2,
+                )
             if needs_weight:
                 grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
             return grad_x, grad_weight, None
@@ -1004,12 +1015,18 @@ class RmsNormFunction(torch.autograd.Function):
         if needs_x:
             t0 = kept_y_mean**3 / 2
             t1 = grad_y * weight
-            grad_y_mean = -grad_kept_y_mean * t0 - t0 * (t1 * x).sum_to_size(
-                (*x.shape[:-1], 1)
+            grad_y_mean = torch.addcmul(
+                -t0 * (t1 * x).sum_to_size((*x.shape[:-1], 1)),
+                grad_kept_y_mean,
+                t0,
+                value=-1,
             )
-            grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape) + (
-                kept_y_mean * t1
-            ).sum_to_size(x.shape)
+            grad_x = torch.addcmul(
+                (kept_y_mean * t1).sum_to_size(x.shape),
+                x,
+                (grad_y_mean / x.shape[-1]).expand(x.shape),
+                value=2,
+            )
         if needs_weight:
             grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
         return grad_x, grad_weight, None
@@ -1025,8 +1042,11 @@ class RmsNormFunction(torch.autograd.Function):
         eps = ctx.eps
         y_mean_t = (2 * x * x_t).mean(dim=-1, keepdim=True)
         t0 = y_mean_t / 2
-        y_t = kept_y_mean * (
-            -(kept_y_mean**2) * t0 * weight * x + weight * x_t + weight_t * x
+        y_t = kept_y_mean * torch.addcmul(
+            torch.addcmul(weight_t * x, weight, x_t),
+            t0 * weight * x,
+            kept_y_mean**2,
+            value=-1,
         )
         kept_y_mean_t = -(kept_y_mean**3) * t0
         return y_t, kept_y_mean_t

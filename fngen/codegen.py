@@ -123,6 +123,8 @@ class FunctionWriter:
                 indent = "    "
             for target, expr in block.assignments:
                 lines.append(f"{indent}{target.name} = {printer.doprint(expr)}")
+                if printer.is_tensor(expr):
+                    printer.tensors |= {target}
         self.uses_math |= printer.uses_math
         self.helpers |= printer.helpers
         return lines
@@ -661,7 +663,9 @@ def composed_source(fn: FunctionSpec) -> str:
     fngen's rewrites (fused kernels, Horner form, kept intermediates), but
     with each repeated subexpression computed once as a user would write it
     by hand: what `fngen bench` measures the generated Function against."""
-    printer = TorchPrinter(dtype_of=fn.symbol(fn.tensor_inputs[0].name).name)
+    printer = TorchPrinter(
+        dtype_of=fn.symbol(fn.tensor_inputs[0].name).name, fused_arithmetic=False
+    )
     taken = {name for name, _ in fn.symbols} | {op.result.name for op in fn.formula.ops}
     taken |= {out.name for out, _ in fn.formula.outputs}
     lines = [f"def {fn.name}({', '.join(fn.symbol(i.name).name for i in fn.inputs)}):"]

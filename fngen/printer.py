@@ -145,6 +145,7 @@ class TorchPrinter(StrPrinter):
         dtype_of="grad",
         mask_safe=frozenset(),
         tensors=frozenset(),
+        fused_arithmetic=True,
     ):
         super().__init__()
         self.names = dict(names or {})
@@ -156,6 +157,10 @@ class TorchPrinter(StrPrinter):
         # Symbols known to be tensors (not Python numbers): a torch.where
         # with one of them in a branch takes its dtype from it.
         self.tensors = frozenset(tensors) | self.mask_safe
+        # ``a + u*v`` as ``torch.addcmul(a, u, v)``: one pass and one new
+        # tensor, not two (off for the formula as written, the benchmark's
+        # baseline).
+        self.fused_arithmetic = fused_arithmetic
         self.uses_math = False
         # The module's helper functions the printed code calls.
         self.helpers: set[str] = set()
@@ -252,9 +257,55 @@ class TorchPrinter(StrPrinter):
             power = self.parenthesize(exponent, level, strict=True)
         return f"{self.parenthesize(base, level, strict=True)}**{power}"
 
+    def is_tensor(self, expr: sp.Basic) -> bool:
+        """Whether `expr` is surely a tensor, not a Python number: it reads
+        a known tensor's values (not only its shape)."""
+        if not self.tensors:
+            return False
+        values = expr.replace(
+            lambda e: isinstance(e, (T.ShapeOf, T.KeptShape, T.Numel)),
+            lambda e: sp.Integer(1),
+        )
+        return bool(values.free_symbols & self.tensors)
+
+    def _addcmul(self, expr: sp.Add) -> str | None:
+        """``rest + c*u*v`` as ``torch.addcmul(rest, u, v, value=c)``, with
+        rest and both factors tensors; c a whole number (with integer
+        tensors a fractional one would be truncated, where ``c*u*v`` is
+        not), any other coefficient multiplying u."""
+        if not self.fused_arithmetic:
+            return None
+        candidates = []
+        for term in self._as_ordered_terms(expr, order=None):
+            if not isinstance(term, sp.Mul):
+                continue
+            tensors = [f for f in term.args if self.is_tensor(f)]
+            if len(tensors) < 2 or not self.is_tensor(expr - term):
+                continue
+            value = sp.Mul(*[f for f in term.args if not self.is_tensor(f)])
+            folded = not value.is_Integer
+            if folded:
+                value, tensors = sp.Integer(1), [value * tensors[0], *tensors[1:]]
+            # A whole coefficient first: value= spares a product as well.
+            candidates.append((folded, term, value, tensors))
+        if not candidates:
+            return None
+        _, term, value, tensors = min(candidates, key=lambda c: c[0])
+        args = [
+            self._print(expr - term),
+            self._print(sp.Mul(*tensors[:-1])),
+            self._print(tensors[-1]),
+        ]
+        if value != 1:
+            args.append(f"value={self._print(value)}")
+        return f"torch.addcmul({', '.join(args)})"
+
     def _print_Add(self, expr, order=None):
         # As SymPy's, but a negative constant term reads ``- 1.5``, not
         # ``+ (-1.5)``: constants print in parentheses when negative.
+        fused = self._addcmul(expr)
+        if fused is not None:
+            return fused
         terms = []
         for term in self._as_ordered_terms(expr, order=order):
             text = self._print(term)
@@ -482,7 +533,13 @@ class TorchPrinter(StrPrinter):
             return text
         if isinstance(expr, sp.Pow) and expr.exp in (sp.S.Half, -sp.S.Half):
             return text
-        return f"({text})"
+        return text if _one_call(text) else f"({text})"
+
+    def parenthesize(self, item, level, strict=False):
+        text = super().parenthesize(item, level, strict)
+        if text.startswith("(") and _one_call(text[1:-1]):
+            return text[1:-1]  # torch.addcmul(...) needs no parentheses
+        return text
 
     def _reduction(self, expr, method):
         arg, dims, keepdim = expr.args
@@ -573,6 +630,23 @@ class TorchPrinter(StrPrinter):
             return f"{text}.numel()"
         product = " * ".join(f"{text}[{int(d)}]" for d in dims)
         return product if len(dims) == 1 else f"({product})"
+
+
+def _one_call(text: str) -> bool:
+    """Whether `text` is one ``torch.name(...)`` call and nothing else."""
+    if not text.startswith("torch.") or not text.endswith(")"):
+        return False
+    depth = 0
+    for n, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return n == len(text) - 1
+        elif depth == 0 and not (char.isalnum() or char in "._"):
+            return False
+    return False
 
 
 def print_torch(expr: sp.Expr, **options) -> str:

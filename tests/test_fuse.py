@@ -301,6 +301,6 @@ functions:
     source = " ".join(fngen.generate(parse_spec(text, "paths.yaml")).split())
     assert (
         "grad_x = _silu_backward( "
-        "grad_a + grad_b * torch.cos(torch.nn.functional.silu(x)), x )"
+        "torch.addcmul(grad_a, grad_b, torch.cos(torch.nn.functional.silu(x))), x )"
     ) in source
     assert "t0 = b_t + x_t y_t = _mish_backward(t0, kept)" in source

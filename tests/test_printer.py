@@ -425,3 +425,62 @@ def test_a_where_of_tensors_is_selected_once_then_scaled():
     )
     zero = Piecewise((d, d > 0), (0, True))
     assert printer.doprint(g * zero) == "torch.where(d > 0, d*g, 0)"
+
+
+# A sum with a product of tensors: torch.addcmul ---------------------------------
+
+TENSORS = TorchPrinter(tensors={x, y, z, w, b})
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        (b + w * x, "torch.addcmul(b, w, x)"),
+        (b - w * x, "torch.addcmul(b, w, x, value=-1)"),
+        (b + 3 * w * x, "torch.addcmul(b, w, x, value=3)"),
+        # A fractional coefficient multiplies a factor (value= would be
+        # truncated for integer tensors, where the formula is not).
+        (b + w * x / 2, "torch.addcmul(b, w/2, x)"),
+        (b + w * x * y, "torch.addcmul(b, w*x, y)"),
+        # The whole coefficient first: value= spares a product as well.
+        (
+            x * y / 2 + 4 * w * z + b,
+            "torch.addcmul(torch.addcmul(b, x/2, y), w, z, value=4)",
+        ),
+        # Not without two tensor factors, or with a Python number left over.
+        (b + 2 * x, "b + 2*x"),
+        (w * x + 1, "w*x + 1"),
+        (w * x + grad, "grad + w*x"),
+        # Shapes are numbers: x.shape[-1]*w is one tensor factor.
+        (b + w * T.Numel(T.ShapeOf(x), sp.Tuple(-1)), "b + w*x.shape[-1]"),
+    ],
+)
+def test_a_sum_with_a_product_of_tensors_is_one_addcmul(expr, expected):
+    assert TENSORS.doprint(expr) == expected
+
+
+def test_addcmul_needs_no_parentheses():
+    assert TENSORS.doprint(z * (b + w * x)) == "z*torch.addcmul(b, w, x)"
+    mean = T.TensorMean(b + w * x, sp.Tuple(-1), sp.true)
+    assert TENSORS.doprint(mean) == "torch.addcmul(b, w, x).mean(dim=-1, keepdim=True)"
+
+
+def test_the_formula_as_written_keeps_its_sums():
+    printer = TorchPrinter(tensors={b, w, x}, fused_arithmetic=False)
+    assert printer.doprint(b + w * x) == "b + w*x"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
+def test_addcmul_computes_the_sum(dtype):
+    values = {
+        s: (torch.arange(12).reshape(3, 4) % 5 - 2).to(dtype) for s in (b, w, x, y)
+    }
+    values[b] = values[b][:1]  # broadcast from a row
+    for expr in (b + w * x, b - 3 * w * x, b + w * x / 2, b + w * x * y):
+        text = TENSORS.doprint(expr)
+        got = eval(text, {"torch": torch}, {s.name: v for s, v in values.items()})
+        want = eval(
+            print_torch(expr), {"torch": torch}, {s.name: v for s, v in values.items()}
+        )
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want)
