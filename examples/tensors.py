@@ -558,11 +558,39 @@ class MseLossFunction(torch.autograd.Function):
         return loss_t, kept_t
 
 
-class _MseLossTraceable(MseLossFunction):
-    """MseLossFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+class _MseLossTraceable(torch.autograd.Function):
+    """MseLossFunction without its kept intermediate and its jvp, for
+    torch.compile: compiled, recomputing the intermediate in the backward
+    costs nothing, and returning it costs a write (torch.compile cannot
+    trace a custom jvp either)."""
 
-    jvp = torch.autograd.Function.jvp
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target):
+        loss = ((input - target) ** 2).mean()
+        return (loss,)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target = inputs
+        ctx.save_for_backward(input, target)
+        ctx.save_for_forward(input, target)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, target = ctx.saved_tensors
+        needs_input, needs_target = ctx.needs_input_grad
+        grad_input = grad_target = None
+        t0 = input - target
+        t1 = 2 * (
+            grad / torch.broadcast_shapes(input.shape, target.shape).numel()
+        ).expand(torch.broadcast_shapes(input.shape, target.shape))
+        if needs_input:
+            grad_input = (t0 * t1).sum_to_size(input.shape)
+        if needs_target:
+            grad_target = (-t0 * t1).sum_to_size(target.shape)
+        return grad_input, grad_target
 
 
 def mse_loss(input, target):
@@ -695,11 +723,43 @@ class HuberLossFunction(torch.autograd.Function):
         return loss_t, kept_t
 
 
-class _HuberLossTraceable(HuberLossFunction):
-    """HuberLossFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+class _HuberLossTraceable(torch.autograd.Function):
+    """HuberLossFunction without its kept intermediate and its jvp, for
+    torch.compile: compiled, recomputing the intermediate in the backward
+    costs nothing, and returning it costs a write (torch.compile cannot
+    trace a custom jvp either)."""
 
-    jvp = torch.autograd.Function.jvp
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target, delta):
+        t0 = input - target
+        t1 = torch.abs(t0)
+        loss = torch.where(delta > t1, t0**2 / 2, delta * (-delta / 2 + t1)).mean()
+        return (loss,)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, delta = inputs
+        ctx.delta = delta
+        ctx.save_for_backward(input, target)
+        ctx.save_for_forward(input, target)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, target = ctx.saved_tensors
+        delta = ctx.delta
+        needs_input, needs_target, _ = ctx.needs_input_grad
+        grad_input = grad_target = None
+        t0 = input - target
+        t1 = (grad / torch.broadcast_shapes(input.shape, target.shape).numel()).expand(
+            torch.broadcast_shapes(input.shape, target.shape)
+        ) * torch.where(delta > torch.abs(t0), t0, delta * torch.sign(t0))
+        if needs_input:
+            grad_input = t1.sum_to_size(input.shape)
+        if needs_target:
+            grad_target = (-t1).sum_to_size(target.shape)
+        return grad_input, grad_target, None
 
 
 def huber_loss(input, target, delta=1.0):

@@ -590,6 +590,21 @@ def test_compile_layer_norm(mod):
     _compiled_matches_eager(mod.layer_norm, (rand(3, 4),))
 
 
+@pytest.mark.parametrize("name", ["mse_loss", "huber_loss"])
+def test_compile_a_function_with_a_kept_intermediate(mod, name):
+    # Compiled, these run a class of their own, without the kept input -
+    # target (a subclass would keep it): check it against eager.
+    traceable = getattr(mod, f"_{''.join(p.title() for p in name.split('_'))}Traceable")
+    assert traceable.__mro__[1] is torch.autograd.Function
+    _compiled_matches_eager(getattr(mod, name), (rand(3, 4), rand(3, 4)))
+
+
+def test_compile_rms_norm(mod):
+    # Its kept 1/sqrt(mean + eps) stays kept under compile: a subclass.
+    assert mod._RmsNormTraceable.__mro__[1] is mod.RmsNormFunction
+    _compiled_matches_eager(mod.rms_norm, (rand(3, 4), rand(4)))
+
+
 # --------------------------------------------------------------------------
 # malformed tensor formulas are refused at build time
 
