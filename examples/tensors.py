@@ -252,23 +252,17 @@ class SimpleFuncFunction(torch.autograd.Function):
     def backward(ctx, grad_s, grad_c):
         if grad_s is None and grad_c is None:
             return (None,)
+        (x,) = ctx.saved_tensors
+        needs_x = ctx.needs_input_grad[0]
+        grad_x = None
         if grad_s is not None and grad_c is None:
-            (x,) = ctx.saved_tensors
-            needs_x = ctx.needs_input_grad[0]
-            grad_x = None
             if needs_x:
                 grad_x = grad_s * torch.addcmul(torch.sin(x), x, torch.cos(x))
             return (grad_x,)
         if grad_s is None and grad_c is not None:
-            (x,) = ctx.saved_tensors
-            needs_x = ctx.needs_input_grad[0]
-            grad_x = None
             if needs_x:
                 grad_x = grad_c * (2 * x - torch.sin(x))
             return (grad_x,)
-        (x,) = ctx.saved_tensors
-        needs_x = ctx.needs_input_grad[0]
-        grad_x = None
         t0 = torch.sin(x)
         if needs_x:
             grad_x = torch.addcmul(
@@ -497,10 +491,10 @@ class MseLossFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_kept):
         if grad_loss is None and grad_kept is None:
             return None, None
+        (kept,) = ctx.saved_tensors
+        needs_input, needs_target = ctx.needs_input_grad
+        grad_input = grad_target = None
         if grad_loss is not None and grad_kept is None:
-            (kept,) = ctx.saved_tensors
-            needs_input, needs_target = ctx.needs_input_grad
-            grad_input = grad_target = None
             t0 = (
                 2
                 * kept
@@ -515,17 +509,11 @@ class MseLossFunction(torch.autograd.Function):
                 grad_target = (-t0).sum_to_size(ctx.target_shape)
             return grad_input, grad_target
         if grad_loss is None:
-            (kept,) = ctx.saved_tensors
-            needs_input, needs_target = ctx.needs_input_grad
-            grad_input = grad_target = None
             if needs_input:
                 grad_input = grad_kept.sum_to_size(ctx.input_shape)
             if needs_target:
                 grad_target = (-grad_kept).sum_to_size(ctx.target_shape)
             return grad_input, grad_target
-        (kept,) = ctx.saved_tensors
-        needs_input, needs_target = ctx.needs_input_grad
-        grad_input = grad_target = None
         t0 = (
             2
             * kept
@@ -656,11 +644,11 @@ class HuberLossFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_kept):
         if grad_loss is None and grad_kept is None:
             return None, None, None
+        (kept,) = ctx.saved_tensors
+        delta = ctx.delta
+        needs_input, needs_target, _ = ctx.needs_input_grad
+        grad_input = grad_target = None
         if grad_loss is not None and grad_kept is None:
-            (kept,) = ctx.saved_tensors
-            delta = ctx.delta
-            needs_input, needs_target, _ = ctx.needs_input_grad
-            grad_input = grad_target = None
             t0 = (
                 grad_loss
                 / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
@@ -675,19 +663,11 @@ class HuberLossFunction(torch.autograd.Function):
                 grad_target = (-t0).sum_to_size(ctx.target_shape)
             return grad_input, grad_target, None
         if grad_loss is None:
-            (kept,) = ctx.saved_tensors
-            delta = ctx.delta
-            needs_input, needs_target, _ = ctx.needs_input_grad
-            grad_input = grad_target = None
             if needs_input:
                 grad_input = grad_kept.sum_to_size(ctx.input_shape)
             if needs_target:
                 grad_target = (-grad_kept).sum_to_size(ctx.target_shape)
             return grad_input, grad_target, None
-        (kept,) = ctx.saved_tensors
-        delta = ctx.delta
-        needs_input, needs_target, _ = ctx.needs_input_grad
-        grad_input = grad_target = None
         t0 = (
             grad_loss
             / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
@@ -900,11 +880,10 @@ class LayerNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y, grad_kept_var):
         if grad_y is None and grad_kept_var is None:
             return None, None
+        x, kept_var = ctx.saved_tensors
+        needs_x, _ = ctx.needs_input_grad
+        grad_x = None
         if grad_y is not None and grad_kept_var is None:
-            x, kept_var = ctx.saved_tensors
-            eps = ctx.eps
-            needs_x, _ = ctx.needs_input_grad
-            grad_x = None
             mu = x.mean(dim=-1, keepdim=True)
             t0 = -mu + x
             grad_var = -(kept_var**3) * (grad_y * t0).sum_to_size(mu.shape) / 2
@@ -918,10 +897,6 @@ class LayerNormFunction(torch.autograd.Function):
                 )
             return grad_x, None
         if grad_y is None:
-            x, kept_var = ctx.saved_tensors
-            eps = ctx.eps
-            needs_x, _ = ctx.needs_input_grad
-            grad_x = None
             mu = x.mean(dim=-1, keepdim=True)
             grad_var = -grad_kept_var * kept_var**3 / 2
             if needs_x:
@@ -929,10 +904,6 @@ class LayerNormFunction(torch.autograd.Function):
                     2 * (-mu + x) * (grad_var / x.shape[-1]).expand(x.shape)
                 ).sum_to_size(x.shape)
             return grad_x, None
-        x, kept_var = ctx.saved_tensors
-        eps = ctx.eps
-        needs_x, _ = ctx.needs_input_grad
-        grad_x = None
         mu = x.mean(dim=-1, keepdim=True)
         t0 = kept_var**3 / 2
         t1 = -mu + x
@@ -952,7 +923,6 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, _eps):
         x, kept_var = ctx.saved_tensors
-        eps = ctx.eps
         mu = x.mean(dim=-1, keepdim=True)
         mu_t = x_t.mean(dim=-1, keepdim=True)
         t0 = mu - x
@@ -1040,9 +1010,8 @@ class RmsNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y, grad_kept_y_mean):
         if grad_y is None and grad_kept_y_mean is None:
             return None, None, None
+        x, weight, kept_y_mean = ctx.saved_tensors
         if grad_y is not None and grad_kept_y_mean is None:
-            x, weight, kept_y_mean = ctx.saved_tensors
-            eps = ctx.eps
             needs_x, needs_weight, _ = ctx.needs_input_grad
             grad_x = grad_weight = None
             if needs_x:
@@ -1060,16 +1029,12 @@ class RmsNormFunction(torch.autograd.Function):
                 grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
             return grad_x, grad_weight, None
         if grad_y is None:
-            x, weight, kept_y_mean = ctx.saved_tensors
-            eps = ctx.eps
             needs_x, _, _ = ctx.needs_input_grad
             grad_x = None
             grad_y_mean = -grad_kept_y_mean * kept_y_mean**3 / 2
             if needs_x:
                 grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape)
             return grad_x, None, None
-        x, weight, kept_y_mean = ctx.saved_tensors
-        eps = ctx.eps
         needs_x, needs_weight, _ = ctx.needs_input_grad
         grad_x = grad_weight = None
         if needs_x:
@@ -1099,7 +1064,6 @@ class RmsNormFunction(torch.autograd.Function):
         if weight_t is None:
             weight_t = like.new_zeros(ctx.weight_shape)
         x, weight, kept_y_mean = ctx.saved_tensors
-        eps = ctx.eps
         y_mean_t = (2 * x * x_t).mean(dim=-1, keepdim=True)
         t0 = y_mean_t / 2
         y_t = kept_y_mean * torch.addcmul(

@@ -6,6 +6,7 @@ All logic lives here; the Jinja2 template only places the precomputed strings.
 from __future__ import annotations
 
 import itertools
+import re
 import textwrap
 import sys
 from importlib import resources
@@ -227,7 +228,21 @@ class FunctionWriter:
         return [f"{i.name} = ctx.{i.name}" for i in self.fn.inputs if not i.is_tensor]
 
     def backward(self) -> list[str]:
-        return self.branches(self._backward_by_presence, in_ctx=True)
+        return self._used_scalars(
+            self.branches(self._backward_by_presence, in_ctx=True)
+        )
+
+    def _used_scalars(self, lines: list[str]) -> list[str]:
+        """`lines` without ``eps = ctx.eps`` where eps is not read (a kept
+        value may stand for the only expression that read it)."""
+        for spec in self.fn.inputs:
+            if spec.is_tensor:
+                continue
+            read = f"{spec.name} = ctx.{spec.name}"
+            word = re.compile(rf"\b{re.escape(spec.name)}\b")
+            if not any(word.search(line) for line in lines if line.strip() != read):
+                lines = [line for line in lines if line.strip() != read]
+        return lines
 
     def presence_variants(
         self, d: Derivation
@@ -272,14 +287,14 @@ class FunctionWriter:
         ]
         if self.fn.kept:
             return lines + self._backward_by_kept(d, variants, grads)
+        branches = []
         for present, variant in variants:
             tests = [
                 f"{g} is not None" if i in present else f"{g} is None"
                 for i, g in grads.items()
             ]
-            lines.append(f"if {' and '.join(tests)}:")
-            lines += [f"    {line}" for line in self._backward(variant, d)]
-        return lines + self._backward(d, d)
+            branches.append((" and ".join(tests), self._backward(variant, d)))
+        return lines + _hoisted(branches, self._backward(d, d))
 
     def kept_groups(self, d: Derivation) -> list[frozenset[int]]:
         """The indices of the declared outputs, then of the kept ones."""
@@ -307,21 +322,20 @@ class FunctionWriter:
                     f"    {grads[i]} = torch.zeros_like({d.outputs[i].name})",
                 ]
         by_present = dict(variants)
+        branches = []
         if declared in by_present:
             tests = [
                 f"{g} is not None" if i in declared else f"{g} is None"
                 for i, g in grads.items()
             ]
-            lines.append(f"if {' and '.join(tests)}:")
-            lines += [f"    {line}" for line in self._backward(by_present[declared], d)]
+            branches.append(
+                (" and ".join(tests), self._backward(by_present[declared], d))
+            )
         if kept in by_present:
             tests = [f"{grads[i]} is None" for i in sorted(declared)]
             body = self._backward(by_present[kept], d)
-            body = body[:1] + fill + body[1:] if fill else body
-            lines.append(f"if {' and '.join(tests)}:")
-            lines += [f"    {line}" for line in body]
-        body = self._backward(d, d)
-        return lines + (body[:1] + fill + body[1:] if fill else body)
+            branches.append((" and ".join(tests), body, fill))
+        return lines + _hoisted(branches, self._backward(d, d), fill)
 
     def _backward(self, d: Derivation, full: Derivation) -> list[str]:
         """The backward of `d`; saved tensors and shapes are those of `full`."""
@@ -381,7 +395,9 @@ class FunctionWriter:
             lines += self.emit(d.jvp, self.printer(tangent.name), {})
             return lines + [f"return {', '.join(t.name for t in d.output_tangents)}"]
 
-        return self._fill_tangents() + self.branches(body, in_ctx=True)
+        return self._used_scalars(
+            self._fill_tangents() + self.branches(body, in_ctx=True)
+        )
 
     def autocast_lines(self) -> list[str]:
         """Under autocast, cast the tensor inputs the way a built-in op
@@ -600,6 +616,36 @@ class FunctionWriter:
             **self.module_parts(),
             **self.docs(),
         )
+
+
+# Lines a backward starts with that read the context, the same in every
+# branch by presence of incoming gradients: written once, before them.
+_SETUP_LINE = re.compile(
+    r"(.* = ctx\.saved_tensors|\w+ = ctx\.\w+|.* = ctx\.needs_input_grad(\[0\])?|"
+    r"grad_\w+( = grad_\w+)* = None)$"
+)
+
+
+def _hoisted(branches: list[tuple], final: list[str], fill=()) -> list[str]:
+    """``if test:`` branches, then `final`, with the setup lines they all
+    start with written once before them.  A branch is (test, body) or
+    (test, body, lines after the setup); `fill` comes after the setup of
+    `final`."""
+    bodies = [branch[1] for branch in branches] + [final]
+    common = 0
+    while (
+        all(len(body) > common for body in bodies)
+        and len({body[common] for body in bodies}) == 1
+        and _SETUP_LINE.match(bodies[0][common])
+    ):
+        common += 1
+    lines = list(final[:common])
+    for test, body, *after in branches:
+        lines.append(f"if {test}:")
+        lines += [
+            f"    {line}" for line in [*(after[0] if after else ()), *body[common:]]
+        ]
+    return lines + list(fill) + final[common:]
 
 
 def _literal(value) -> str:

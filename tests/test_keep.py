@@ -57,6 +57,12 @@ functions:
       a = mean(x**2, dim=-1, keepdim=true)
       b = mean(x**4, dim=-1, keepdim=true)
       y = x / sqrt(a + 1) + x**2 / sqrt(b + 2)
+  with_eps:
+    doc: A scalar the backward reads.
+    formula: y = log(x*x + eps)
+    inputs:
+      x: tensor
+      eps: {type: float, default: 1.0}
   plain:
     doc: The backward needs no reduction.
     formula: y = x - mean(x, dim=-1, keepdim=true)
@@ -201,3 +207,23 @@ def test_a_second_derivative_through_the_wrapper(mod, name):
     torch.manual_seed(1)
     args = _inputs(name)
     assert gradgradcheck(getattr(mod, name), args)
+
+
+def test_the_branches_share_one_setup(mod):
+    lines = _lines(mod.LnFunction.backward)
+    # Read from ctx once, after the all-None return and before the branches.
+    first_branch = lines.index("if grad_y is not None and grad_kept_var is None:")
+    assert lines.index("x, kept_var = ctx.saved_tensors") < first_branch
+    assert lines.count("x, kept_var = ctx.saved_tensors") == 1
+    assert lines.count("needs_x, _ = ctx.needs_input_grad") == 1
+    assert lines.index("return None, None") < lines.index("grad_x = None")
+    # eps is read only through kept_var: not taken from ctx at all.
+    assert "eps = ctx.eps" not in lines
+    assert "eps = ctx.eps" not in _lines(mod.LnFunction.jvp)
+
+
+def test_a_scalar_still_read_is_still_taken_from_ctx(mod):
+    # Without a kept value for it, the backward reads eps itself.
+    lines = _lines(mod.WithEpsFunction.backward)
+    assert "eps = ctx.eps" in lines
+    assert any("eps" in line for line in lines if line != "eps = ctx.eps")
