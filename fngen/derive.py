@@ -93,11 +93,14 @@ class Deriver:
         # eps``), for a backward that reads the kept value instead.
         self.inverses = {}
         self.kept_powers = set()
+        self.same_shape = {}
         for out, expr in outputs:
             solved = _solve_kept(out, expr, self.op_by_result)
             if solved is not None:
                 self.inverses[solved[0]] = solved[1]
                 self.kept_powers.add(out)
+                # The kept value has the reduction's shape.
+                self.same_shape[T.ShapeOf(solved[0])] = T.ShapeOf(out)
         self.small = {out for out, expr in outputs if self._reduced_only(expr)}
         single = len(outputs) == 1
         self.grad_symbols = [
@@ -126,7 +129,15 @@ class Deriver:
         ``log(kept_var**-2 - eps)`` would lose precision."""
         if not self.inverses or not expr.free_symbols & set(self.inverses):
             return expr
-        solved = expr.xreplace(self.inverses)
+        # A shape is read from the kept value (sum_to_size(y_sum.shape) is
+        # sum_to_size(kept_y_sum.shape)), and not solved for.
+        expr = expr.xreplace(self.same_shape)
+        shapes = {
+            shape: sp.Dummy(f"shape{n}")
+            for n, shape in enumerate(expr.atoms(T.ShapeOf, T.KeptShape))
+        }
+        solved = expr.xreplace(shapes).xreplace(self.inverses)
+        solved = solved.xreplace({d: shape for shape, d in shapes.items()})
         for add in solved.atoms(sp.Add):
             # ``kept_var**-2 - eps``: the reduction, recovered by a subtraction.
             if add.free_symbols & self.kept_powers and any(

@@ -227,3 +227,46 @@ def test_a_scalar_still_read_is_still_taken_from_ctx(mod):
     lines = _lines(mod.WithEpsFunction.backward)
     assert "eps = ctx.eps" in lines
     assert any("eps" in line for line in lines if line != "eps = ctx.eps")
+
+
+MORE = {
+    "y = x * (mean(x**2, dim=-1, keepdim=true) + 1)**-1.5": lambda x: x
+    * ((x**2).mean(-1, keepdim=True) + 1) ** -1.5,
+    "y = sin(x) / sqrt(sum(exp(x), dim=0) + 2)": lambda x: torch.sin(x)
+    / torch.sqrt(torch.exp(x).sum(0) + 2),
+    "y = x**2 * (mean(x, dim=-1, keepdim=true)**2 + 1)**0.25": lambda x: x**2
+    * (x.mean(-1, keepdim=True) ** 2 + 1) ** 0.25,
+    "y = x / sqrt(log(sum(exp(x), dim=-1, keepdim=true)) + 10) + sqrt(2*mean(x*x, dim=-1, keepdim=true) + 3)": lambda x: x
+    / torch.sqrt(torch.logsumexp(x, -1, keepdim=True) + 10)
+    + torch.sqrt(2 * (x * x).mean(-1, keepdim=True) + 3),
+}
+
+
+@pytest.mark.parametrize("formula", list(MORE))
+def test_kept_powers_of_reductions_agree_with_autograd(formula):
+    module = fngen.load(
+        parse_spec(f"fngen: 1\nfunctions:\n  f:\n    formula: {formula}\n", "more.yaml")
+    )
+    torch.manual_seed(0)
+    x = torch.empty(3, 5, dtype=torch.float64).uniform_(-1.5, 1.5).requires_grad_()
+    g = torch.randn(3, 5, dtype=torch.float64)
+    ours, ref = module.f(x), MORE[formula](x)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(
+        torch.autograd.grad(ours, x, g, create_graph=True),
+        torch.autograd.grad(ref, x, g, create_graph=True),
+    ):
+        torch.testing.assert_close(a, b)
+    assert gradcheck(module.f, (x,), check_forward_ad=True)
+    assert gradgradcheck(module.f, (x,))
+
+
+def test_a_reduction_without_keepdim_is_kept_with_its_shape():
+    formula = list(MORE)[1]  # sin(x) / sqrt(sum(exp(x), dim=0) + 2)
+    module = fngen.load(
+        parse_spec(f"fngen: 1\nfunctions:\n  f:\n    formula: {formula}\n", "m.yaml")
+    )
+    backward = inspect.getsource(module.FFunction.backward)
+    # Its gradient is summed to the kept value's shape, not the sum's.
+    assert ".sum(dim=0" not in backward and "y_sum.shape" not in backward
+    assert ".sum_to_size( kept_y_sum.shape )" in " ".join(backward.split())
