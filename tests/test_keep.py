@@ -11,6 +11,7 @@ both, in float64, forward mode included.
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -268,5 +269,6 @@ def test_a_reduction_without_keepdim_is_kept_with_its_shape():
     )
     backward = inspect.getsource(module.FFunction.backward)
     # Its gradient is summed to the kept value's shape, not the sum's.
-    assert ".sum(dim=0" not in backward and "y_sum.shape" not in backward
+    assert ".sum(dim=0" not in backward
+    assert not re.search(r"\by_sum\.shape", backward)
     assert ".sum_to_size( kept_y_sum.shape )" in " ".join(backward.split())
