@@ -514,11 +514,16 @@ class TorchPrinter(StrPrinter):
         ):
             return f"({self._print(branches[0][1])}).to({self.dtype_of}.dtype)"
         text = self._print(branches[-1][0])
+        if constant:
+            # A where of Python numbers only would be computed in the default
+            # dtype (8/7 to float32 precision in a float64 backward): the
+            # last value is a 0-dim tensor of the right dtype and device.
+            text = f"{self.dtype_of}.new_full((), {text})"
         for value, condition in reversed(branches[:-1]):
             text = (
                 f"torch.where({self._print(condition)}, {self._print(value)}, {text})"
             )
-        return f"{text}.to({self.dtype_of}.dtype)" if constant else text
+        return text
 
     # -- tensor operations --------------------------------------------------
 

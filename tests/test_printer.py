@@ -484,3 +484,35 @@ def test_addcmul_computes_the_sum(dtype):
         )
         assert got.dtype == want.dtype and got.shape == want.shape
         torch.testing.assert_close(got, want)
+
+
+def test_a_where_of_numbers_takes_its_dtype_from_a_tensor():
+    from fngen.functions import Piecewise
+
+    piece = Piecewise((sp.Rational(8, 7), x > 0), (sp.Rational(1, 3), True))
+    assert print_torch(piece) == "torch.where(x > 0, 8/7, grad.new_full((), 1/3))"
+    # In float64 the values are float64's, not float32's 8/7 cast up.
+    grad_t = torch.zeros(3, dtype=torch.float64)
+    values = eval(
+        print_torch(piece),
+        {"torch": torch},
+        {"x": torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64), "grad": grad_t},
+    )
+    assert values.dtype == torch.float64
+    assert values.tolist() == [1 / 3, 1 / 3, 8 / 7]
+
+
+def test_a_constant_where_in_a_float64_gradient_is_exact():
+    import fngen
+    from fngen.spec import parse_spec
+
+    text = (
+        "fngen: 1\nfunctions:\n  f:\n    formula: y = where(x > 0, 8*x/7, x/3) + x*x\n"
+    )
+    module = fngen.load(parse_spec(text, "f.yaml"))
+    t = torch.linspace(-2, 2, 9, dtype=torch.float64).requires_grad_()
+    (ours,) = torch.autograd.grad(module.f(t).sum(), t)
+    (want,) = torch.autograd.grad(
+        (torch.where(t > 0, 8 * t / 7, t / 3) + t * t).sum(), t
+    )
+    torch.testing.assert_close(ours, want, rtol=1e-15, atol=1e-15)
