@@ -472,9 +472,8 @@ class MseLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, target):
-        t0 = input - target
-        loss = (t0**2).mean()
-        kept = t0
+        kept = input - target
+        loss = (kept**2).mean()
         return loss, kept
 
     @staticmethod
@@ -623,10 +622,9 @@ class HuberLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, target, delta):
-        t0 = input - target
-        t1 = torch.abs(t0)
-        loss = torch.where(delta > t1, t0**2 / 2, delta * (-delta / 2 + t1)).mean()
-        kept = t0
+        kept = input - target
+        t0 = torch.abs(kept)
+        loss = torch.where(delta > t0, kept**2 / 2, delta * (-delta / 2 + t0)).mean()
         return loss, kept
 
     @staticmethod
@@ -695,11 +693,11 @@ class HuberLossFunction(torch.autograd.Function):
             target_t = like.new_zeros(ctx.target_shape)
         (kept,) = ctx.saved_tensors
         delta = ctx.delta
-        t0 = input_t - target_t
+        kept_t = input_t - target_t
         loss_t = (
-            t0 * torch.where(delta > torch.abs(kept), kept, delta * torch.sign(kept))
+            kept_t
+            * torch.where(delta > torch.abs(kept), kept, delta * torch.sign(kept))
         ).mean()
-        kept_t = t0
         return loss_t, kept_t
 
 
@@ -862,9 +860,8 @@ class LayerNormFunction(torch.autograd.Function):
         mu = x.mean(dim=-1, keepdim=True)
         t0 = -mu + x
         var = (t0**2).mean(dim=-1, keepdim=True)
-        t1 = torch.rsqrt(eps + var)
-        y = t0 * t1
-        kept_var = t1
+        kept_var = torch.rsqrt(eps + var)
+        y = kept_var * t0
         return y, kept_var
 
     @staticmethod
@@ -990,9 +987,8 @@ class RmsNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, eps):
         y_mean = (x**2).mean(dim=-1, keepdim=True)
-        t0 = torch.rsqrt(eps + y_mean)
-        y = t0 * weight * x
-        kept_y_mean = t0
+        kept_y_mean = torch.rsqrt(eps + y_mean)
+        y = kept_y_mean * weight * x
         return y, kept_y_mean
 
     @staticmethod

@@ -90,6 +90,16 @@ def schedule(
     gradient is visibly computed only when ``needs_input_grad`` asks for it."""
     replacements, reduced = share_subexpressions([s.expr for s in steps], taken)
     steps = [Step(s.target, e, s.guard) for s, e in zip(steps, reduced)]
+    named, steps = _named_by_target(replacements, steps)
+    if named != replacements:
+        # Renumber what is left: t0, t1, ... with no gap where one was named.
+        temps = {symbol for symbol, _ in replacements}
+        taken = taken | {target.name for target, _ in named if target not in temps}
+        fresh = _temporaries(taken)
+        renames = {t: next(fresh) for t, _ in named if t in temps}
+        named = [(renames.get(t, t), v.xreplace(renames)) for t, v in named]
+        steps = [Step(s.target, s.expr.xreplace(renames), s.guard) for s in steps]
+    replacements = named
     temp_value = dict(replacements)
     order = {symbol: i for i, (symbol, _) in enumerate(replacements)}
 
@@ -117,6 +127,27 @@ def schedule(
         else:
             blocks.append(Block(guard, ((target, expr),)))
     return tuple(blocks)
+
+
+def _named_by_target(replacements: list, steps: list[Step]) -> tuple[list, list]:
+    """A temporary that an unguarded step assigns as it is (``kept_var =
+    t1``) takes that step's name: ``kept_var = torch.rsqrt(eps + var)``,
+    then ``y = t0 * kept_var``.  Only without guards: a guarded gradient
+    must stay None where its guard does not hold."""
+    temps = {symbol for symbol, _ in replacements}
+    renames: dict[sp.Symbol, sp.Symbol] = {}
+    for step in steps:
+        if step.expr in temps and step.expr not in renames and not step.guard:
+            renames[step.expr] = step.target
+    if not renames:
+        return replacements, steps
+    replacements = [(renames.get(t, t), v.xreplace(renames)) for t, v in replacements]
+    steps = [
+        Step(s.target, s.expr.xreplace(renames), s.guard)
+        for s in steps
+        if not (s.expr in renames and renames[s.expr] == s.target)
+    ]
+    return replacements, steps
 
 
 def _uses(expr: sp.Expr, temp_value: dict) -> set[sp.Symbol]:

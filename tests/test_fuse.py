@@ -303,4 +303,4 @@ functions:
         "grad_x = _silu_backward( "
         "torch.addcmul(grad_a, grad_b, torch.cos(torch.nn.functional.silu(x))), x )"
     ) in source
-    assert "t0 = b_t + x_t y_t = _mish_backward(t0, kept)" in source
+    assert "kept_t = b_t + x_t y_t = _mish_backward(kept_t, kept)" in source
