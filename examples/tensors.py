@@ -730,9 +730,18 @@ class _HuberLossTraceable(torch.autograd.Function):
         needs_input, needs_target, _ = ctx.needs_input_grad
         grad_input = grad_target = None
         t0 = input - target
-        t1 = (grad / torch.broadcast_shapes(input.shape, target.shape).numel()).expand(
-            torch.broadcast_shapes(input.shape, target.shape)
-        ) * torch.where(delta > torch.abs(t0), t0, delta * torch.sign(t0))
+        t1 = torch.where(
+            delta > torch.abs(t0),
+            t0
+            * (grad / torch.broadcast_shapes(input.shape, target.shape).numel()).expand(
+                torch.broadcast_shapes(input.shape, target.shape)
+            ),
+            delta
+            * (grad / torch.broadcast_shapes(input.shape, target.shape).numel()).expand(
+                torch.broadcast_shapes(input.shape, target.shape)
+            )
+            * torch.sign(t0),
+        )
         if needs_input:
             grad_input = t1.sum_to_size(input.shape)
         if needs_target:

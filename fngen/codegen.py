@@ -93,7 +93,8 @@ class FunctionWriter:
         tuple_outputs: bool = False,
     ):
         self.fn = fn
-        # forward returns a tuple even of one output (see `traceable`).
+        # The class for torch.compile (see `traceable`): its forward returns
+        # a tuple even of one output, and its code is printed for inductor.
         self.tuple_outputs = tuple_outputs
         # One derivation per combination of absent optional tensors; the
         # one with every tensor present comes last and describes the API.
@@ -116,6 +117,7 @@ class FunctionWriter:
             dtype_of=dtype_of,
             mask_safe=safe,
             tensors=tensors,
+            select_then_scale=not self.tuple_outputs,
         )
 
     def emit(

@@ -146,6 +146,7 @@ class TorchPrinter(StrPrinter):
         mask_safe=frozenset(),
         tensors=frozenset(),
         fused_arithmetic=True,
+        select_then_scale=True,
     ):
         super().__init__()
         self.names = dict(names or {})
@@ -161,6 +162,11 @@ class TorchPrinter(StrPrinter):
         # tensor, not two (off for the formula as written, the benchmark's
         # baseline).
         self.fused_arithmetic = fused_arithmetic
+        # g*where(c, d, e) as one select then one multiply (eager: fewer
+        # passes), or as where(c, g*d, g*e) (under torch.compile: the
+        # partitioner then saves d, not the select, and the forward computes
+        # it in the loop it already makes; huber_loss 4.3 -> 2.6 ms).
+        self.select_then_scale = select_then_scale
         self.uses_math = False
         # The module's helper functions the printed code calls.
         self.helpers: set[str] = set()
@@ -342,8 +348,10 @@ class TorchPrinter(StrPrinter):
                 # a mask, several times faster than torch.where on CPU.
                 return f"{self.parenthesize(rest, PRECEDENCE['Mul'])} * {mask}"
             values = [value for value, _ in piece.args]
-            if not any(v.is_zero for v in values) and any(
-                v.free_symbols & self.tensors for v in values
+            if (
+                self.select_then_scale
+                and not any(v.is_zero for v in values)
+                and any(v.free_symbols & self.tensors for v in values)
             ):
                 # A tensor branch gives the dtype: one select, then one
                 # multiply, the same values as multiplying in each branch.

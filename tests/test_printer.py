@@ -516,3 +516,18 @@ def test_a_constant_where_in_a_float64_gradient_is_exact():
         (torch.where(t > 0, 8 * t / 7, t / 3) + t * t).sum(), t
     )
     torch.testing.assert_close(ours, want, rtol=1e-15, atol=1e-15)
+
+
+def test_under_compile_a_gradient_scales_each_branch():
+    from fngen.functions import Piecewise
+
+    g, d, delta = sp.symbols("g d delta", real=True)
+    piece = Piecewise((d, delta > F.Abs(d)), (delta * F.Sign(d), True))
+    eager = TorchPrinter(tensors={d})
+    compiled = TorchPrinter(tensors={d}, select_then_scale=False)
+    assert eager.doprint(g * piece) == (
+        "g * torch.where(delta > torch.abs(d), d, delta*torch.sign(d))"
+    )
+    assert compiled.doprint(g * piece) == (
+        "torch.where(delta > torch.abs(d), d*g, delta*g*torch.sign(d))"
+    )

@@ -599,6 +599,19 @@ def test_compile_a_function_with_a_kept_intermediate(mod, name):
     _compiled_matches_eager(getattr(mod, name), (rand(3, 4), rand(3, 4)))
 
 
+def test_the_compile_class_scales_each_branch_of_huber_loss(mod):
+    # Eager: one select, then one multiply.  Compiled: the gradient inside
+    # each branch, so that the partitioner saves input - target, not the
+    # select (which inductor would compute in a second loop).
+    eager = " ".join(inspect.getsource(mod.HuberLossFunction.backward).split())
+    compiled = " ".join(inspect.getsource(mod._HuberLossTraceable.backward).split())
+    assert (
+        "* torch.where( delta > torch.abs(kept), kept, delta * torch.sign(kept) )"
+        in eager
+    )
+    assert "t1 = torch.where( delta > torch.abs(t0), t0 * (grad" in compiled
+
+
 def test_compile_rms_norm(mod):
     # Its kept 1/sqrt(mean + eps) stays kept under compile: a subclass.
     assert mod._RmsNormTraceable.__mro__[1] is mod.RmsNormFunction
