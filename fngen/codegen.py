@@ -295,7 +295,7 @@ class FunctionWriter:
                 f"{g} is not None" if i in present else f"{g} is None"
                 for i, g in grads.items()
             ]
-            branches.append((" and ".join(tests), self._backward(variant, d)))
+            branches.append((" and ".join(tests), (), self._backward(variant, d)))
         return lines + _hoisted(branches, self._backward(d, d))
 
     def kept_groups(self, d: Derivation) -> list[frozenset[int]]:
@@ -313,7 +313,6 @@ class FunctionWriter:
         and for both.  Among several kept outputs, one without a gradient
         gets zeros: kept reductions are small."""
         declared, kept = self.kept_groups(d)
-        lines = []
         fill = []
         if len(kept) > 1:
             for i in sorted(kept):
@@ -331,13 +330,14 @@ class FunctionWriter:
                 for i, g in grads.items()
             ]
             branches.append(
-                (" and ".join(tests), self._backward(by_present[declared], d))
+                (" and ".join(tests), (), self._backward(by_present[declared], d))
             )
         if kept in by_present:
             tests = [f"{grads[i]} is None" for i in sorted(declared)]
-            body = self._backward(by_present[kept], d)
-            branches.append((" and ".join(tests), body, fill))
-        return lines + _hoisted(branches, self._backward(d, d), fill)
+            branches.append(
+                (" and ".join(tests), fill, self._backward(by_present[kept], d))
+            )
+        return _hoisted(branches, self._backward(d, d), fill)
 
     def _backward(self, d: Derivation, full: Derivation) -> list[str]:
         """The backward of `d`; saved tensors and shapes are those of `full`."""
@@ -630,10 +630,9 @@ _SETUP_LINE = re.compile(
 
 def _hoisted(branches: list[tuple], final: list[str], fill=()) -> list[str]:
     """``if test:`` branches, then `final`, with the setup lines they all
-    start with written once before them.  A branch is (test, body) or
-    (test, body, lines after the setup); `fill` comes after the setup of
-    `final`."""
-    bodies = [branch[1] for branch in branches] + [final]
+    start with written once before them.  A branch is (test, lines to run
+    after the setup, body); `fill` is those of `final`."""
+    bodies = [body for _, _, body in branches] + [final]
     common = 0
     while (
         all(len(body) > common for body in bodies)
@@ -642,11 +641,9 @@ def _hoisted(branches: list[tuple], final: list[str], fill=()) -> list[str]:
     ):
         common += 1
     lines = list(final[:common])
-    for test, body, *after in branches:
+    for test, after_setup, body in branches:
         lines.append(f"if {test}:")
-        lines += [
-            f"    {line}" for line in [*(after[0] if after else ()), *body[common:]]
-        ]
+        lines += [f"    {line}" for line in [*after_setup, *body[common:]]]
     return lines + list(fill) + final[common:]
 
 
@@ -675,20 +672,14 @@ def variants(fn: FunctionSpec) -> list[tuple[frozenset[str], Derivation]]:
     ]
 
 
-def traceable(
-    fn: FunctionSpec, function_class: str
-) -> tuple[dict, FunctionWriter] | None:
-    """The class ``torch.compile`` applies, when it differs from the eager
-    Function by more than its jvp: without a kept intermediate
-    (`keep_intermediate`).  Compiled, the partitioner recomputes ``input -
-    target`` in the backward for nothing, where returning it from the
-    forward costs a write of the whole tensor (huber_loss 1.4 times the
-    composed formula's time).  Its forward returns a tuple of the declared
-    outputs, so that the wrapper indexes both classes' results alike."""
-    plain = keep_reductions(fuse_function(fn))
-    full = keep_reductions(keep_intermediate(fuse_function(fn)))
-    if plain.kept == full.kept:
-        return None
+def traceable(plain: FunctionSpec, function_class: str) -> tuple[dict, FunctionWriter]:
+    """The class ``torch.compile`` applies when the eager Function keeps an
+    intermediate (`keep_intermediate`): `plain`, the function without it.
+    Compiled, the partitioner recomputes ``input - target`` in the backward
+    for nothing, where returning it from the forward costs a write of the
+    whole tensor (huber_loss 1.4 times the composed formula's time).  Its
+    forward returns a tuple of the declared outputs, so that the wrapper
+    indexes both classes' results alike."""
     writer = FunctionWriter(plain, variants(plain), tuple_outputs=True)
     doc = docstring(
         textwrap.fill(
@@ -715,12 +706,15 @@ def render(spec: Spec) -> str:
     writers, contexts = [], []
     for fn in spec.functions:
         try:
-            compiled = traceable(fn, f"{class_name(fn.name)}Function")
-            fn = keep_reductions(keep_intermediate(fuse_function(fn)))
+            fused = fuse_function(fn)
+            kept = keep_intermediate(fused)
+            fn = keep_reductions(kept)
             writer = FunctionWriter(fn, variants(fn))
             context = writer.context()
-            if compiled is not None:
-                context["traceable"], compiled_writer = compiled
+            if kept is not fused:
+                context["traceable"], compiled_writer = traceable(
+                    keep_reductions(fused), f"{class_name(fn.name)}Function"
+                )
                 writers.append(compiled_writer)
             contexts.append(context)
         except PrintError as err:

@@ -117,7 +117,7 @@ class Deriver:
         return bool(leaves) and all(
             isinstance(
                 getattr(self.op_by_result.get(leaf), "expr", None),
-                (T.TensorSum, T.TensorMean, T.TensorLogSumExp),
+                T.REDUCTIONS,
             )
             for leaf in leaves
         )
@@ -161,9 +161,7 @@ class Deriver:
         of whose leaves are among `leaves`: its shape then broadcasts into
         theirs, and adds nothing to it."""
         op = self.op_by_result.get(leaf)
-        if op is None or not isinstance(
-            op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp)
-        ):
+        if op is None or not isinstance(op.expr, T.REDUCTIONS):
             return False
         arg, _, keepdim = op.expr.args
         inner = self.leaves_of(arg)
@@ -238,7 +236,7 @@ class Deriver:
     def has_shape(self, expr: sp.Expr, shape: sp.Expr) -> bool:
         """Whether `expr` is a scalar or, elementwise of leaves and reduced
         gradients that all have `shape`, has exactly `shape`."""
-        if any(not isinstance(op, SCALAR_OPS) for op in expr.atoms(T.TensorOp)):
+        if any(not isinstance(op, T.SCALAR_OPS) for op in expr.atoms(T.TensorOp)):
             return False
         for symbol in _without_shapes(expr).free_symbols:  # x.shape[-1] is a number
             if symbol in self.leaves:
@@ -263,9 +261,7 @@ class Deriver:
     def pure_leaf_shape(self, leaf: sp.Symbol) -> sp.Expr:
         """`leaf_shape`, without noting the reduction it stands for."""
         op = self.op_by_result.get(leaf)
-        if op is not None and isinstance(
-            op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp)
-        ):
+        if op is not None and isinstance(op.expr, T.REDUCTIONS):
             arg, dims, keepdim = op.expr.args
             signs = {int(d) < 0 for d in dims}
             if keepdim and len(signs) <= 1:
@@ -676,10 +672,6 @@ def forward_program(
     return schedule(steps, frozenset(), taken)
 
 
-# Tensor ops whose value is a number, not a tensor.
-SCALAR_OPS = (T.Numel, T.ShapeOf, T.KeptShape)
-
-
 def dag_size(*exprs: sp.Basic) -> int:
     """Distinct compound subexpressions of `exprs`: the operations left once
     common subexpressions are shared.  Linear in that size, where
@@ -909,23 +901,20 @@ def keep_reductions(fn: FunctionSpec) -> FunctionSpec:
     """
     if fn.grads or len(fn.formula.outputs) - fn.kept != 1:
         return fn
-    if any(i.optional for i in fn.inputs):
+    if any(i.optional for i in fn.inputs) or not any(
+        isinstance(op.expr, T.REDUCTIONS) for op in fn.formula.ops
+    ):
         return fn
     recomputed = _recomputed(Deriver(fn))
-    taken = {i.name for i in fn.inputs} | {name for name, _ in fn.formula.statements}
-    taken |= {op.result.name for op in fn.formula.ops}
-    taken |= {out.name for out, _ in fn.formula.outputs}
+    taken = _names_in(fn)
     kept = {}
     for op in recomputed:
-        if not isinstance(op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp)):
+        if not isinstance(op.expr, T.REDUCTIONS):
             continue
         value = _kept_value(fn, op.result)
         if value is None:
             continue
-        name = f"kept_{op.result.name}"
-        while name in taken or f"grad_{name}" in taken:
-            name += "_"
-        taken.add(name)
+        name = _free_name(f"kept_{op.result.name}", taken)
         kept[op.result] = (sp.Symbol(name, positive=True), value)
     if not kept:
         return fn
@@ -1017,9 +1006,7 @@ def _kept_candidates(fn: FunctionSpec) -> list[sp.Expr]:
     tensors = {fn.symbol(i.name) for i in fn.tensor_inputs}
     scalars = {fn.symbol(i.name) for i in fn.inputs if not i.is_tensor}
     roots = [
-        op.expr.args[0]
-        for op in fn.formula.ops
-        if isinstance(op.expr, (T.TensorSum, T.TensorMean, T.TensorLogSumExp))
+        op.expr.args[0] for op in fn.formula.ops if isinstance(op.expr, T.REDUCTIONS)
     ]
     roots += [expr for _, expr in fn.formula.outputs]
     found = []
@@ -1040,21 +1027,26 @@ def _kept_candidates(fn: FunctionSpec) -> list[sp.Expr]:
 
 
 def _with_kept(fn: FunctionSpec, expr: sp.Expr) -> FunctionSpec:
+    name = _free_name("kept", _names_in(fn))
+    return _with_outputs(fn, [(sp.Symbol(name, real=True), expr)])
+
+
+def _names_in(fn: FunctionSpec) -> set[str]:
+    """The names a function's code already uses: inputs, statements, tensor
+    ops and outputs."""
     taken = {i.name for i in fn.inputs} | {name for name, _ in fn.formula.statements}
     taken |= {op.result.name for op in fn.formula.ops}
-    taken |= {out.name for out, _ in fn.formula.outputs}
-    name = "kept"
+    return taken | {out.name for out, _ in fn.formula.outputs}
+
+
+def _free_name(base: str, taken: set[str]) -> str:
+    """`base`, with underscores added until neither it nor its gradient's
+    name (``grad_`` + it) is in `taken`; added to `taken`."""
+    name = base
     while name in taken or f"grad_{name}" in taken:
         name += "_"
-    formula = fn.formula
-    outputs = formula.outputs + ((sp.Symbol(name, real=True), expr),)
-    return replace(
-        fn,
-        formula=Formula(
-            formula.text, formula.ops, outputs, formula.statements, formula.location
-        ),
-        kept=1,
-    )
+    taken.add(name)
+    return name
 
 
 def derive_backward(

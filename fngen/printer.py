@@ -269,8 +269,7 @@ class TorchPrinter(StrPrinter):
         if not self.tensors:
             return False
         values = expr.replace(
-            lambda e: isinstance(e, (T.ShapeOf, T.KeptShape, T.Numel)),
-            lambda e: sp.Integer(1),
+            lambda e: isinstance(e, T.SCALAR_OPS), lambda e: sp.Integer(1)
         )
         return bool(values.free_symbols & self.tensors)
 
@@ -286,19 +285,22 @@ class TorchPrinter(StrPrinter):
             if not isinstance(term, sp.Mul):
                 continue
             tensors = [f for f in term.args if self.is_tensor(f)]
-            if len(tensors) < 2 or not self.is_tensor(expr - term):
+            if len(tensors) < 2:
                 continue
-            value = sp.Mul(*[f for f in term.args if not self.is_tensor(f)])
+            rest = expr - term  # a new sum of the other terms: only now
+            if not self.is_tensor(rest):
+                continue
+            value = sp.Mul(*[f for f in term.args if f not in tensors])
             folded = not value.is_Integer
             if folded:
                 value, tensors = sp.Integer(1), [value * tensors[0], *tensors[1:]]
             # A whole coefficient first: value= spares a product as well.
-            candidates.append((folded, term, value, tensors))
+            candidates.append((folded, rest, value, tensors))
         if not candidates:
             return None
-        _, term, value, tensors = min(candidates, key=lambda c: c[0])
+        _, rest, value, tensors = min(candidates, key=lambda c: c[0])
         args = [
-            self._print(expr - term),
+            self._print(rest),
             self._print(sp.Mul(*tensors[:-1])),
             self._print(tensors[-1]),
         ]

@@ -71,12 +71,18 @@ def share_subexpressions(exprs: list[sp.Expr], taken: set[str]) -> tuple[list, l
         else:
             inline[symbol] = value
     reduced = [e.xreplace(inline) for e in reduced]
-    # Renumber so that the temporaries read t0, t1, ... in order of use.
+    return _renumbered(kept, reduced, {symbol for symbol, _ in kept}, taken)
+
+
+def _renumbered(
+    pairs: list, exprs: list[sp.Expr], temps: set[sp.Symbol], taken: set[str]
+) -> tuple[list, list]:
+    """`pairs` (symbol, value) and `exprs` with the temporaries among the
+    symbols renamed t0, t1, ... in the order of `pairs` (the order of use)."""
     fresh = _temporaries(taken)
-    renames = {symbol: next(fresh) for symbol, _ in kept}
-    kept = [(renames[s], v.xreplace(renames)) for s, v in kept]
-    reduced = [e.xreplace(renames) for e in reduced]
-    return kept, reduced
+    renames = {symbol: next(fresh) for symbol, _ in pairs if symbol in temps}
+    pairs = [(renames.get(s, s), v.xreplace(renames)) for s, v in pairs]
+    return pairs, [e.xreplace(renames) for e in exprs]
 
 
 def schedule(
@@ -95,10 +101,8 @@ def schedule(
         # Renumber what is left: t0, t1, ... with no gap where one was named.
         temps = {symbol for symbol, _ in replacements}
         taken = taken | {target.name for target, _ in named if target not in temps}
-        fresh = _temporaries(taken)
-        renames = {t: next(fresh) for t, _ in named if t in temps}
-        named = [(renames.get(t, t), v.xreplace(renames)) for t, v in named]
-        steps = [Step(s.target, s.expr.xreplace(renames), s.guard) for s in steps]
+        named, exprs = _renumbered(named, [s.expr for s in steps], temps, taken)
+        steps = [Step(s.target, e, s.guard) for s, e in zip(steps, exprs)]
     replacements = named
     temp_value = dict(replacements)
     order = {symbol: i for i, (symbol, _) in enumerate(replacements)}

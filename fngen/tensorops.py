@@ -44,6 +44,10 @@ class TensorLogSumExp(TensorOp):
     nargs = 3
 
 
+# The reductions: results smaller than their argument, (e, dims, keepdim).
+REDUCTIONS = (TensorSum, TensorMean, TensorLogSumExp)
+
+
 class TensorMatmul(TensorOp):
     """``a @ b`` (batched like ``torch.matmul``)."""
 
@@ -93,3 +97,7 @@ class Numel(TensorOp):
     """The number of elements of ``shape`` over ``dims`` (all when empty)."""
 
     nargs = 2
+
+
+# Tensor ops whose value is a number (a shape, a count), not a tensor.
+SCALAR_OPS = (Numel, ShapeOf, KeptShape)
