@@ -40,6 +40,32 @@ __all__ = [
 ]
 
 
+def _matmul_grad_a(grad, b, shape):
+    """The gradient of a @ b for a, of `shape`, with torch.matmul's rules
+    for a vector operand; `grad` may carry broadcast dimensions in front."""
+    if b.dim() == 1:
+        grad_a = grad.unsqueeze(-1) * b
+    elif len(shape) == 1:
+        grad_a = (b @ grad.unsqueeze(-1)).squeeze(-1)
+    else:
+        grad_a = grad @ b.mT
+    return grad_a.sum_to_size(shape)
+
+
+def _matmul_grad_b(a, grad, shape):
+    """The gradient of a @ b for b, of `shape`; see _matmul_grad_a."""
+    if a.dim() == 1:
+        if len(shape) == 1:
+            grad_b = grad.unsqueeze(-1) * a
+        else:
+            grad_b = a.unsqueeze(-1) * grad.unsqueeze(-2)
+    elif len(shape) == 1:
+        grad_b = (a.mT @ grad.unsqueeze(-1)).squeeze(-1)
+    else:
+        grad_b = a.mT @ grad
+    return grad_b.sum_to_size(shape)
+
+
 class SumSqrtFunction(torch.autograd.Function):
     """Autograd Function of :func:`sum_sqrt`: z = sum(sqrt(x*x - 1))"""
 
@@ -137,18 +163,18 @@ class LinearFunction(torch.autograd.Function):
             needs_input, needs_weight, _ = ctx.needs_input_grad
             grad_input = grad_weight = None
             if needs_input:
-                grad_input = (grad @ weight).sum_to_size(input.shape)
+                grad_input = _matmul_grad_a(grad, weight.mT, input.shape)
             if needs_weight:
-                grad_weight = (grad.mT @ input).sum_to_size(weight.shape)
+                grad_weight = _matmul_grad_b(input, grad, weight.mT.shape).mT
             return grad_input, grad_weight, None
         else:
             input, weight = ctx.saved_tensors
             needs_input, needs_weight, needs_bias = ctx.needs_input_grad
             grad_input = grad_weight = grad_bias = None
             if needs_input:
-                grad_input = (grad @ weight).sum_to_size(input.shape)
+                grad_input = _matmul_grad_a(grad, weight.mT, input.shape)
             if needs_weight:
-                grad_weight = (grad.mT @ input).sum_to_size(weight.shape)
+                grad_weight = _matmul_grad_b(input, grad, weight.mT.shape).mT
             if needs_bias:
                 grad_bias = grad.sum_to_size(ctx.bias_shape)
             return grad_input, grad_weight, grad_bias

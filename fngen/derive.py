@@ -47,6 +47,13 @@ def mt(expr: sp.Expr) -> sp.Expr:
     return expr.args[0] if isinstance(expr, T.TensorMT) else T.TensorMT(expr)
 
 
+def _transposed(expr: sp.Expr) -> sp.Expr:
+    """``expr.mT``, of a matrix product ``p @ q`` as ``q.mT @ p.mT``."""
+    if isinstance(expr, T.TensorMatmul):
+        return T.TensorMatmul(mt(expr.args[1]), mt(expr.args[0]))
+    return mt(expr)
+
+
 class Deriver:
     def __init__(
         self,
@@ -268,6 +275,31 @@ class Deriver:
                 return T.KeptShape(self.shape_of(arg), dims)
         return T.ShapeOf(leaf)
 
+    def surely_matrix(self, expr: sp.Expr) -> bool:
+        """Whether `expr` has at least two dimensions whatever the inputs:
+        a ``.T`` (which fails on fewer), and what is computed from such.
+        Not a tensor input, nor a param: the functional form takes any
+        tensor, and a vector there would make ``grad @ b.mT`` a wrong
+        gradient of the right size."""
+        if isinstance(expr, T.TensorMT):
+            return True
+        if isinstance(expr, T.TensorMatmul):
+            return all(map(self.surely_matrix, expr.args))
+        if isinstance(expr, T.REDUCTIONS):
+            arg, _, keepdim = expr.args
+            return bool(keepdim) and self.surely_matrix(arg)
+        if isinstance(expr, sp.Symbol):
+            op = self.op_by_result.get(expr)
+            return op is not None and self.surely_matrix(op.expr)
+        # Pointwise: broadcast to the most dimensions of its arguments.
+        return any(self.surely_matrix(arg) for arg in expr.args)
+
+    def operand_shape(self, expr: sp.Expr) -> sp.Expr:
+        """The shape of a matrix product's operand (``x.mT.shape``)."""
+        if isinstance(expr, T.TensorMT) or expr in self.leaves:
+            return T.ShapeOf(expr)
+        return self.shape_of(expr)
+
     def sums_own_broadcast(self, leaf: sp.Symbol) -> bool:
         op = self.op_by_result.get(leaf)
         return op is not None and isinstance(op.expr, (T.TensorMatmul, T.TensorMT))
@@ -298,20 +330,25 @@ class Deriver:
             return [(expr.args[0], T.TensorMT(upstream), False)]
         if isinstance(expr, T.TensorMatmul):
             a, b = expr.args
-            results = []
-            if isinstance(a, T.TensorMT):
-                results.append(
-                    (a.args[0], T.TensorMatmul(b, T.TensorMT(upstream)), False)
-                )
+            # With a vector operand (torch.matmul's rules) ``grad @ b.mT`` is
+            # wrong, or a wrong gradient of the right size once summed: a
+            # helper of the generated module branches on the ranks and sums
+            # to the operand's shape, unless both are surely matrices.
+            if self.surely_matrix(a) and self.surely_matrix(b):
+                grad_a = (T.TensorMatmul(upstream, mt(b)), False)
+                grad_b = (T.TensorMatmul(mt(a), upstream), False)
             else:
-                results.append((a, T.TensorMatmul(upstream, mt(b)), False))
-            if isinstance(b, T.TensorMT):
-                results.append(
-                    (b.args[0], T.TensorMatmul(T.TensorMT(upstream), a), False)
+                grad_a = (T.MatmulGradA(upstream, b, self.operand_shape(a)), True)
+                grad_b = (T.MatmulGradB(a, upstream, self.operand_shape(b)), True)
+            # An operand x.mT gets the transposed gradient: b @ grad.mT.
+            return [
+                (
+                    (operand.args[0], _transposed(grad), exact)
+                    if isinstance(operand, T.TensorMT)
+                    else (operand, grad, exact)
                 )
-            else:
-                results.append((b, T.TensorMatmul(mt(a), upstream), False))
-            return results
+                for operand, (grad, exact) in ((a, grad_a), (b, grad_b))
+            ]
         raise TypeError(f"no VJP rule for {type(expr).__name__}")
 
     def jvp_rule(self, expr: sp.Expr, tangent_of, result_symbol=None) -> sp.Expr:

@@ -592,6 +592,17 @@ class TorchPrinter(StrPrinter):
         right = self.parenthesize(b, level, strict=True)
         return f"{left} @ {right}"
 
+    def _print_MatmulGradA(self, expr):
+        return self._helper_call("_matmul_grad_a", expr.args)
+
+    def _print_MatmulGradB(self, expr):
+        return self._helper_call("_matmul_grad_b", expr.args)
+
+    def _helper_call(self, name: str, args) -> str:
+        """A call of a function of the generated module (see module.py.j2)."""
+        self.helpers.add(name)
+        return f"{name}({', '.join(self._print(arg) for arg in args)})"
+
     def _print_TensorMT(self, expr):
         return f"{self._postfix(expr.args[0])}.mT"
 

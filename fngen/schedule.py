@@ -43,11 +43,14 @@ def _temporaries(taken: set[str]):
 
 def _worth_a_name(expr: sp.Expr) -> bool:
     """Keep a shared subexpression only if it is real work (not a shape, a
-    dims tuple or a bare negation) worth a line of its own."""
+    dims tuple, a bare negation or the transpose of a name, a view) worth
+    a line of its own."""
     if (
         isinstance(expr, (sp.Tuple, T.ShapeOf, sp.logic.boolalg.BooleanAtom))
         or expr.is_Atom
     ):
+        return False
+    if isinstance(expr, T.TensorMT) and expr.args[0].is_Atom:
         return False
     if getattr(expr, "is_number", False):
         return False  # printed as one literal, never as a tensor op

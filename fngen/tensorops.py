@@ -63,6 +63,22 @@ class TensorMT(TensorOp):
     nargs = 1
 
 
+class MatmulGradA(TensorOp):
+    """The gradient of ``a @ b`` with respect to ``a``, summed to a's shape,
+    whatever the numbers of dimensions (a vector operand included); args
+    (grad, b, a's shape).  Where both operands are surely matrices the
+    gradient is ``grad @ b.mT`` instead."""
+
+    nargs = 3
+
+
+class MatmulGradB(TensorOp):
+    """The gradient of ``a @ b`` with respect to ``b``, args (a, grad, b's
+    shape); ``a.mT @ grad`` for matrices.  See MatmulGradA."""
+
+    nargs = 3
+
+
 class ShapeOf(TensorOp):
     """The broadcast shape of its tensor arguments (``x.shape`` for one)."""
 

@@ -190,7 +190,9 @@ def check_generated(spec, source: str) -> None:
     namespace: dict = {"__name__": "fngen_fuzz_generated"}
     exec(code, namespace)
     assert not PWNED.exists(), "the generated module ran code"
-    expected = {"torch", "math"}
+    # The module's helpers (templates/module.py.j2) and the generated names.
+    expected = {"torch", "math", "_silu_backward", "_mish", "_mish_backward"}
+    expected |= {"_matmul_grad_a", "_matmul_grad_b"}
     for fn in spec.functions:
         cls = fngen.spec.class_name(fn.name)
         expected |= {f"{cls}Function", fn.name, cls, f"_{cls}Traceable"}
