@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import itertools
 import math
 import re
 import sys
@@ -27,7 +28,16 @@ from fngen.model import (
     InputSpec,
     Spec,
 )
+from fngen.tensorops import REDUCTIONS, TensorLogSumExp, TensorMatmul, TensorMT
 from fngen.yamlnodes import Node, load_yaml
+
+# How an error names a tensor operation of the formula.
+_OPERATION_NAMES = {
+    **{op: f"{op.__name__.removeprefix('Tensor').lower()}()" for op in REDUCTIONS},
+    TensorLogSumExp: "log(sum(exp()))",
+    TensorMatmul: "'@'",
+    TensorMT: "'.T'",
+}
 
 FORMAT_VERSION = 1
 # Builtins the generated module itself calls; a function of that name would
@@ -189,15 +199,7 @@ class FunctionBuilder:
                 raise SpecError(
                     formula_node.location, f"output '{output.name}' is also an input"
                 )
-        for spec in inputs:
-            if spec.optional and any(
-                symbols[spec.name] in op.expr.free_symbols for op in formula.ops
-            ):
-                raise SpecError(
-                    spec.location,
-                    f"optional input '{spec.name}' is used inside a reduction or matrix product",
-                    "an absent tensor counts as zero only in pointwise parts",
-                )
+        self._check_absent_operands(formula, inputs, symbols)
         if not any(i.is_tensor and not i.optional for i in inputs):
             raise SpecError(
                 formula_node.location, f"function '{name}' has no tensor input"
@@ -307,6 +309,42 @@ class FunctionBuilder:
                 raise SpecError(item.location, f"output '{name}' is listed twice")
             names.append(name)
         return names
+
+    @staticmethod
+    def _check_absent_operands(formula, inputs, symbols) -> None:
+        """An absent optional tensor counts as zero, also inside a reduction
+        or a matrix product (``sum((x @ w + b)**2)``), but not where that
+        leaves the operation no tensor to work on (``sum(x * b)``, ``b @ w``,
+        ``sum(exp(b))``): the shape of its result is unknown."""
+        optional = [
+            spec
+            for spec in inputs
+            if spec.optional
+            and any(symbols[spec.name] in op.expr.free_symbols for op in formula.ops)
+        ]
+        tensors = {symbols[spec.name] for spec in inputs if spec.is_tensor}
+        tensors |= {op.result for op in formula.ops}
+        # Every set of absent tensors is a variant of the generated code.
+        for count in range(1, len(optional) + 1):
+            for absent in itertools.combinations(optional, count):
+                zero = {symbols[spec.name]: sp.Integer(0) for spec in absent}
+                for op in formula.ops:
+                    expr = op.expr
+                    operands = (
+                        expr.args[:1] if isinstance(expr, REDUCTIONS) else expr.args
+                    )
+                    if all(
+                        arg.xreplace(zero).free_symbols & tensors for arg in operands
+                    ):
+                        continue
+                    names = " and ".join(f"'{spec.name}'" for spec in absent)
+                    raise SpecError(
+                        op.location,
+                        f"{_OPERATION_NAMES[type(expr)]} would have no tensor to work on "
+                        f"when optional {names} is None",
+                        "an absent tensor counts as zero: add it outside the "
+                        "reduction or matrix product, or make it required",
+                    )
 
     def _grads(
         self, node, formula: Formula, parser: FormulaParser, symbols, inputs
