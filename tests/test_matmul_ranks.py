@@ -13,14 +13,24 @@ autograd through `torch.matmul`, in float64, double backward included.
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import fngen
 from fngen.spec import parse_spec
+from test_differential import (
+    EXPRESSIONS,
+    build,
+    compare,
+    fuzz_settings,
+    make_inputs,
+)
 
 SPEC = """\
 fngen: 1
@@ -188,3 +198,51 @@ def test_vector_products_under_torch_func(mod):
     _, tangent = torch.func.jvp(mod.mm, (a, b), (torch.ones_like(a), b))
     _, expected = torch.func.jvp(torch.matmul, (a, b), (torch.ones_like(a), b))
     torch.testing.assert_close(tangent, expected)
+
+
+# -- differential: random pointwise operands, random ranks -------------------
+
+# Operand a is a pointwise expression of x and y, operand b of w and v; the
+# product is returned, reduced, or broadcast by a third factor.
+A_INPUTS = [
+    {"x": (K,), "y": (K,)},
+    {"x": (N, K), "y": (K,)},
+    {"x": (K,), "y": (2, 1, K)},
+]
+B_INPUTS = [
+    {"w": (K,), "v": (K,)},
+    {"w": (K, M), "v": (M,)},
+    {"w": (2, K, M), "v": (K, 1)},
+]
+SHAPINGS = ["out = {p}", "out = sum({p}, dim=-1)"]
+
+
+def _renamed(expression: str, names: dict[str, str]) -> str:
+    return re.sub(r"\b[xy]\b", lambda m: names[m.group()], expression)
+
+
+@fuzz_settings(25)
+@given(
+    first=EXPRESSIONS,
+    second=EXPRESSIONS,
+    a_inputs=st.sampled_from(A_INPUTS),
+    b_inputs=st.sampled_from(B_INPUTS),
+    shaping=st.sampled_from(SHAPINGS),
+    seed=st.integers(0, 2**16),
+)
+def test_products_of_random_operands_agree_with_torch_autograd(
+    first, second, a_inputs, b_inputs, shaping, seed
+):
+    a_shape = torch.broadcast_shapes(*a_inputs.values())
+    b_shape = torch.broadcast_shapes(*b_inputs.values())
+    try:
+        product = torch.empty(a_shape) @ torch.empty(b_shape)
+    except RuntimeError:
+        assume(False)  # the operands do not multiply
+    assume(product.dim() > 0 or "dim=" not in shaping)
+    a = f"({first} + x*y/7919)"
+    b = f"({_renamed(second, {'x': 'w', 'y': 'v'})} + w*v/7919)"
+    module, fn = build(shaping.format(p=f"{a} @ {b}"))
+    shapes = {**a_inputs, **b_inputs}
+    args, generator = make_inputs(fn, shapes, seed)
+    compare(module, fn, args, generator)
