@@ -15,6 +15,7 @@ declared domain on the chosen device, and run
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass, field
 
@@ -175,11 +176,18 @@ class FunctionChecker:
         if fn.check.rtol is not None:
             self.tol["rtol"] = fn.check.rtol
 
+        # The optional tensors left out (None) in the variant under check.
+        self.absent: frozenset[str] = frozenset()
+
     def inputs(self, dtype=None, batch=()):
         generator = self.torch.Generator().manual_seed(self.seed)
-        return sample_inputs(
+        args = sample_inputs(
             self.fn, dtype or self.dtype, self.device, generator, batch
         )
+        return [
+            None if spec.name in self.absent else arg
+            for spec, arg in zip(self.fn.inputs, args)
+        ]
 
     def differentiable(self, args):
         return [a for a in args if self.torch.is_tensor(a)]
@@ -222,7 +230,9 @@ class FunctionChecker:
             if problem:
                 return f"forward output {i}: {problem}"
         overridden = {name for name, _ in self.fn.grads}
-        names = [s.name for s in self.fn.inputs if s.is_tensor]
+        names = [
+            s.name for s in self.fn.inputs if s.is_tensor and s.name not in self.absent
+        ]
         for name, a, b in zip(names, grads_gen, grads_ref):
             if name in overridden:
                 continue
@@ -373,14 +383,41 @@ class FunctionChecker:
             if name in skips:
                 report.outcomes[name] = Outcome(None, skips[name])
                 continue
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    problem = getattr(self, f"check_{name}")()
-            except Exception as err:  # a failing check is a row, not a crash
-                problem = _reason(err)
+            problem = None
+            for absent in self.variants():
+                self.absent = absent
+                problem = self._run_one(name)
+                if problem is not None:
+                    if absent:
+                        nones = ", ".join(f"{n}=None" for n in sorted(absent))
+                        problem = f"with {nones}: {problem}"
+                    break
+            self.absent = frozenset()
             report.outcomes[name] = Outcome(problem is None, problem or "")
         return report
+
+    def variants(self) -> list[frozenset[str]]:
+        """The sets of optional tensors to leave out, each a branch of the
+        generated code: none first, then every combination (with more than
+        three optional tensors, each alone and all of them)."""
+        optional = [s.name for s in self.fn.inputs if s.optional]
+        if len(optional) > 3:
+            subsets = [(name,) for name in optional] + [tuple(optional)]
+        else:
+            subsets = [
+                combination
+                for count in range(1, len(optional) + 1)
+                for combination in itertools.combinations(optional, count)
+            ]
+        return [frozenset()] + [frozenset(subset) for subset in subsets]
+
+    def _run_one(self, name: str) -> str | None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return getattr(self, f"check_{name}")()
+        except Exception as err:  # a failing check is a row, not a crash
+            return _reason(err)
 
 
 def _reason(err: Exception) -> str:

@@ -167,7 +167,11 @@ class Interpreter:
 
 def reference_forward(fn: FunctionSpec, *args):
     """The formula of `fn` evaluated with plain torch ops (autograd applies)."""
-    env = {fn.symbol(spec.name): value for spec, value in zip(fn.inputs, args)}
+    # An absent optional tensor (None) counts as zero.
+    env = {
+        fn.symbol(spec.name): 0 if value is None else value
+        for spec, value in zip(fn.inputs, args)
+    }
     like = next(a for a in args if torch.is_tensor(a))
     interpret = Interpreter(env, like)
     for op in fn.formula.ops:

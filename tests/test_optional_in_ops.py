@@ -8,11 +8,14 @@ leaves an operation no tensor at all is the spec refused, at the operation.
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import fngen
+from fngen.checker import FunctionChecker
 from fngen.errors import SpecError
 from fngen.spec import parse_spec
 
@@ -25,6 +28,8 @@ functions:
       x: tensor
       w: tensor
       b: {type: tensor, optional: true}
+    check:
+      shapes: {x: [3, 4], w: [4, 5], b: [5]}
   shifted_log_softmax:
     formula: |
       z = x * s + b
@@ -39,6 +44,8 @@ functions:
       x: tensor
       w: tensor
       b: {type: tensor, optional: true}
+    check:
+      shapes: {x: [3, 4], w: [4, 5], b: [4]}
   scores:
     doc: An optional param inside a reduction; the Module takes bias=False.
     formula: y = mean(tanh(x @ weight.T + bias), dim=-1)
@@ -46,6 +53,8 @@ functions:
       x: tensor
       weight: {param: [out_features, in_features]}
       bias: {param: [out_features], optional: true}
+    check:
+      shapes: {x: [3, 4], weight: [5, 4], bias: [5]}
 """
 
 D = torch.float64
@@ -152,3 +161,32 @@ def test_absence_that_leaves_an_operation_nothing_is_refused(formula, error):
         error + " (an absent tensor counts as zero: add it outside the reduction "
         "or matrix product, or make it required)"
     )
+
+
+def test_check_runs_each_presence_variant(mod):
+    # fngen check proves the `bias is None` branches too: every check runs
+    # with the optional tensors present, then absent in each combination.
+    spec = parse_spec(SPEC, "optional.yaml")
+    report = fngen.check(spec)
+    assert report.ok, report.table()
+    fn = next(f for f in spec.functions if f.name == "squares")
+    checker = FunctionChecker(fn, mod, torch.device("cpu"), D)
+    assert checker.variants() == [frozenset(), frozenset({"b"})]
+
+
+def test_check_reports_a_wrong_absent_branch(mod):
+    spec = parse_spec(SPEC, "optional.yaml")
+    fn = next(f for f in spec.functions if f.name == "squares")
+
+    def wrong_without_b(x, w, b=None):
+        # Right with b, off by a factor without it: only the variant sees it.
+        out = mod.squares(x, w, b)
+        return out if b is not None else 1.01 * out
+
+    module = types.SimpleNamespace(squares=wrong_without_b)
+    checker = FunctionChecker(fn, module, torch.device("cpu"), D)
+    report = checker.run(["reference", "gradcheck"])
+    outcome = report.outcomes["reference"]
+    assert not outcome.ok
+    assert outcome.reason.startswith("with b=None: forward output 0: ")
+    assert report.outcomes["gradcheck"].ok  # still a consistent gradient
