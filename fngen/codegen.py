@@ -112,11 +112,13 @@ class FunctionWriter:
         safe |= {t for t in self.d.tangent_symbols if t is not None}
         tensors = {self.fn.symbol(i.name) for i in self.fn.tensor_inputs}
         tensors |= set(self.d.outputs) | {op.result for op in self.fn.formula.ops}
+        scalars = {self.fn.symbol(i.name) for i in self.fn.inputs if not i.is_tensor}
         return TorchPrinter(
             shape_names=shape_names,
             dtype_of=dtype_of,
             mask_safe=safe,
             tensors=tensors,
+            scalars=scalars,
             select_then_scale=not self.tuple_outputs,
         )
 
@@ -131,8 +133,12 @@ class FunctionWriter:
                 indent = "    "
             for target, expr in block.assignments:
                 lines.append(f"{indent}{target.name} = {printer.doprint(expr)}")
-                if printer.is_tensor(expr):
-                    printer.tensors |= {target}
+                if printer.is_tensor(expr) or printer.is_scalar(expr):
+                    # A number run through a torch function is a 0-dim tensor.
+                    if not printer.is_math(expr):
+                        printer.tensors |= {target}
+                    else:
+                        printer.scalars |= {target}
         self.uses_math |= printer.uses_math
         self.helpers |= printer.helpers
         return lines

@@ -63,6 +63,54 @@ TORCH_FUNCTIONS: dict[type, str] = {
     F.Gelu: "torch.nn.functional.gelu",
 }
 
+# Functions of Python numbers only (a float input, ``sqrt(d)``): torch's
+# take tensors, so the math module's, or builtins, where they exist; the
+# others run on the number as a 0-dim float64 tensor (``_scalar_tensor``).
+MATH_FUNCTIONS: dict[type, str] = {
+    sp.exp: "math.exp",
+    expm1: "math.expm1",
+    sp.log: "math.log",
+    log1p: "math.log1p",
+    log2: "math.log2",
+    log10: "math.log10",
+    sp.sin: "math.sin",
+    sp.cos: "math.cos",
+    sp.tan: "math.tan",
+    sp.asin: "math.asin",
+    sp.acos: "math.acos",
+    sp.atan: "math.atan",
+    sp.sinh: "math.sinh",
+    sp.cosh: "math.cosh",
+    sp.tanh: "math.tanh",
+    F.Tanh: "math.tanh",
+    sp.asinh: "math.asinh",
+    sp.acosh: "math.acosh",
+    sp.atanh: "math.atanh",
+    sp.erf: "math.erf",
+    sp.erfc: "math.erfc",
+    F.LogGamma: "math.lgamma",
+    sp.loggamma: "math.lgamma",
+    F.Abs: "abs",
+    F.Floor: "math.floor",
+    F.Ceil: "math.ceil",
+}
+MATH_BINARY: dict[type, str] = {
+    sp.atan2: "math.atan2",
+    F.Hypot: "math.hypot",
+    F.Maximum: "max",
+    F.Minimum: "min",
+}
+
+# What prints as Python arithmetic when its arguments are numbers: a
+# conditional expression for where, builtins min and max for clamp.
+_MATH_PRINTABLE = (
+    *MATH_FUNCTIONS,
+    *MATH_BINARY,
+    F.Clamp,
+    F.HeavisideStep,
+    sp.Piecewise,
+)
+
 # Functions of two tensors: torch wants tensors on both sides.
 TORCH_BINARY: dict[type, str] = {
     sp.atan2: "torch.atan2",
@@ -145,6 +193,7 @@ class TorchPrinter(StrPrinter):
         dtype_of="grad",
         mask_safe=frozenset(),
         tensors=frozenset(),
+        scalars=frozenset(),
         fused_arithmetic=True,
         select_then_scale=True,
     ):
@@ -158,6 +207,9 @@ class TorchPrinter(StrPrinter):
         # Symbols known to be tensors (not Python numbers): a torch.where
         # with one of them in a branch takes its dtype from it.
         self.tensors = frozenset(tensors) | self.mask_safe
+        # Symbols known to be Python numbers (float, int, bool inputs, and
+        # what is computed from them alone by the math module).
+        self.scalars = frozenset(scalars)
         # ``a + u*v`` as ``torch.addcmul(a, u, v)``: one pass and one new
         # tensor, not two (off for the formula as written, the benchmark's
         # baseline).
@@ -248,6 +300,10 @@ class TorchPrinter(StrPrinter):
 
     def _print_Pow(self, expr, rational=False):
         base, exponent = expr.args
+        if exponent in (sp.S.Half, -sp.S.Half) and self.is_math(base):
+            self.uses_math = True
+            root = f"math.sqrt({self._print(base)})"
+            return root if exponent == sp.S.Half else f"1 / {root}"
         if exponent == sp.S.Half:
             return f"torch.sqrt({self._print(base)})"
         if exponent == -sp.S.Half:
@@ -257,6 +313,11 @@ class TorchPrinter(StrPrinter):
             return f"1 / {self.parenthesize(base, PRECEDENCE['Mul'], strict=True)}"
         if exponent.is_Number and exponent.is_negative:
             return f"1 / {self.parenthesize(sp.Pow(base, -exponent, evaluate=False), PRECEDENCE['Mul'], strict=True)}"
+        if exponent.is_Rational and not exponent.is_Integer and self.is_math(base):
+            # Python's ** of a negative float to 1.5 is a complex number.
+            self.uses_math = True
+            power = self._print_float(float(exponent))
+            return f"math.pow({self._print(base)}, {power})"
         if exponent.is_Rational and not exponent.is_Integer:
             power = self._print_float(float(exponent))
         else:
@@ -272,6 +333,30 @@ class TorchPrinter(StrPrinter):
             lambda e: isinstance(e, T.SCALAR_OPS), lambda e: sp.Integer(1)
         )
         return bool(values.free_symbols & self.tensors)
+
+    def is_scalar(self, expr: sp.Basic) -> bool:
+        """Whether `expr` reads Python numbers only (``sqrt(d)`` for a float
+        input d), which torch's functions do not take."""
+        symbols = expr.free_symbols
+        return bool(symbols) and symbols <= self.scalars and not expr.atoms(T.TensorOp)
+
+    def is_math(self, expr: sp.Basic) -> bool:
+        """Whether `expr` is printed as Python arithmetic on numbers alone
+        (the math module, builtins), its value a number: no tensor in it."""
+        if not self.is_scalar(expr):
+            return False
+        return not any(
+            isinstance(sub, sp.Function) and type(sub) not in _MATH_PRINTABLE
+            for sub in sp.preorder_traversal(expr)
+        )
+
+    def _scalar_tensor(self, expr: sp.Expr) -> str:
+        """A number as a 0-dim float64 tensor for a torch function: the
+        result takes the tensors' dtype and device where it meets them."""
+        text = self._print(expr)
+        if not self.is_math(expr):
+            return text  # already a tensor
+        return f"torch.as_tensor({text}, dtype=torch.float64)"
 
     def _addcmul(self, expr: sp.Add) -> str | None:
         """``rest + c*u*v`` as ``torch.addcmul(rest, u, v, value=c)``, with
@@ -410,6 +495,8 @@ class TorchPrinter(StrPrinter):
         """A two-valued constant Piecewise as arithmetic on a bool mask."""
         if len(piece.args) != 2 or not all(v.is_number for v, _ in piece.args):
             return None
+        if self.is_math(piece.args[0][1]):
+            return None  # a Python bool: a conditional expression instead
         (high, condition), (low, _) = piece.args
         test = f"({self._print(condition)})"
         if (high, low) == (1, 0):
@@ -425,6 +512,16 @@ class TorchPrinter(StrPrinter):
         if cls in FUSED_BACKWARD:
             # Alone, with nothing to scale: the plain math, as docstrings read it.
             return expr._sympystr(self)
+        if self.is_scalar(expr):
+            if cls in MATH_FUNCTIONS and self.is_math(expr):
+                name = MATH_FUNCTIONS[cls]
+                self.uses_math |= name.startswith("math.")
+                return f"{name}({self._print(expr.args[0])})"
+            if cls in TORCH_FUNCTIONS:
+                name = TORCH_FUNCTIONS[cls]
+                if name.startswith("_"):
+                    self.helpers.add(name)
+                return f"{name}({self._scalar_tensor(expr.args[0])})"
         if cls in TORCH_FUNCTIONS:
             name = TORCH_FUNCTIONS[cls]
             if name.startswith("_"):
@@ -437,21 +534,29 @@ class TorchPrinter(StrPrinter):
     def _print_binary(self, expr):
         a, b = expr.args
         cls = type(expr)
-        if cls in (F.Maximum, F.Minimum) and (a.is_number or b.is_number):
-            tensor, bound = (b, a) if a.is_number else (a, b)
+        if self.is_math(expr):
+            name = MATH_BINARY[cls]
+            self.uses_math |= name.startswith("math.")
+            return f"{name}({self._print(a)}, {self._print(b)})"
+        if self.is_scalar(expr):
+            return f"{TORCH_BINARY[cls]}({self._scalar_tensor(a)}, {self._scalar_tensor(b)})"
+        a_number = a.is_number or self.is_math(a)
+        b_number = b.is_number or self.is_math(b)
+        if cls in (F.Maximum, F.Minimum) and (a_number or b_number):
+            tensor, bound = (b, a) if a_number else (a, b)
             side = "min" if cls is F.Maximum else "max"
             return f"torch.clamp({self._print(tensor)}, {side}={self._print(bound)})"
-        if a.is_number or b.is_number:
-            tensor = b if a.is_number else a
+        if a_number or b_number:
+            tensor = b if a_number else a
             like = self._print(tensor)
             a_text = (
                 f"torch.full_like({like}, {self._print(a)})"
-                if a.is_number
+                if a_number
                 else self._print(a)
             )
             b_text = (
                 f"torch.full_like({like}, {self._print(b)})"
-                if b.is_number
+                if b_number
                 else self._print(b)
             )
             return f"{TORCH_BINARY[cls]}({a_text}, {b_text})"
@@ -462,7 +567,9 @@ class TorchPrinter(StrPrinter):
     def _print_Clamp(self, expr):
         x, lo, hi = expr.args
         x_text = self._print(x)
-        if x.is_number:
+        if self.is_math(expr) or (self.is_math(x) and lo.is_number and hi.is_number):
+            return f"min(max({x_text}, {self._print(lo)}), {self._print(hi)})"
+        if x.is_number or self.is_math(x):
             # torch.clamp takes its input as a tensor: a bound's, filled.
             like = self._print(lo if not lo.is_number else hi)
             x_text = f"torch.full_like({like}, {x_text})"
@@ -474,9 +581,10 @@ class TorchPrinter(StrPrinter):
 
     def _print_polygamma(self, expr):
         order, x = expr.args
+        x_text = self._scalar_tensor(x) if self.is_scalar(x) else self._print(x)
         if order == 0:
-            return f"torch.digamma({self._print(x)})"
-        return f"torch.polygamma({self._print(order)}, {self._print(x)})"
+            return f"torch.digamma({x_text})"
+        return f"torch.polygamma({self._print(order)}, {x_text})"
 
     def _print_Elu(self, expr):
         u, alpha = expr.args
@@ -509,12 +617,25 @@ class TorchPrinter(StrPrinter):
         return f"torch.where({condition}, {a}, {b})"
 
     def _print_Not(self, expr):
+        if self.is_math(expr):
+            return f"not ({self._print(expr.args[0])})"  # ~True is -2
         return f"~({self._print(expr.args[0])})"
 
     def _print_Piecewise(self, expr):
         branches = list(expr.args)
         if branches[-1][1] != sp.true:
             raise PrintError("a Piecewise without a default branch")
+        values = [value for value, _ in branches]
+        if all(self.is_math(c) for _, c in branches[:-1]) and (
+            all(self.is_math(v) or v.is_number for v in values)
+            or len({frozenset(v.free_symbols) for v in values}) == 1
+        ):
+            # Conditions on numbers alone, and values all numbers or all of
+            # one shape (the same leaves): Python's, not a torch.where.
+            text = self._print(branches[-1][0])
+            for value, condition in reversed(branches[:-1]):
+                text = f"({self._print(value)} if {self._print(condition)} else {text})"
+            return text
         constant = all(value.is_number for value, _ in branches)
         if (
             constant
@@ -530,9 +651,11 @@ class TorchPrinter(StrPrinter):
             # last value is a 0-dim tensor of the right dtype and device.
             text = f"{self.dtype_of}.new_full((), {text})"
         for value, condition in reversed(branches[:-1]):
-            text = (
-                f"torch.where({self._print(condition)}, {self._print(value)}, {text})"
-            )
+            test = self._print(condition)
+            if self.is_math(condition):
+                # A Python bool: a 0-dim tensor, broadcast like the values.
+                test = f"torch.as_tensor({test}, device={self.dtype_of}.device)"
+            text = f"torch.where({test}, {self._print(value)}, {text})"
         return text
 
     # -- tensor operations --------------------------------------------------

@@ -1,0 +1,149 @@
+"""Functions of float inputs: ``x / sqrt(d)`` with ``d: float``.
+
+torch's functions take tensors only (``torch.sqrt(4.0)`` is a TypeError), so
+a part of a formula that reads Python numbers alone is printed with the math
+module or builtins (``math.sqrt(d)``, ``min(d, 1)``, ``x if d > 0 else 2*x``),
+and where math has no such function (sigmoid, erfinv, digamma, ...) on the
+number as a 0-dim float64 tensor, which takes the tensors' dtype and device
+where it meets them.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import fngen
+from fngen.spec import parse_spec
+from test_differential import SAFE_FORMS
+
+# Every pointwise function of the formula language, of d alone (the forms
+# stay in each function's domain for any real d), scaling a tensor.
+ALL_FUNCTIONS = "fngen: 1\nfunctions:\n" + "".join(
+    f"  of_{name}:\n"
+    f"    formula: y = x * ({form.format('d', 'd', c='0.5')}) + x\n"
+    "    inputs:\n      x: tensor\n      d: {type: float, default: 0.7}\n"
+    for name, form in SAFE_FORMS.items()
+)
+
+SPEC = """\
+fngen: 1
+functions:
+  scaled:
+    formula: y = x / sqrt(d) + exp(-d) * x
+    inputs:
+      x: tensor
+      d: {type: float, default: 4.0}
+  gate:
+    formula: y = x * sigmoid(d)
+    inputs:
+      x: tensor
+      d: {type: float, default: 0.5}
+  branch:
+    formula: y = where(d > 0.3, x, 2*x) + x * where(not_(d), 1, 0)
+    inputs:
+      x: tensor
+      d: {type: float, default: 0.5}
+  chained:
+    doc: A number computed in a statement of its own, used twice.
+    formula: |
+      s = sqrt(d) + 1
+      y = x * s + s**2
+    inputs:
+      x: tensor
+      d: {type: float, default: 2.0}
+  masked:
+    doc: Branches of a number test that are not all of one shape.
+    formula: y = x * where(d > 0, where(d < 1, 1, 0), 0) + where(abs(d) > 2, 0, x)
+    inputs:
+      x: tensor
+      d: {type: float, default: 0.5}
+  fractional:
+    formula: y = x * d**1.5
+    inputs:
+      x: tensor
+      d: {type: float, default: 2.0}
+"""
+
+
+@pytest.fixture(scope="module")
+def mod():
+    return fngen.load(parse_spec(SPEC.replace("not_(d)", "d < 0.1"), "scalar.yaml"))
+
+
+def _forward(function) -> str:
+    return inspect.getsource(function.forward)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_function_of_a_float_input_passes_check(dtype):
+    spec = parse_spec(ALL_FUNCTIONS, "all.yaml")
+    report = fngen.check(spec, dtype=dtype, checks=["reference", "gradcheck", "vmap"])
+    assert report.ok, report.table()
+
+
+def test_math_where_math_has_the_function(mod):
+    assert "y = x * math.exp(-d) + x / math.sqrt(d)" in _forward(mod.ScaledFunction)
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(
+        mod.scaled(x, 4.0), x / 2 + torch.exp(torch.tensor(-4.0)) * x
+    )
+    (grad,) = torch.autograd.grad(mod.scaled(x, 4.0).sum(), x)
+    torch.testing.assert_close(
+        grad, torch.full_like(x, 0.5 + torch.exp(torch.tensor(-4.0)).item())
+    )
+
+
+def test_a_zero_dim_tensor_where_math_has_none(mod):
+    source = _forward(mod.GateFunction)
+    assert "torch.sigmoid(torch.as_tensor(d, dtype=torch.float64))" in source
+    x = torch.randn(5, requires_grad=True)
+    y = mod.gate(x, 0.5)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    torch.testing.assert_close(y, x * torch.sigmoid(torch.tensor(0.5)))
+
+
+def test_conditions_on_numbers_are_python_conditionals(mod):
+    source = _forward(mod.BranchFunction)
+    # Values of one shape: a conditional expression; x or nothing: a where.
+    assert "x if d > 0.3 else 2 * x" in source
+    assert "torch.where(torch.as_tensor(d < 0.1, device=x.device), x, 0)" in source
+    x = torch.randn(5, dtype=torch.float64)
+    for d in (0.0, 0.5):
+        expected = (x if d > 0.3 else 2 * x) + x * (1 if d < 0.1 else 0)
+        torch.testing.assert_close(mod.branch(x, d), expected)
+
+
+def test_a_number_statement_stays_a_number(mod):
+    source = _forward(mod.ChainedFunction)
+    assert "math.sqrt(d) + 1" in source
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    s = 2.0**0.5 + 1
+    torch.testing.assert_close(mod.chained(x, 2.0), x * s + s**2)
+
+
+def test_fractional_power_of_a_negative_number_is_an_error_not_complex(mod):
+    assert "math.pow(d, 1.5)" in _forward(mod.FractionalFunction)
+    x = torch.randn(5, dtype=torch.float64)
+    torch.testing.assert_close(mod.fractional(x, 2.0), x * 2.0**1.5)
+    with pytest.raises(ValueError, match="math domain error"):
+        mod.fractional(x, -2.0)
+
+
+@pytest.mark.parametrize("d", [-5.0, 0.5, 1.5, 3.0])
+def test_branches_of_other_shapes_keep_the_tensor_shape(mod, d):
+    # (0 if abs(d) > 2 else x) would be a Python 0 for d = 3: a torch.where
+    # of the number test as a 0-dim tensor keeps x's shape.
+    assert "torch.as_tensor(abs(d) > 2, device=x.device)" in _forward(
+        mod.MaskedFunction
+    )
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    y = mod.masked(x, d)
+    expected = x * (1 if 0 < d < 1 else 0) + (torch.zeros_like(x) if abs(d) > 2 else x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(
+        torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(expected.sum(), x)[0]
+    )
