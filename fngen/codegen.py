@@ -170,12 +170,33 @@ class FunctionWriter:
     def forward(self) -> list[str]:
         def body(d):
             lines = self.emit(d.forward, self.printer(self.first_tensor), {})
+            lines += self._unaliased_outputs(d)
             names = ", ".join(o.name for o in d.outputs)
             if self.tuple_outputs and len(d.outputs) == 1:
                 names += ","
             return lines + [f"return {names}"]
 
         return self.branches(body, in_ctx=False)
+
+    def _unaliased_outputs(self, d) -> list[str]:
+        """Copy an output that is a saved input itself (``a = x`` beside
+        ``b = x**2``, or ``x**2 if use > 0 else x``): autograd refuses an
+        input both returned as it is and saved for backward."""
+        saved = set(d.saved) | set(d.saved_for_jvp)
+        values = {t: e for block in d.forward for t, e in block.assignments}
+        lines = []
+        for out in d.outputs:
+            value = values.get(out)
+            if value in saved:
+                lines.append(f"{out.name} = {out.name}.clone()  # also saved")
+            elif isinstance(value, sp.Piecewise):
+                for branch, _ in value.args:
+                    if branch in saved:
+                        lines += [
+                            f"if {out.name} is {branch.name}:  # also saved",
+                            f"    {out.name} = {out.name}.clone()",
+                        ]
+        return lines
 
     def setup_context(self) -> list[str]:
         fn = self.fn

@@ -60,6 +60,12 @@ functions:
     inputs:
       x: tensor
       d: {type: float, default: 0.5}
+  flag:
+    doc: A bool input that selects the identity.
+    formula: y = where(use > 0, x**2, x)
+    inputs:
+      x: tensor
+      use: {type: bool, default: true}
   fractional:
     formula: y = x * d**1.5
     inputs:
@@ -147,3 +153,21 @@ def test_branches_of_other_shapes_keep_the_tensor_shape(mod, d):
     torch.testing.assert_close(
         torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(expected.sum(), x)[0]
     )
+
+
+@pytest.mark.parametrize("use", [True, False])
+def test_a_branch_that_is_the_input_itself(mod, use):
+    # x is saved (for x**2's gradient) and, with use false, returned as it
+    # is, which autograd refuses: the Function returns a copy then.
+    assert "if y is x:  # also saved" in _forward(mod.FlagFunction)
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+
+    def function(x):
+        return mod.flag(x, use)
+
+    y = function(x)
+    assert y is not x
+    torch.testing.assert_close(y, x**2 if use else x)
+    assert torch.autograd.gradcheck(function, (x,), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(function, (x,))
+    torch.func.vmap(function)(torch.randn(2, 4, dtype=torch.float64))

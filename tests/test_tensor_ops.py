@@ -875,3 +875,23 @@ def test_no_intermediate_is_kept_where_it_saves_nothing(mod):
     x, w = rand(5, 4), rand(3, 4)
     assert isinstance(mod.LinearFunction.apply(x, w, None), torch.Tensor)
     assert "also returns" not in mod.LinearFunction.__doc__
+
+
+def test_an_output_that_is_a_saved_input_is_returned_as_a_copy():
+    # a = x is returned as it is while x is saved for b's gradient, which
+    # autograd refuses under setup_context: the Function returns a copy.
+    spec = parse_spec(
+        "fngen: 1\nfunctions:\n  two:\n    formula: |\n      a = x\n      b = x**2\n"
+        "    outputs: [a, b]\n",
+        "alias.yaml",
+    )
+    module = fngen.load(spec)
+    assert "a = a.clone()  # also saved" in inspect.getsource(
+        module.TwoFunction.forward
+    )
+    x = rand(3, 4)
+    a, b = module.two(x)
+    assert a is not x
+    torch.testing.assert_close(a, x)
+    assert gradcheck(module.two, (x,), check_forward_ad=True)
+    assert gradgradcheck(module.two, (x,))
