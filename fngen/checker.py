@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from fngen.api import load
+from fngen.derive import nonlinear_overrides
 from fngen.model import FunctionSpec, InputKind, Spec
 from fngen.spec import CHECK_NAMES
 
@@ -288,9 +289,12 @@ class FunctionChecker:
                 along, arg, strategy="forward-mode", vectorize=True
             )
             backward = torch.autograd.functional.jacobian(along, arg)
-            problem = _compare(forward, backward, self.tol)
-            if problem:
-                return f"jvp and vjp of {self.fn.inputs[i].name} disagree: {problem}"
+            # One Jacobian an output (a tuple of them for several).
+            for out, (f, b) in enumerate(zip(_outputs(forward), _outputs(backward))):
+                problem = _compare(f, b, self.tol)
+                if problem:
+                    name = self.fn.inputs[i].name
+                    return f"jvp and vjp of {name} disagree (output {out}): {problem}"
         return None
 
     def check_vmap(self):
@@ -375,6 +379,12 @@ class FunctionChecker:
             overridden = ", ".join(name for name, _ in self.fn.grads)
             skips.setdefault(
                 "gradcheck", f"the gradient of {overridden} is overridden by grad:"
+            )
+        nonlinear = nonlinear_overrides(self.fn)
+        if nonlinear:
+            skips.setdefault(
+                "forward_ad",
+                f"the grad: override of {', '.join(nonlinear)} is not linear in grad",
             )
         if self.fn.once_differentiable:
             skips.setdefault("double_backward", "once_differentiable")

@@ -418,6 +418,9 @@ class FunctionWriter:
         return lines
 
     def jvp(self) -> list[str]:
+        if self.d.jvp_error:
+            return [f"raise NotImplementedError({self.d.jvp_error!r})"]
+
         def body(d):
             lines = self._unpack(d.saved_for_jvp) + self._scalars()
             tangent = next(t for t in d.tangent_symbols if t is not None)

@@ -40,6 +40,8 @@ class Derivation:
     output_tangents: tuple[sp.Symbol, ...]
     derivatives: tuple[tuple[str, str, sp.Expr], ...]
     option: int = 0
+    # Why there is no jvp (a `grad:` override not linear in the gradient).
+    jvp_error: str | None = None
 
 
 def mt(expr: sp.Expr) -> sp.Expr:
@@ -109,11 +111,7 @@ class Deriver:
                 # The kept value has the reduction's shape.
                 self.same_shape[T.ShapeOf(solved[0])] = T.ShapeOf(out)
         self.small = {out for out, expr in outputs if self._reduced_only(expr)}
-        single = len(outputs) == 1
-        self.grad_symbols = [
-            sp.Symbol("grad" if single else f"grad_{o.name}", real=True)
-            for o in self.outputs
-        ]
+        self.grad_symbols = grad_symbols(fn)
 
     # -- helpers ------------------------------------------------------
 
@@ -418,8 +416,15 @@ class Deriver:
             leaf: _sum_simplest(contributions.get(leaf, []))
             for leaf in self.tensor_inputs
         }
+        # An output that got no gradient (None) counts as zero in overrides.
+        absent = {
+            g: sp.Integer(0)
+            for index, g in enumerate(self.grad_symbols)
+            if self.present is not None and index not in self.present
+        }
         for name, expr in self.overrides.items():
             leaf = self.inputs[name]
+            expr = expr.xreplace(absent)
             if (
                 set(self.leaves_of(expr)) | {leaf} != {leaf}
                 or len(self.tensor_inputs) > 1
@@ -613,11 +618,22 @@ class Deriver:
 
         # With a `grad:` override the jvp must be the transpose of the
         # overridden vjp: for ``x: grad * h`` the partial derivative is h.
-        overridden = {}
-        if len(self.outputs) == 1 and not self.formula.ops:
-            grad = self.grad_symbols[0]
-            for name, expr in self.overrides.items():
-                overridden[self.inputs[name]] = sp.diff(_strip_sum_to_size(expr), grad)
+        # Of one pointwise output, in place of the derived derivative; else
+        # the overridden inputs reach each output only through their
+        # coefficients, summed to the output's shape (the transpose of the
+        # broadcast), and not through the formula.
+        overridden, transposed = {}, {}
+        for name, expr in self.overrides.items():
+            coefficients = override_coefficients(expr, self.grad_symbols)
+            if coefficients is None:
+                raise NotLinear(name)
+            if len(self.outputs) == 1 and not self.formula.ops:
+                overridden[self.inputs[name]] = coefficients[0]
+            else:
+                transposed[self.inputs[name]] = coefficients
+        tangents_in = dict(tangents)
+        for leaf in transposed:
+            del tangents[leaf]
 
         def tangent_of(expr):
             if isinstance(expr, T.TensorMT):
@@ -638,12 +654,31 @@ class Deriver:
             tangents[op.result] = sp.Symbol(f"{op.result.name}_t", real=True)
             steps.append(Step(tangents[op.result], tangent, frozenset()))
         output_tangents = []
-        for (out, expr), diff in zip(self.formula.outputs, self.differentiable):
+        for index, ((out, expr), diff) in enumerate(
+            zip(self.formula.outputs, self.differentiable)
+        ):
             symbol = sp.Symbol(f"{out.name}_t", real=True)
+            extra = sp.Add(
+                *[
+                    coefficients[index] * tangents_in[leaf]
+                    for leaf, coefficients in transposed.items()
+                ]
+            )
             if out in tangents:
+                # A reduction's result: the override sums to its shape.
                 symbol = tangents[out]
+                if extra != 0:
+                    extra = T.SumToSize(extra, self.leaf_shape(out))
+                    steps = [
+                        (
+                            Step(s.target, s.expr + extra, s.guard)
+                            if s.target == symbol
+                            else s
+                        )
+                        for s in steps
+                    ]
             else:
-                tangent = tangent_of(expr) if diff else sp.Integer(0)
+                tangent = (tangent_of(expr) if diff else sp.Integer(0)) + extra
                 if not self.covers(expr, tangent):
                     tangent = T.Expand(tangent, self.shape_of(expr))
                 steps.append(Step(symbol, tangent, frozenset()))
@@ -657,13 +692,25 @@ class Deriver:
         tensors, shapes = self.referenced([s.expr for s in steps])
         tensors |= shapes
         tangent_symbols = tuple(
-            tangents.get(self.inputs[i.name]) for i in self.fn.inputs
+            tangents_in.get(self.inputs[i.name]) for i in self.fn.inputs
         )
         return blocks, tuple(output_tangents), tensors, tangent_symbols
 
     def _finish(self, backward, saved, shapes, grads_out, grads):
         forward = self.forward_program()
-        jvp, output_tangents, jvp_tensors, tangent_symbols = self.jvp_program()
+        jvp_error = None
+        try:
+            jvp, output_tangents, jvp_tensors, tangent_symbols = self.jvp_program()
+        except NotLinear as error:
+            jvp_error = (
+                f"forward-mode AD: the grad: override of {error.name} is not "
+                "linear in the incoming gradient, so no jvp is its transpose"
+            )
+            jvp, output_tangents, jvp_tensors = (), (), set()
+            tangent_symbols = tuple(
+                sp.Symbol(f"{i.name}_t", real=True) if i.is_tensor else None
+                for i in self.fn.inputs
+            )
         derivatives = tuple(
             (out.name, leaf.name, sp.diff(expr, leaf))
             for out, expr in self.formula.outputs
@@ -688,6 +735,7 @@ class Deriver:
             output_tangents=output_tangents,
             derivatives=derivatives,
             option=self.option,
+            jvp_error=jvp_error,
         )
 
 
@@ -869,6 +917,54 @@ def _is_negation(expr: sp.Basic) -> bool:
 def _without_shapes(expr: sp.Expr) -> sp.Expr:
     """`expr` with its shapes as 0: what is left reads tensors' values."""
     return expr.replace(lambda e: isinstance(e, T.ShapeOf), lambda e: sp.Integer(0))
+
+
+class NotLinear(Exception):
+    """A `grad:` override that is not linear in the incoming gradients
+    (``clamp(grad, -1, 1)``): no jvp is its transpose."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def grad_symbols(fn: FunctionSpec) -> list[sp.Symbol]:
+    """The incoming gradients of `fn`'s outputs: ``grad``, or ``grad_<output>``
+    for each of several."""
+    outputs = [out for out, _ in fn.formula.outputs]
+    single = len(outputs) == 1
+    return [
+        sp.Symbol("grad" if single else f"grad_{o.name}", real=True) for o in outputs
+    ]
+
+
+def nonlinear_overrides(fn: FunctionSpec) -> list[str]:
+    """The inputs whose `grad:` override is not linear in the incoming
+    gradients: their Function has no jvp."""
+    symbols = grad_symbols(fn)
+    return [
+        name for name, expr in fn.grads if override_coefficients(expr, symbols) is None
+    ]
+
+
+def override_coefficients(
+    expr: sp.Expr, grad_symbols: list[sp.Symbol]
+) -> list[sp.Expr] | None:
+    """The coefficient of each incoming gradient in the `grad:` override
+    `expr` (``grad_a + 2*x*grad_b``: 1 and 2*x), or None where the
+    override is not linear in them."""
+    body = _strip_sum_to_size(expr)
+    try:
+        coefficients = [sp.diff(body, g) for g in grad_symbols]
+    except TypeError:  # a tensor operation of the gradient
+        return None
+    grads = set(grad_symbols)
+    if any(c.free_symbols & grads for c in coefficients):
+        return None
+    rest = body - sp.Add(*[c * g for c, g in zip(coefficients, grad_symbols)])
+    if sp.expand(rest) != 0:
+        return None
+    return coefficients
 
 
 def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:
