@@ -558,6 +558,11 @@ RESERVED_NAMES = frozenset(
         "None",
         "True",
         "False",
+        # Locals of the generated wrapper and jvp.
+        "function",
+        "device_type",
+        "dtype",
+        "like",
     }
 )
 

@@ -405,6 +405,11 @@ def test_input_named_like_a_generated_name():
         ("grad", "is reserved (it would shadow a name the generated code uses)"),
         ("math", "is reserved (it would shadow a name the generated code uses)"),
         ("self", "is reserved (it would shadow a name the generated code uses)"),
+        # Locals of the wrapper (function = FFunction) and of the jvp.
+        ("function", "is reserved (it would shadow a name the generated code uses)"),
+        ("dtype", "is reserved (it would shadow a name the generated code uses)"),
+        ("device_type", "is reserved (it would shadow a name the generated code uses)"),
+        ("like", "is reserved (it would shadow a name the generated code uses)"),
         ("lambda", "is a Python keyword"),
         ("None", "is a Python keyword"),
         ("match", "is a Python keyword"),
