@@ -903,7 +903,6 @@ class LayerNormFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, eps = inputs
         y, kept_var = output
-        ctx.eps = eps
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, kept_var)
         ctx.save_for_forward(x, kept_var)
@@ -1030,7 +1029,6 @@ class RmsNormFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, weight, eps = inputs
         y, kept_y_mean = output
-        ctx.eps = eps
         ctx.set_materialize_grads(False)
         ctx.x_shape = x.shape
         ctx.weight_shape = weight.shape

@@ -79,6 +79,14 @@ def docstring(text: str) -> str:
     return text
 
 
+def _reads(lines: list[str] | None, name: str) -> bool:
+    """Whether one of `lines` reads `name` (all do when `lines` is None)."""
+    if lines is None:
+        return True
+    word = re.compile(rf"\b{re.escape(name)}\b")
+    return any(word.search(line) for line in lines)
+
+
 def _join_guard(guard, needs) -> str:
     return " or ".join(needs[i] for i in sorted(guard))
 
@@ -198,7 +206,9 @@ class FunctionWriter:
                         ]
         return lines
 
-    def setup_context(self) -> list[str]:
+    def setup_context(self, reads: list[str] | None = None) -> list[str]:
+        """The setup_context body; a non-tensor argument is kept on ctx
+        only where `reads` (the backward and jvp lines) reads it."""
         fn = self.fn
         lines = [
             f"{', '.join(i.name for i in fn.inputs)}{',' if len(fn.inputs) == 1 else ''} = inputs"
@@ -215,7 +225,7 @@ class FunctionWriter:
             if not differentiable:
                 lines.append(f"ctx.mark_non_differentiable({out.name})")
         for spec in fn.inputs:
-            if not spec.is_tensor:
+            if not spec.is_tensor and _reads(reads, f"ctx.{spec.name}"):
                 lines.append(f"ctx.{spec.name} = {spec.name}")
         for name in self.optional:
             lines.append(f"ctx.{name}_is_none = {name} is None")
@@ -625,7 +635,7 @@ class FunctionWriter:
     def context(self) -> dict:
         fn = self.fn
         name = class_name(fn.name)
-        backward = self.backward()
+        backward, jvp = self.backward(), self.jvp()
         return dict(
             name=fn.name,
             function_class=f"{name}Function",
@@ -634,11 +644,11 @@ class FunctionWriter:
             module_class=name,
             forward_params=", ".join(i.name for i in fn.inputs),
             forward_body=self.forward(),
-            setup_body=self.setup_context(),
+            setup_body=self.setup_context(reads=backward + jvp),
             backward_params=", ".join(g.name for g in self.d.grad_symbols),
             backward_body=backward,
             jvp_params=self.jvp_params(),
-            jvp_body=self.jvp(),
+            jvp_body=jvp,
             once_differentiable=fn.once_differentiable,
             autocast_lines=self.autocast_lines(),
             first_tensor=self.first_tensor,
@@ -720,13 +730,14 @@ def traceable(plain: FunctionSpec, function_class: str) -> tuple[dict, FunctionW
             width=72,
         )
     )
+    backward = writer.backward()
     return (
         dict(
             doc=doc,
             forward_body=writer.forward(),
-            setup_body=writer.setup_context(),
+            setup_body=writer.setup_context(reads=backward),
             backward_params=", ".join(g.name for g in writer.d.grad_symbols),
-            backward_body=writer.backward(),
+            backward_body=backward,
         ),
         writer,
     )

@@ -89,6 +89,9 @@ def test_layer_norm_keeps_its_rstd_and_recomputes_its_mean(mod):
     # x and one value a row: the bytes autograd saves for the formula (x - mu
     # and sqrt(var + eps)), where keeping mu as well would be more.
     assert "ctx.save_for_backward(x, kept_var)" in setup
+    # eps is read only through kept_var: not kept on ctx either.
+    assert "ctx.eps = eps" not in setup
+    assert "ctx.eps = eps" in _lines(mod.WithEpsFunction.setup_context)
     backward = inspect.getsource(mod.LnFunction.backward)
     # The mean again (in each of the three branches), but not the variance,
     # and no root per element.
