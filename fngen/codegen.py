@@ -797,7 +797,9 @@ def composed_source(fn: FunctionSpec) -> str:
     with each repeated subexpression computed once as a user would write it
     by hand: what `fngen bench` measures the generated Function against."""
     printer = TorchPrinter(
-        dtype_of=fn.symbol(fn.tensor_inputs[0].name).name, fused_arithmetic=False
+        dtype_of=fn.symbol(fn.tensor_inputs[0].name).name,
+        scalars={fn.symbol(i.name) for i in fn.inputs if not i.is_tensor},
+        fused_arithmetic=False,
     )
     taken = {name for name, _ in fn.symbols} | {op.result.name for op in fn.formula.ops}
     taken |= {out.name for out, _ in fn.formula.outputs}

@@ -108,7 +108,6 @@ _MATH_PRINTABLE = (
     *MATH_BINARY,
     F.Clamp,
     F.HeavisideStep,
-    sp.Piecewise,
 )
 
 # Functions of two tensors: torch wants tensors on both sides.
@@ -340,13 +339,20 @@ class TorchPrinter(StrPrinter):
         symbols = expr.free_symbols
         return bool(symbols) and symbols <= self.scalars and not expr.atoms(T.TensorOp)
 
+    def reads_no_tensor(self, expr: sp.Basic) -> bool:
+        """Whether `expr` surely reads no tensor (every name in it a known
+        number, or none): a Python value, or a 0-dim tensor of one."""
+        return expr.free_symbols <= self.scalars and not expr.atoms(T.TensorOp)
+
     def is_math(self, expr: sp.Basic) -> bool:
         """Whether `expr` is printed as Python arithmetic on numbers alone
         (the math module, builtins), its value a number: no tensor in it."""
         if not self.is_scalar(expr):
             return False
         return not any(
-            isinstance(sub, sp.Function) and type(sub) not in _MATH_PRINTABLE
+            isinstance(sub, sp.Function)
+            and type(sub) not in _MATH_PRINTABLE
+            and not isinstance(sub, sp.Piecewise)  # fngen's indicator too
             for sub in sp.preorder_traversal(expr)
         )
 
@@ -354,7 +360,7 @@ class TorchPrinter(StrPrinter):
         """A number as a 0-dim float64 tensor for a torch function: the
         result takes the tensors' dtype and device where it meets them."""
         text = self._print(expr)
-        if not self.is_math(expr):
+        if not (self.is_math(expr) or expr.is_number):
             return text  # already a tensor
         return f"torch.as_tensor({text}, dtype=torch.float64)"
 
@@ -451,7 +457,7 @@ class TorchPrinter(StrPrinter):
         backward = next((f for f in expr.args if type(f) in FUSED_BACKWARD), None)
         if backward is not None:
             rest = sp.Mul(*[f for f in expr.args if f is not backward])
-            if not rest.is_number:
+            if not rest.is_number and not self.reads_no_tensor(rest):
                 # PyTorch's fused backward kernel of the function, on any
                 # tensor (a gradient, a tangent, or x*grad for swish).
                 call = FUSED_BACKWARD[type(backward)]
@@ -495,8 +501,8 @@ class TorchPrinter(StrPrinter):
         """A two-valued constant Piecewise as arithmetic on a bool mask."""
         if len(piece.args) != 2 or not all(v.is_number for v, _ in piece.args):
             return None
-        if self.is_math(piece.args[0][1]):
-            return None  # a Python bool: a conditional expression instead
+        if self.reads_no_tensor(piece.args[0][1]):
+            return None  # no tensor mask: see _print_Piecewise
         (high, condition), (low, _) = piece.args
         test = f"({self._print(condition)})"
         if (high, low) == (1, 0):
@@ -613,6 +619,9 @@ class TorchPrinter(StrPrinter):
         return " | ".join(f"({self._print(a)})" for a in expr.args)
 
     def _print_ITE(self, expr):
+        condition, a, b = expr.args
+        if self.reads_no_tensor(condition):
+            return self._print_Piecewise(sp.Piecewise((a, condition), (b, True)))
         condition, a, b = (self._print(arg) for arg in expr.args)
         return f"torch.where({condition}, {a}, {b})"
 
@@ -643,7 +652,10 @@ class TorchPrinter(StrPrinter):
             and branches[0][0] == 1
             and branches[1][0] == 0
         ):
-            return f"({self._print(branches[0][1])}).to({self.dtype_of}.dtype)"
+            condition = branches[0][1]
+            if self.reads_no_tensor(condition):
+                return f"{self._as_tensor(condition)}.to({self.dtype_of}.dtype)"
+            return f"({self._print(condition)}).to({self.dtype_of}.dtype)"
         text = self._print(branches[-1][0])
         if constant:
             # A where of Python numbers only would be computed in the default
@@ -652,11 +664,17 @@ class TorchPrinter(StrPrinter):
             text = f"{self.dtype_of}.new_full((), {text})"
         for value, condition in reversed(branches[:-1]):
             test = self._print(condition)
-            if self.is_math(condition):
-                # A Python bool: a 0-dim tensor, broadcast like the values.
-                test = f"torch.as_tensor({test}, device={self.dtype_of}.device)"
+            if self.reads_no_tensor(condition):
+                test = self._as_tensor(condition)
             text = f"torch.where({test}, {self._print(value)}, {text})"
         return text
+
+    def _as_tensor(self, condition) -> str:
+        """A test that reads no tensor (a Python bool, or a 0-dim tensor of
+        a number) as a 0-dim tensor where the values are, for torch."""
+        return (
+            f"torch.as_tensor({self._print(condition)}, device={self.dtype_of}.device)"
+        )
 
     # -- tensor operations --------------------------------------------------
 

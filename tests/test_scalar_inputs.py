@@ -11,13 +11,17 @@ where it meets them.
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 import fngen
+from fngen.reference import reference_forward
 from fngen.spec import parse_spec
-from test_differential import SAFE_FORMS
+from test_differential import EXPRESSIONS, SAFE_FORMS, TOL, fuzz_settings
 
 # Every pointwise function of the formula language, of d alone (the forms
 # stay in each function's domain for any real d), scaling a tensor.
@@ -171,3 +175,40 @@ def test_a_branch_that_is_the_input_itself(mod, use):
     assert torch.autograd.gradcheck(function, (x,), check_forward_ad=True)
     assert torch.autograd.gradgradcheck(function, (x,))
     torch.func.vmap(function)(torch.randn(2, 4, dtype=torch.float64))
+
+
+# -- differential: random formulas with a float input -----------------------
+
+
+@fuzz_settings(60)
+@given(
+    expression=EXPRESSIONS,
+    d=st.sampled_from([-1.3, -0.2, 0.0, 0.7, 1.9]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_formulas_of_a_float_input_agree_with_torch_autograd(
+    expression, d, seed
+):
+    # The differential grammar with its y a float: functions, comparisons
+    # and where of the number alone, and mixed with the tensor x.
+    expression = re.sub(r"\by\b", "d", expression)
+    assume(re.search(r"\bd\b", expression))
+    text = (
+        "fngen: 1\nfunctions:\n  f:\n"
+        f"    formula: out = {expression} + x/7919 + x*d/7901\n"
+        "    inputs:\n      x: tensor\n      d: {type: float, default: 0.5}\n"
+    )
+    spec = parse_spec(text, "scalar.yaml")
+    module, fn = fngen.load(spec), spec.functions[0]
+    generator = torch.Generator().manual_seed(seed)
+    x = 4 * torch.rand(3, 4, generator=generator, dtype=torch.float64) - 2
+    x.requires_grad_()
+    expected = reference_forward(fn, x, d)
+    assume(torch.isfinite(expected).all())
+    out = module.f(x, d)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, **TOL)
+    seed_grad = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    (got,) = torch.autograd.grad(out, x, seed_grad)
+    (want,) = torch.autograd.grad(expected, x, seed_grad)
+    torch.testing.assert_close(got, want, **TOL)
