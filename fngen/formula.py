@@ -76,8 +76,11 @@ class FormulaParser:
         symbols: dict[str, sp.Symbol] | None,
         tensor_names: set[str] | None = None,
         extra_names: dict[str, sp.Expr] | None = None,
+        bool_names: set[str] | None = None,
     ):
         self.locate = locate
+        # bool inputs: a where() may test one as it is.
+        self.bool_names = set(bool_names or ())
         self.declared = symbols is not None
         self.symbols: dict[str, sp.Symbol] = dict(symbols or {})
         self.tensor_names = set(
@@ -382,6 +385,8 @@ class FormulaParser:
             raise self._error(node, "'*' arguments are not allowed in a formula")
         if name == "where":
             condition = self._visit(node.args[0])
+            if isinstance(condition, sp.Symbol) and condition.name in self.bool_names:
+                condition = sp.Ne(condition, 0)  # where(flag, ...): flag != 0
             if not is_condition(condition):
                 raise self._error(
                     node.args[0], "where() needs a comparison as its first argument"

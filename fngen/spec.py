@@ -183,7 +183,8 @@ class FunctionBuilder:
         tensors = (
             {i.name for i in inputs if i.is_tensor} if inputs is not None else None
         )
-        parser = FormulaParser(formula_node.locate, symbols, tensors)
+        bools = {i.name for i in inputs or () if i.kind is InputKind.BOOL}
+        parser = FormulaParser(formula_node.locate, symbols, tensors, bool_names=bools)
         formula = parser.parse_statements(text, formula_node.location, outputs)
         if inputs is None:
             inputs = tuple(

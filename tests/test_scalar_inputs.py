@@ -65,8 +65,8 @@ functions:
       x: tensor
       d: {type: float, default: 0.5}
   flag:
-    doc: A bool input that selects the identity.
-    formula: y = where(use > 0, x**2, x)
+    doc: A bool input, tested as it is, that selects the identity.
+    formula: y = where(use, x**2, x)
     inputs:
       x: tensor
       use: {type: bool, default: true}
@@ -163,7 +163,9 @@ def test_branches_of_other_shapes_keep_the_tensor_shape(mod, d):
 def test_a_branch_that_is_the_input_itself(mod, use):
     # x is saved (for x**2's gradient) and, with use false, returned as it
     # is, which autograd refuses: the Function returns a copy then.
-    assert "if y is x:  # also saved" in _forward(mod.FlagFunction)
+    source = _forward(mod.FlagFunction)
+    assert "y = x**2 if use != 0 else x" in source
+    assert "if y is x:  # also saved" in source
     x = torch.randn(4, dtype=torch.float64, requires_grad=True)
 
     def function(x):
@@ -212,3 +214,15 @@ def test_random_formulas_of_a_float_input_agree_with_torch_autograd(
     (got,) = torch.autograd.grad(out, x, seed_grad)
     (want,) = torch.autograd.grad(expected, x, seed_grad)
     torch.testing.assert_close(got, want, **TOL)
+
+
+def test_only_a_bool_input_is_a_condition_as_it_is():
+    text = (
+        "fngen: 1\nfunctions:\n  f:\n    formula: y = where(d, x, 2*x)\n"
+        "    inputs:\n      x: tensor\n      d: {type: float, default: 0.5}\n"
+    )
+    with pytest.raises(fngen.SpecError) as caught:
+        parse_spec(text, "ops.yaml")
+    assert str(caught.value) == (
+        "ops.yaml:4:24: error: where() needs a comparison as its first argument"
+    )
