@@ -347,8 +347,9 @@ class TorchPrinter(StrPrinter):
     def is_math(self, expr: sp.Basic) -> bool:
         """Whether `expr` is printed as Python arithmetic on numbers alone
         (the math module, builtins), its value a number: no tensor in it."""
-        if not self.is_scalar(expr):
-            return False
+        return self.is_scalar(expr) and self._math_only(expr)
+
+    def _math_only(self, expr: sp.Basic) -> bool:
         return not any(
             isinstance(sub, sp.Function)
             and type(sub) not in _MATH_PRINTABLE
@@ -626,7 +627,7 @@ class TorchPrinter(StrPrinter):
         return f"torch.where({condition}, {a}, {b})"
 
     def _print_Not(self, expr):
-        if self.is_math(expr):
+        if self.reads_no_tensor(expr) and self._math_only(expr):
             return f"not ({self._print(expr.args[0])})"  # ~True is -2
         return f"~({self._print(expr.args[0])})"
 
@@ -657,7 +658,7 @@ class TorchPrinter(StrPrinter):
                 return f"{self._as_tensor(condition)}.to({self.dtype_of}.dtype)"
             return f"({self._print(condition)}).to({self.dtype_of}.dtype)"
         text = self._print(branches[-1][0])
-        if constant:
+        if all(v.is_number or self.is_math(v) for v in values):
             # A where of Python numbers only would be computed in the default
             # dtype (8/7 to float32 precision in a float64 backward): the
             # last value is a 0-dim tensor of the right dtype and device.

@@ -226,3 +226,23 @@ def test_only_a_bool_input_is_a_condition_as_it_is():
     assert str(caught.value) == (
         "ops.yaml:4:24: error: where() needs a comparison as its first argument"
     )
+
+
+def test_a_where_of_numbers_keeps_the_tensor_dtype():
+    # torch.where(x > 0.5, d, 0) of two Python numbers is float32 (the
+    # default dtype), in a float64 function: the last value is a 0-dim
+    # tensor of the input's dtype instead.
+    text = (
+        "fngen: 1\nfunctions:\n  f:\n"
+        "    formula: y = cos(where(x > 0.5, d, 0)) + x\n"
+        "    inputs:\n      x: tensor\n      d: {type: float, default: 0.5}\n"
+    )
+    module = fngen.load(parse_spec(text, "ops.yaml"))
+    assert "torch.where(x > 0.5, d, x.new_full((), 0))" in _forward(module.FFunction)
+    x = torch.linspace(-1, 1, 9, dtype=torch.float64)
+    d = 1 / 3
+    expected = (
+        torch.cos(torch.where(x > 0.5, torch.tensor(d, dtype=torch.float64), 0)) + x
+    )
+    assert module.f(x, d).dtype == torch.float64
+    torch.testing.assert_close(module.f(x, d), expected, rtol=0, atol=1e-15)
