@@ -278,9 +278,9 @@ class FunctionWriter:
             if spec.is_tensor:
                 continue
             read = f"{spec.name} = ctx.{spec.name}"
-            word = re.compile(rf"\b{re.escape(spec.name)}\b")
-            if not any(word.search(line) for line in lines if line.strip() != read):
-                lines = [line for line in lines if line.strip() != read]
+            others = [line for line in lines if line.strip() != read]
+            if not _reads(others, spec.name):
+                lines = others
         return lines
 
     def presence_variants(

@@ -336,8 +336,7 @@ class TorchPrinter(StrPrinter):
     def is_scalar(self, expr: sp.Basic) -> bool:
         """Whether `expr` reads Python numbers only (``sqrt(d)`` for a float
         input d), which torch's functions do not take."""
-        symbols = expr.free_symbols
-        return bool(symbols) and symbols <= self.scalars and not expr.atoms(T.TensorOp)
+        return bool(expr.free_symbols) and self.reads_no_tensor(expr)
 
     def reads_no_tensor(self, expr: sp.Basic) -> bool:
         """Whether `expr` surely reads no tensor (every name in it a known
@@ -519,21 +518,19 @@ class TorchPrinter(StrPrinter):
         if cls in FUSED_BACKWARD:
             # Alone, with nothing to scale: the plain math, as docstrings read it.
             return expr._sympystr(self)
-        if self.is_scalar(expr):
-            if cls in MATH_FUNCTIONS and self.is_math(expr):
-                name = MATH_FUNCTIONS[cls]
-                self.uses_math |= name.startswith("math.")
-                return f"{name}({self._print(expr.args[0])})"
-            if cls in TORCH_FUNCTIONS:
-                name = TORCH_FUNCTIONS[cls]
-                if name.startswith("_"):
-                    self.helpers.add(name)
-                return f"{name}({self._scalar_tensor(expr.args[0])})"
+        if cls in MATH_FUNCTIONS and self.is_math(expr):
+            name = MATH_FUNCTIONS[cls]
+            self.uses_math |= name.startswith("math.")
+            return f"{name}({self._print(expr.args[0])})"
         if cls in TORCH_FUNCTIONS:
             name = TORCH_FUNCTIONS[cls]
             if name.startswith("_"):
                 self.helpers.add(name)  # a function of the generated module
-            return f"{name}({self._print(expr.args[0])})"
+            arg = expr.args[0]
+            text = (
+                self._scalar_tensor(arg) if self.is_scalar(expr) else self._print(arg)
+            )
+            return f"{name}({text})"
         if cls in TORCH_BINARY:
             return self._print_binary(expr)
         raise PrintError(f"no torch translation for function {cls.__name__}")
