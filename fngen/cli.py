@@ -56,18 +56,24 @@ def main():
 )
 def build(spec, output, check_only, diff):
     """Generate the module for SPEC into OUTPUT (atomically)."""
-    from fngen.api import generate, write_if_changed
+    from fngen.api import OutputError, generate, output_target, read_regular
+    from fngen.api import write_if_changed
 
+    to_stdout = output == "-" and not (check_only or diff)
+    if not to_stdout:
+        try:
+            path = output_target(output, spec)
+        except OutputError as err:
+            _fail(f"error: {err}")
     try:
         source = generate(spec)
     except SpecError as err:
         _fail(str(err))
-    if output == "-" and not (check_only or diff):
+    if to_stdout:
         click.echo(source, nl=False)
         return
-    path = Path(output)
     try:
-        raw = path.read_bytes() if path.exists() else None
+        raw = read_regular(path)
     except OSError as err:
         _fail(f"error: cannot read {output}: {err.strerror or err}")
     # Compare bytes: a stale output that is not UTF-8 is still just stale.

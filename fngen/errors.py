@@ -36,3 +36,9 @@ class SpecError(Exception):
         where = f"{self.location}: " if self.location is not None else ""
         hint = f" ({self.hint})" if self.hint else ""
         return f"{where}error: {self.message}{hint}"
+
+
+class OutputError(OSError):
+    """An output path fngen refuses to write: the spec itself, or an
+    existing file that is not a regular file (a device, a FIFO, a
+    directory, a socket, a link to a file descriptor)."""

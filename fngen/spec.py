@@ -10,7 +10,9 @@ import ast
 import difflib
 import itertools
 import math
+import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from fngen.model import (
     Spec,
 )
 from fngen.tensorops import REDUCTIONS, TensorLogSumExp, TensorMatmul, TensorMT
-from fngen.yamlnodes import Node, load_yaml
+from fngen.yamlnodes import MAX_BYTES, Node, load_yaml
 
 # How an error names a tensor operation of the formula.
 _OPERATION_NAMES = {
@@ -82,13 +84,57 @@ _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read, parse and validate a spec file; raises `SpecError`."""
+    """Read, parse and validate a spec file; raises `SpecError`.
+
+    Only a regular file is read (a FIFO would block, ``/dev/zero`` never
+    end), and at most `MAX_BYTES` + 1 bytes of it."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError(None, f"cannot read {path}: {_not_regular(info)}")
+        # Without blocking: a FIFO put there since the stat returns at once.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+        fd = os.open(path, flags)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SpecError(None, f"cannot read {path}: {_not_regular(info)}")
+            chunks, size = [], 0
+            while size <= MAX_BYTES:
+                chunk = os.read(fd, min(1 << 20, MAX_BYTES + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
     except OSError as err:
         raise SpecError(None, f"cannot read {path}: {err.strerror or err}") from None
-    return parse_spec(data, str(path))
+    if size > MAX_BYTES:
+        raise SpecError(
+            Location(str(path), 1, 1),
+            f"spec file is too large ({max(info.st_size, size)} bytes, "
+            "the limit is 10 MiB)",
+        )
+    return parse_spec(b"".join(chunks), str(path))
+
+
+def file_kind(mode: int) -> str:
+    """What a file of `mode` is, in words (``a FIFO``)."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
+
+
+def _not_regular(info: os.stat_result) -> str:
+    return f"it is {file_kind(info.st_mode)}, not a regular file"
 
 
 def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
