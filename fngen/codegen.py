@@ -5,6 +5,8 @@ All logic lives here; the Jinja2 template only places the precomputed strings.
 
 from __future__ import annotations
 
+import ast
+import functools
 import itertools
 import re
 import textwrap
@@ -474,19 +476,7 @@ class FunctionWriter:
     # -- the wrappers -------------------------------------------------------
 
     def signature(self) -> str:
-        """Declared defaults; an optional tensor defaults to None where no
-        argument without a default follows it."""
-        parts = []
-        defaults_from_here = True
-        for spec in reversed(self.fn.inputs):
-            if spec.has_default:
-                parts.append(f"{spec.name}={_literal(spec.default)}")
-            elif spec.optional and defaults_from_here:
-                parts.append(f"{spec.name}=None")
-            else:
-                parts.append(spec.name)
-                defaults_from_here = False
-        return ", ".join(reversed(parts))
+        return _parameters(self.fn.inputs)
 
     def module_parts(self) -> dict:
         fn = self.fn
@@ -534,7 +524,7 @@ class FunctionWriter:
                 call.append(f"self.{spec.name}")
             else:
                 call.append(spec.name)
-                forward.append(f"{spec.name}=None" if spec.optional else spec.name)
+                forward.append(spec)
         shown = [f"{n}={{self.{n}}}" for n in dim_names + [s.name for s in scalars]]
         shown += [f"{s.name}={{self.{s.name} is not None}}" for s in flags]
         extra = 'f"' + ", ".join(shown) + '"' if shown else None
@@ -542,7 +532,9 @@ class FunctionWriter:
             init_params="".join(f", {a}" for a in init_args),
             init_body=body,
             reset_body=reset,
-            module_forward_params="".join(f", {n}" for n in forward),
+            module_forward_params="".join(
+                f", {p}" for p in [_parameters(forward)] if p
+            ),
             module_call_args=", ".join(call),
             extra_repr=extra,
         )
@@ -691,6 +683,25 @@ def _literal(value) -> str:
     return repr(value)
 
 
+def _parameters(inputs) -> str:
+    """Parameters in the declared order, with the declared defaults; an
+    optional tensor defaults to None where no argument without a default
+    follows it (else it is passed, None to leave it out, as
+    ``F.batch_norm``'s ``running_mean``).  The spec refuses a declared
+    default before an argument without one."""
+    parts = []
+    defaults_from_here = True
+    for spec in reversed(inputs):
+        if spec.has_default:
+            parts.append(f"{spec.name}={_literal(spec.default)}")
+        elif spec.optional and defaults_from_here:
+            parts.append(f"{spec.name}=None")
+        else:
+            parts.append(spec.name)
+            defaults_from_here = False
+    return ", ".join(reversed(parts))
+
+
 def _python(expr: sp.Expr) -> str:
     """An init argument (an expression of dimension names) as Python."""
     if expr.is_number:
@@ -743,52 +754,115 @@ def traceable(plain: FunctionSpec, function_class: str) -> tuple[dict, FunctionW
     )
 
 
+def render_function(fn: FunctionSpec) -> tuple[dict, list[FunctionWriter]]:
+    """The template context of one function, and its writers (the eager
+    class's, and the compiled class's when it has one)."""
+    writers = []
+    try:
+        fused = fuse_function(fn)
+        kept = keep_intermediate(fused)
+        fn = keep_reductions(kept)
+        writer = FunctionWriter(fn, variants(fn))
+        context = writer.context()
+        if kept is not fused:
+            context["traceable"], compiled_writer = traceable(
+                keep_reductions(fused), f"{class_name(fn.name)}Function"
+            )
+            writers.append(compiled_writer)
+    except PrintError as err:
+        raise SpecError(fn.location, f"cannot generate '{fn.name}': {err}") from None
+    except RecursionError:
+        # SymPy differentiates, substitutes and prints by recursion: a
+        # formula some 150 calls deep, or a 300-level power tower, is
+        # past Python's stack.  Refuse it; never let the traceback out.
+        raise SpecError(
+            fn.location,
+            f"cannot generate '{fn.name}': the formula is nested too deeply "
+            "for SymPy to differentiate",
+            "split it into separate functions, or nest fewer than about " "100 calls",
+        ) from None
+    writers.append(writer)
+    return context, writers
+
+
+@functools.lru_cache(maxsize=1)
+def _macros():
+    """The template's macros (`module_head`, `function_chunk`), compiled once."""
+    return make_env().get_template("module.py.j2").make_module()
+
+
 def render(spec: Spec) -> str:
-    writers, contexts = [], []
+    """The formatted module: each function rendered and formatted on its
+    own, as it is derived, then the head, which depends on them all.  The
+    cost of a function does not depend on how many came before it, and
+    nothing of one is kept once its text is (black on the whole module
+    took most of the time of a big spec, and its memory)."""
+    chunks = []
+    uses_math, helpers, all_names = False, set(), []
     for fn in spec.functions:
-        try:
-            fused = fuse_function(fn)
-            kept = keep_intermediate(fused)
-            fn = keep_reductions(kept)
-            writer = FunctionWriter(fn, variants(fn))
-            context = writer.context()
-            if kept is not fused:
-                context["traceable"], compiled_writer = traceable(
-                    keep_reductions(fused), f"{class_name(fn.name)}Function"
-                )
-                writers.append(compiled_writer)
-            contexts.append(context)
-        except PrintError as err:
-            raise SpecError(
-                fn.location, f"cannot generate '{fn.name}': {err}"
-            ) from None
-        except RecursionError:
-            # SymPy differentiates, substitutes and prints by recursion: a
-            # formula some 150 calls deep, or a 300-level power tower, is
-            # past Python's stack.  Refuse it; never let the traceback out.
-            raise SpecError(
-                fn.location,
-                f"cannot generate '{fn.name}': the formula is nested too deeply "
-                "for SymPy to differentiate",
-                "split it into separate functions, or nest fewer than about "
-                "100 calls",
-            ) from None
-        writers.append(writer)
-    all_names = []
-    for c in contexts:
-        all_names += [c["function_class"], c["name"], c["module_class"]]
-    template = make_env().get_template("module.py.j2")
-    return template.render(
+        context, writers = render_function(fn)
+        chunk = format_source(_macros().function_chunk(context))
+        check_calls(chunk, fn)
+        chunks.append(chunk.strip("\n"))
+        uses_math |= any(w.uses_math for w in writers)
+        for w in writers:
+            helpers |= w.helpers
+        all_names += [
+            context["function_class"],
+            context["name"],
+            context["module_class"],
+        ]
+    head = _macros().module_head(
         version=__version__,
         spec_file=comment_text(spec.path),
         module_doc=docstring(
             spec.doc or f"Autograd functions generated by fngen from {spec.path}."
         ),
-        uses_math=any(w.uses_math for w in writers),
-        helpers=set().union(*(w.helpers for w in writers)),
+        uses_math=uses_math,
+        helpers=helpers,
         all_names=all_names,
-        functions=contexts,
     )
+    # Black puts two blank lines between top-level definitions.
+    return "\n\n\n".join([format_source(head).strip("\n")] + chunks) + "\n"
+
+
+def check_calls(source: str, fn: FunctionSpec) -> None:
+    """Refuse generated code that calls a name its own function defines:
+    an input or a statement named like a builtin the code calls (``len``,
+    ``abs``) would hide it, and the call would compute something else.
+    The names of `RESERVED_NAMES` are refused at their place in the spec;
+    this is the check that no other builtin the printer comes to call is
+    hidden either."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise SpecError(
+            fn.location,
+            f"cannot generate '{fn.name}': the generated code does not compile "
+            f"(line {err.lineno}: {err.msg}); this is a bug in fngen",
+        ) from None
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.Lambda)):
+            continue
+        local = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+        local |= {
+            n.id
+            for n in ast.walk(node)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        }
+        for call in ast.walk(node):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Name)
+                and call.func.id in local
+            ):
+                name = call.func.id
+                raise SpecError(
+                    fn.location,
+                    f"cannot generate '{fn.name}': '{name}' would hide "
+                    f"Python's {name}(), which the generated code calls",
+                    "rename it",
+                )
 
 
 def composed_source(fn: FunctionSpec) -> str:
@@ -819,7 +893,7 @@ def format_source(source: str) -> str:
 
 def generate(spec: Spec) -> str:
     """The formatted module source for `spec`."""
-    return format_source(render(spec))
+    return render(spec)
 
 
 if sys.version_info < (3, 10):  # pragma: no cover

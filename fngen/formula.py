@@ -253,7 +253,9 @@ class FormulaParser:
         if name in _BOOL_NAMES:
             raise self._error(node, f"'{name}' is only allowed as keepdim=")
         if not self.declared and name.isidentifier() and not keyword.iskeyword(name):
-            check_identifier(name, self.locate(node.lineno - 1, node.col_offset))
+            check_identifier(
+                name, self.locate(node.lineno - 1, node.col_offset), attribute=True
+            )
             symbol = sp.Symbol(name, real=True)
             self.symbols[name] = symbol
             self.tensor_names.add(name)
@@ -512,8 +514,6 @@ _OP_NAMES = {
 }
 
 
-# Names the generated code itself uses; an input or statement of that name
-# would shadow them.
 def caret_to_power(text: str) -> tuple[str, dict[int, list[int]]]:
     """Replace each ``^`` operator token by ``**``, so that ``x^2 + 1`` binds
     like a power (Python's ``^`` binds looser than ``+``).  Done on tokens,
@@ -549,6 +549,17 @@ def _shifted_locator(locate: Locator, carets: dict[int, list[int]]) -> Locator:
     return shifted
 
 
+# Builtins the generated code calls inside its functions (min, max and abs
+# on numbers, len of a shape, next in a jvp, super() in the Module):
+# an input or a statement of that name would hide them there.
+# tests/test_hostile.py checks the list against generated modules, and
+# codegen checks every generated function (`check_calls`).
+GENERATED_CODE_BUILTINS = frozenset(
+    {"abs", "len", "max", "min", "next", "staticmethod", "super"}
+)
+
+# Names refused for inputs, statements, outputs and dimensions: the generated
+# code's own names, and its locals in every function it writes.
 RESERVED_NAMES = frozenset(
     {
         "torch",
@@ -556,7 +567,6 @@ RESERVED_NAMES = frozenset(
         "ctx",
         "grad",
         "self",
-        "super",
         "inputs",
         "output",
         "outputs",
@@ -568,12 +578,85 @@ RESERVED_NAMES = frozenset(
         "device_type",
         "dtype",
         "like",
+        *GENERATED_CODE_BUILTINS,
+    }
+)
+
+# The attributes and methods of torch.nn.Module (dir(torch.nn.Module) and
+# the instance attribute `training`, of torch 2.13; tests/test_hostile.py
+# checks them against the installed torch, as building never imports it),
+# and the method the generated Module adds.  An input or a dimension name
+# is an attribute of the generated Module (``self.scale``, ``self.weight``,
+# ``self.in_features``) or an argument of its methods: of these names it
+# would overwrite the Module's own (``.eval()`` sets ``training``).
+MODULE_ATTRIBUTES = frozenset(
+    {
+        "T_destination",
+        "add_module",
+        "apply",
+        "bfloat16",
+        "buffers",
+        "call_super_init",
+        "children",
+        "compile",
+        "cpu",
+        "cuda",
+        "double",
+        "dump_patches",
+        "eval",
+        "extra_repr",
+        "float",
+        "forward",
+        "get_buffer",
+        "get_extra_state",
+        "get_parameter",
+        "get_submodule",
+        "half",
+        "ipu",
+        "load_state_dict",
+        "modules",
+        "mtia",
+        "named_buffers",
+        "named_children",
+        "named_modules",
+        "named_parameters",
+        "parameters",
+        "register_backward_hook",
+        "register_buffer",
+        "register_forward_hook",
+        "register_forward_pre_hook",
+        "register_full_backward_hook",
+        "register_full_backward_pre_hook",
+        "register_load_state_dict_post_hook",
+        "register_load_state_dict_pre_hook",
+        "register_module",
+        "register_parameter",
+        "register_state_dict_post_hook",
+        "register_state_dict_pre_hook",
+        "requires_grad_",
+        "set_extra_state",
+        "set_submodule",
+        "share_memory",
+        "state_dict",
+        "to",
+        "to_empty",
+        "train",
+        "training",
+        "type",
+        "xpu",
+        "zero_grad",
+        # Added by the generated Module.
+        "reset_parameters",
     }
 )
 
 
-def check_identifier(name: str, location: Location, what: str = "name") -> None:
-    """Refuse names that would not be plain, safe Python identifiers in the output."""
+def check_identifier(
+    name: str, location: Location, what: str = "name", attribute: bool = False
+) -> None:
+    """Refuse names that would not be plain, safe Python identifiers in the
+    output; with `attribute`, also the names of torch.nn.Module's attributes
+    (an input or a dimension becomes one of the generated Module)."""
     if not name.isidentifier() or not name.isascii():
         raise SpecError(location, f"{what} '{name}' is not an identifier")
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
@@ -584,11 +667,23 @@ def check_identifier(name: str, location: Location, what: str = "name") -> None:
             f"{what} '{name}' is reserved",
             "names may not start with '_', 'grad_' or 'needs_'",
         )
+    if name in GENERATED_CODE_BUILTINS:
+        raise SpecError(
+            location,
+            f"{what} '{name}' is reserved",
+            f"it would hide Python's {name}(), which the generated code calls",
+        )
     if name in RESERVED_NAMES:
         raise SpecError(
             location,
             f"{what} '{name}' is reserved",
             "it would shadow a name the generated code uses",
+        )
+    if attribute and name in MODULE_ATTRIBUTES:
+        raise SpecError(
+            location,
+            f"{what} '{name}' is reserved",
+            f"it would overwrite torch.nn.Module.{name} in the generated Module",
         )
 
 

@@ -7,6 +7,7 @@ errors located at the offending key or value.
 from __future__ import annotations
 
 import ast
+import builtins
 import difflib
 import itertools
 import math
@@ -42,9 +43,10 @@ _OPERATION_NAMES = {
 }
 
 FORMAT_VERSION = 1
-# Builtins the generated module itself calls; a function of that name would
-# shadow them for every class generated after it.
-GENERATED_CODE_BUILTINS = frozenset({"staticmethod", "super"})
+# A function's wrapper and classes are globals of the generated module: of a
+# builtin's name they would change what the module's code (and the code of
+# whoever imports * from it) calls, as ``abs`` would for ``abs(c)``.
+PYTHON_BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
 TOP_KEYS = ("fngen", "doc", "check", "functions")
 FUNCTION_KEYS = (
     "doc",
@@ -80,7 +82,8 @@ INITS = {
     "xavier_uniform": (0, ("gain",)),
 }
 _SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+# fullmatch: "cpu\n" is no device; [0-9]: nor is "cuda:\u0661" (\\d is any digit).
+_DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -157,10 +160,10 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
         check = _mapping(mapping["check"], "check", SPEC_CHECK_KEYS)
         if "device" in check:
             device = _str(check["device"], "device")
-            if not _DEVICE.match(device):
+            if not _DEVICE.fullmatch(device):
                 raise SpecError(
                     check["device"].location,
-                    f"unknown device '{device}'",
+                    f"unknown device {device!r}",
                     "cpu, cuda, cuda:N or mps",
                 )
         if "dtype" in check:
@@ -211,12 +214,15 @@ class FunctionBuilder:
             raise SpecError(
                 location, f"function name '{name}' is not a snake_case identifier"
             )
+        for generated_name in generated_names(name):
+            if generated_name in PYTHON_BUILTINS:
+                raise SpecError(
+                    location,
+                    f"function name '{name}' would shadow Python's builtin "
+                    f"'{generated_name}' in the generated module",
+                    f"rename it, say '{name}_op'",
+                )
         check_identifier(name, location, "function name")
-        if name in GENERATED_CODE_BUILTINS:
-            raise SpecError(
-                location,
-                f"function name '{name}' would shadow the Python builtin '{name}' that the generated code uses",
-            )
         fields = _mapping(self.node, f"function '{name}'", FUNCTION_KEYS)
         if "formula" not in fields:
             raise SpecError(self.node.location, f"function '{name}' has no 'formula'")
@@ -284,16 +290,30 @@ class FunctionBuilder:
         self.inits: list[tuple[Node, str]] = []
         for name, value in entries.items():
             location = node.keys[name]
-            check_identifier(name, location, "input name")
+            check_identifier(name, location, "input name", attribute=True)
             if name in generated:
                 raise SpecError(
                     location,
                     f"input '{name}' has the name of a generated class or function",
                 )
             inputs.append(self._input(name, value, location))
+        for n, spec in enumerate(inputs):
+            later = [i for i in inputs[n + 1 :] if not (i.has_default or i.optional)]
+            if spec.has_default and later:
+                raise SpecError(
+                    spec.location,
+                    f"input '{spec.name}' has a default, but input '{later[0].name}' "
+                    "declared after it has none",
+                    "Python's rule for signatures: declare inputs with defaults last",
+                )
         dims = dimension_names(inputs)
-        for init_node, _ in self.inits:
-            parse_init(init_node.value, init_node.locate, dims)
+        by_name = {i.name: i for i in inputs}
+        for init_node, name in self.inits:
+            check_init(
+                *parse_init(init_node.value, init_node.locate, dims),
+                by_name[name].param,
+                init_node.location,
+            )
         names = {i.name for i in inputs}
         for dim in dims:
             if dim in names:
@@ -327,6 +347,12 @@ class FunctionBuilder:
             spec["domain"] = _domain(fields["domain"])
         if param is not None:
             spec["param"] = _dims(param)
+            if not spec["param"]:
+                raise SpecError(
+                    param.location,
+                    "a param needs at least one dimension",
+                    "[1] for a single value",
+                )
         if "init" in fields:
             if param is None:
                 raise SpecError(fields["init"].location, "'init' needs 'param'")
@@ -616,9 +642,11 @@ def _dims(node: Node) -> tuple[int | str, ...]:
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 0:
                 raise SpecError(item.location, "a size must not be negative")
+            if value >= 2**63:
+                raise SpecError(item.location, "a size must be below 2**63")
             dims.append(value)
         elif isinstance(value, str):
-            check_identifier(value, item.location, "dimension name")
+            check_identifier(value, item.location, "dimension name", attribute=True)
             dims.append(value)
         else:
             raise SpecError(item.location, "a size must be an integer or a name")
@@ -685,6 +713,34 @@ def parse_init(
         return expr
 
     return name, [number(a) for a in args], {k.arg: number(k.value) for k in kwargs}
+
+
+def check_init(name: str, args, kwargs, shape, location: Location) -> None:
+    """Refuse an init that torch.nn.init would refuse when the Module is
+    made: ``uniform(a, b)`` with b < a, ``normal(mean, std)`` with std < 0,
+    a negative xavier gain, and kaiming and xavier on fewer than 2
+    dimensions (no fan in and fan out).  Arguments that are expressions of
+    dimension names are checked as far as their signs are known."""
+    if name in ("kaiming_uniform", "xavier_uniform") and len(shape) < 2:
+        raise SpecError(
+            location,
+            f"init {name} needs a param of at least 2 dimensions, "
+            f"this one has {len(shape)}",
+            "torch.nn.init computes its fan in and fan out",
+        )
+    if name == "uniform" and (args[1] - args[0]).is_negative:
+        raise SpecError(
+            location,
+            f"init uniform(a, b) needs a <= b, got a = {args[0]}, b = {args[1]}",
+        )
+    if name == "normal" and args[1].is_negative:
+        raise SpecError(
+            location, f"init normal(mean, std) needs std >= 0, got std = {args[1]}"
+        )
+    if name == "xavier_uniform" and "gain" in kwargs and kwargs["gain"].is_negative:
+        raise SpecError(
+            location, f"init xavier_uniform needs gain >= 0, got {kwargs['gain']}"
+        )
 
 
 def _symbol(spec: InputSpec) -> sp.Symbol:
