@@ -545,6 +545,53 @@ def _settle_allocator(torch, nbytes: int) -> None:
     del block
 
 
+# The tensors a round keeps alive, in inputs of the largest size: inputs,
+# their gradients, outputs, saved tensors and temporaries.
+_LIVE_TENSORS_PER_INPUT = 2
+_LIVE_TENSORS_MORE = 6
+
+
+def _available_bytes(dev) -> int | None:
+    import torch
+
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return free
+    if dev.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def _check_memory(spec: Spec, names, size: int, dev, itemsize: int) -> None:
+    """Refuse a size whose tensors cannot fit in the device's free memory,
+    before allocating anything (an allocation that fails raises deep in
+    torch, one that the kernel overcommits is killed later)."""
+    need = 0
+    for fn in spec.functions:
+        if names is not None and fn.name not in names:
+            continue
+        shapes = bench_shapes(fn, size)
+        largest = max((math.prod(s) for s in shapes.values()), default=0)
+        live = _LIVE_TENSORS_PER_INPUT * sum(math.prod(s) for s in shapes.values())
+        need = max(need, (live + _LIVE_TENSORS_MORE * largest) * itemsize)
+    available = _available_bytes(dev)
+    if available is not None and need > available:
+        raise BenchError(
+            f"size {size:,} needs about {need / 2**30:,.1f} GiB on {dev}, "
+            f"more than the {available / 2**30:,.1f} GiB free"
+        )
+
+
 def _resolve_names(spec: Spec, only) -> set[str] | None:
     if only is None:
         return None
@@ -594,7 +641,18 @@ def bench_spec(
         raise BenchError(f"size must be at least 1, not {size}")
     if threads is not None and threads < 1:
         raise BenchError(f"threads must be at least 1, not {threads}")
+    cpus = os.cpu_count() or 1
+    if threads is not None and threads > cpus:
+        # torch takes any number, and crashes at exit past some thousands.
+        raise BenchError(f"threads must be at most the {cpus} CPUs, not {threads}")
+    if compile:
+        if backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise BenchError(
+                f"unknown torch.compile backend {backend!r} (expected one of: "
+                f"{', '.join(torch._dynamo.list_backends())})"
+            )
     dev = resolve_device(device)
+    _check_memory(spec, names, size, dev, dtypes[dtype].itemsize)
     module = load(spec)
     if dev.type == "cpu":
         _settle_allocator(torch, size * dtypes[dtype].itemsize)
@@ -619,6 +677,16 @@ def bench_spec(
             if names is None or fn.name in names
         ]
         used_threads = torch.get_num_threads()
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        raise BenchError(
+            f"out of memory at size {size:,} on {dev}: {_reason(err)}"
+        ) from None
+    except RuntimeError as err:
+        if "alloc" not in str(err) and "out of memory" not in str(err):
+            raise
+        raise BenchError(
+            f"out of memory at size {size:,} on {dev}: {_reason(err)}"
+        ) from None
     finally:
         torch.set_num_threads(previous_threads)
     return BenchReport(

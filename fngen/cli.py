@@ -26,11 +26,45 @@ Exit codes:
 
 
 def _fail(message: str) -> None:
-    click.echo(message, err=True)
+    """One line on stderr, exit 2: a newline or another control character
+    in the message (a device string, a file name) is written as its escape."""
+    line = "".join(
+        ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message.strip()
+    )
+    click.echo(line, err=True)
     sys.exit(EXIT_ERROR)
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Click's group, with its errors as fngen's: one line on stderr
+    (``error: No such option: --frobnicate (see 'fngen build --help')``),
+    exit 2; no usage block, never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, **extra):
+        if not extra.pop("standalone_mode", True):
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as err:
+            no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
+            if isinstance(err, no_args) and err.ctx is not None:
+                click.echo(err.ctx.get_help())  # a bare `fngen`: the help
+                sys.exit(EXIT_ERROR)
+            command = err.ctx.command_path if err.ctx is not None else "fngen"
+            _fail(f"error: {err.format_message()} (see '{command} --help')")
+        except click.ClickException as err:
+            _fail(f"error: {err.format_message()}")
+        except (click.Abort, KeyboardInterrupt, EOFError):
+            click.echo("Aborted!", err=True)
+            sys.exit(EXIT_FAILED)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(
+    cls=_Group,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="fngen")
 def main():
     """fngen: formulas in, verified torch.autograd.Function modules out."""

@@ -457,3 +457,57 @@ def test_python_dash_m_bad_spec_has_no_traceback(tmp_path):
     assert result.stderr == BAD_SPECS[0][1] + "\n"
     assert result.stdout == ""
     assert not (tmp_path / "out.py").exists()
+
+
+# Every error is one line and exit 2 ---------------------------------------------
+
+
+ONE_LINE_ERRORS = {
+    "unknown command": (["nosuch"], "error: No such command 'nosuch'."),
+    "no -o": (["build", "ops.yaml"], "error: Missing option '-o' / '--output'."),
+    "no spec": (["build"], "error: Missing argument 'SPEC'."),
+    "unknown option": (["build", "--frob", "ops.yaml", "-o", "x.py"], "--frob"),
+    "bad dtype": (["check", "ops.yaml", "--dtype", "float16"], "'float16'"),
+    "bad size": (["bench", "ops.yaml", "--size", "0"], "'--size'"),
+    "unknown backend": (
+        ["bench", "ops.yaml", "--backend", "nope"],
+        "error: unknown torch.compile backend 'nope' (expected one of: ",
+    ),
+    "size past memory": (
+        ["bench", "ops.yaml", "--size", "100000000000"],
+        "error: size 100,000,000,000 needs about ",
+    ),
+    "threads past the CPUs": (
+        ["bench", "ops.yaml", "--threads", "100000"],
+        "error: threads must be at most the ",
+    ),
+    "device with a newline": (
+        ["check", "ops.yaml", "--device", "cpu\n"],
+        "error: unknown device 'cpu\\n'",
+    ),
+    "bench device with a newline": (
+        ["bench", "ops.yaml", "--device", "cpu\n"],
+        "error: unknown device 'cpu\\n'",
+    ),
+    "device with a non-ASCII digit": (
+        ["check", "ops.yaml", "--device", "cuda:\u0661"],
+        "error: unknown device 'cuda:\u0661'",
+    ),
+    "output that is a directory": (["build", "ops.yaml", "-o", "."], "directory"),
+}
+
+
+@pytest.mark.parametrize("args, message", ONE_LINE_ERRORS.values(), ids=ONE_LINE_ERRORS)
+def test_every_cli_error_is_one_line_and_exit_2(workdir, args, message):
+    result = run(*args)
+    assert_clean_exit(result, 2)
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr, result.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == ["ops.yaml"]
+
+
+def test_a_bare_fngen_shows_the_help(workdir):
+    result = run()
+    assert result.exit_code == 2
+    assert "Commands:" in result.stdout
