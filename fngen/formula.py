@@ -22,7 +22,14 @@ import sympy as sp
 
 from fngen import tensorops as T
 from fngen.errors import Location, SpecError
-from fngen.functions import NUMERIC, POINTWISE_FUNCTIONS, constant_value, indicator
+from fngen.functions import (
+    MAX_CONSTANT_BITS,
+    NUMERIC,
+    POINTWISE_FUNCTIONS,
+    ConstantTooLarge,
+    evaluate_constant,
+    indicator,
+)
 from fngen.model import Formula, OpNode
 from fngen.stable import stabilize
 
@@ -49,6 +56,9 @@ _COMPARE = {
     ast.Eq: sp.Eq,
     ast.NotEq: sp.Ne,
 }
+# Functions SymPy evaluates exactly at integers, at a cost that grows with
+# the integer: folded numerically at constant arguments.
+_EXACT_AT_INTEGERS = frozenset({"digamma", "lgamma"})
 _OPERATOR_NAMES = {ast.FloorDiv: "//", ast.Mod: "%", ast.BitAnd: "&", ast.BitOr: "|"}
 
 
@@ -196,21 +206,40 @@ class FormulaParser:
         expr = indicator(expr) if is_condition(expr) else expr
         return self._fold(expr, node)
 
-    def _fold(self, expr: sp.Expr, node: ast.AST) -> sp.Expr:
+    def _fold(self, expr: sp.Expr, node: ast.AST, numeric: bool = False) -> sp.Expr:
         """Check a constant subexpression now, where its location is known,
-        and fold it to a number when SymPy cannot evaluate it itself."""
+        and fold it to a number when SymPy cannot evaluate it itself (always,
+        with `numeric`).  A constant past 2**MAX_CONSTANT_BITS is refused
+        before a function is applied to it."""
         if expr.is_Number and not expr.is_finite:
             raise self._error(
                 node, f"the constant {ast.unparse(node)} has no finite real value"
             )
-        if expr.is_Number or expr.free_symbols or is_condition(expr):
+        if expr.free_symbols or is_condition(expr):
             return expr
-        value = constant_value(expr)
+        if expr.is_Number:
+            try:
+                evaluate_constant(expr)  # an int, exact: only its magnitude
+            except ConstantTooLarge:
+                raise self._error(
+                    node,
+                    f"constant too large to evaluate: {_shortened(ast.unparse(node))}",
+                    f"its magnitude passes 2**{MAX_CONSTANT_BITS}",
+                ) from None
+            return expr
+        try:
+            value = evaluate_constant(expr)
+        except ConstantTooLarge:
+            raise self._error(
+                node,
+                f"constant too large to evaluate: {_shortened(ast.unparse(node))}",
+                f"its magnitude passes 2**{MAX_CONSTANT_BITS}",
+            ) from None
         if value is None:
             raise self._error(
                 node, f"the constant {ast.unparse(node)} has no finite real value"
             )
-        if any(
+        if numeric or any(
             type(e) in NUMERIC or isinstance(e, sp.Piecewise)
             for e in sp.preorder_traversal(expr)
         ):
@@ -397,7 +426,15 @@ class FormulaParser:
                 condition, self._number(node.args[1]), self._number(node.args[2])
             )
             return self._fold(result, node)
-        return self._fold(function.build(*(self._number(a) for a in node.args)), node)
+        args = [self._number(a) for a in node.args]
+        if name in _EXACT_AT_INTEGERS and all(a.is_number for a in args):
+            # SymPy computes these exactly at an integer (a harmonic number,
+            # a factorial): digamma(100000) would never end.  Fold them to
+            # their 40-digit value instead, which the printer writes anyway.
+            with sp.evaluate(False):
+                unevaluated = function.build(*args)
+            return self._fold(unevaluated, node, numeric=True)
+        return self._fold(function.build(*args), node)
 
     def _logsumexp(
         self, argument: sp.Expr, count: int, node: ast.Call
@@ -685,6 +722,10 @@ def check_identifier(
             f"{what} '{name}' is reserved",
             f"it would overwrite torch.nn.Module.{name} in the generated Module",
         )
+
+
+def _shortened(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _did_you_mean(name: str, candidates: list[str]) -> str | None:

@@ -557,20 +557,121 @@ NUMERIC = {
 }
 
 
-def constant_value(expr: sp.Expr) -> sp.Float | None:
-    """The value of a constant expression as a 40-digit Float, or None when
-    it has no finite real value (``log(0)``, ``asin(3)``)."""
+# Constants are evaluated to 40 digits: bottom up, each function of values
+# that carry enough digits for its result to be right to 40.  A large value
+# needs more (sin(exp(1000)) needs exp(1000) to some 480 digits, not 40, or
+# the sine is noise), so the working precision grows with the largest
+# magnitude met, and a second evaluation at twice the digits must agree.
+# A magnitude past 2**MAX_CONSTANT_BITS is refused before any function is
+# applied to it: its digits alone would be too many (sin(exp(exp(exp(5))))
+# had mpmath work at some 10**64 bits).  No float comes near (the largest
+# is below 2**1024), and Python ints past it are refused by the parser.
+MAX_CONSTANT_BITS = 4096
+CONSTANT_DIGITS = 40
+
+
+class ConstantTooLarge(ValueError):
+    """A constant whose magnitude passes 2**MAX_CONSTANT_BITS, or that does
+    not settle to 40 digits as the precision grows."""
+
+
+def number_too_large(number: sp.Number) -> bool:
+    """Whether the SymPy number's magnitude passes 2**MAX_CONSTANT_BITS."""
+    if number.is_Rational:
+        p, q = abs(int(number.p)), int(number.q)
+        return p.bit_length() - q.bit_length() > MAX_CONSTANT_BITS
+    if number.is_Float:
+        _, man, exp, bc = number._mpf_
+        return bool(man) and exp + bc > MAX_CONSTANT_BITS
+    return False
+
+
+def _evaluate(expr: sp.Expr, dps: int):
+    """(value as an mpf or None, the largest magnitude in bits met), at
+    `dps` digits; raises ConstantTooLarge past the bound."""
     mp = _mp()
+    largest = [0]
+
+    def bounded(value):
+        if value is not None and mp.isfinite(value) and value:
+            magnitude = mp.mag(value)
+            if magnitude > MAX_CONSTANT_BITS:
+                raise ConstantTooLarge(expr)
+            largest[0] = max(largest[0], magnitude)
+        return value
+
+    def real(value):
+        """A real SymPy number as an mpf (a sum that cancels is Integer 0)."""
+        if value.is_Float:
+            return mp.mpf(value._mpf_)
+        if value.is_Rational:
+            return mp.mpf(int(value.p)) / int(value.q)
+        return None
 
     def evaluate(e):
         if e.is_Number:
-            return mp.mpf(sp.Float(e, 40)._mpf_) if not e.is_Integer else mp.mpf(int(e))
+            if number_too_large(e):
+                raise ConstantTooLarge(expr)
+            if e.is_Integer:
+                return bounded(mp.mpf(int(e)))
+            return bounded(mp.mpf(sp.Float(e, dps)._mpf_))
         if isinstance(e, sp.NumberSymbol) or not e.args:
-            value = sp.N(e, 40)
-            return mp.mpf(value._mpf_) if value.is_Float else None
+            return bounded(real(sp.N(e, dps)))
         args = [evaluate(a) for a in e.args]
         if any(a is None for a in args):
             return None
+        cls = type(e)
+        if cls in NUMERIC:
+            return bounded(mp.mpf(NUMERIC[cls](*args)))
+        return bounded(real(sp.N(e.func(*[sp.Float(a, dps) for a in args]), dps)))
+
+    try:
+        with mp.workdps(dps):
+            value = evaluate(expr)
+    except ConstantTooLarge:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError):
+        return None, largest[0]
+    if value is None or not mp.isfinite(value):
+        return None, largest[0]
+    return value, largest[0]
+
+
+def evaluate_constant(expr: sp.Expr) -> sp.Float | None:
+    """The value of a constant expression as a 40-digit Float, or None when
+    it has no finite real value (``log(0)``, ``asin(3)``); raises
+    `ConstantTooLarge` when it, or a part of it, passes 2**MAX_CONSTANT_BITS
+    or it does not settle to 40 digits."""
+    mp = _mp()
+    value, largest = _evaluate(expr, CONSTANT_DIGITS)
+    if value is None:
+        return None
+    dps = CONSTANT_DIGITS + 10 + int(largest * 0.30103)
+    for _ in range(3):
+        low, _ = _evaluate(expr, dps)
+        high, _ = _evaluate(expr, 2 * dps)
+        if low is None or high is None:
+            return None
+        with mp.workdps(2 * dps):
+            # Digits lost below the largest magnitude are noise: agreeing
+            # to 2**-80 of the value, or both within the noise, is settled.
+            noise = mp.mpf(2) ** (largest - int(dps * 3.3219) + 16)
+            if abs(low - high) <= abs(high) * mp.mpf(2) ** -80:
+                return sp.Float(high, CONSTANT_DIGITS)
+            if abs(low) <= noise and abs(high) <= noise * 2 ** -(dps * 3):
+                return sp.Float(0)
+        dps *= 2
+    raise ConstantTooLarge(expr)
+
+
+def constant_value(expr: sp.Expr) -> sp.Float | None:
+    """The value of a constant expression as a 40-digit Float, or None when
+    it has no finite real value (``log(0)``, ``asin(3)``) or is too large
+    to evaluate (see `evaluate_constant`)."""
+    try:
+        return evaluate_constant(expr)
+    except ConstantTooLarge:
+        return None
         cls = type(e)
         if cls in NUMERIC:
             return mp.mpf(NUMERIC[cls](*args))

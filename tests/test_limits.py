@@ -275,6 +275,84 @@ def test_huge_init_constants_are_refused_or_work(init):
     module.F()
 
 
+# Constants near and past MAX_CONSTANT_BITS, through every function: each
+# formula builds or is refused, located, within the guard (a hang was
+# mpmath reducing the argument of sin(exp(exp(exp(5)))) at ~10**64 bits).
+HUGE_CONSTANTS = [
+    "exp(exp(exp(5)))",
+    "-exp(exp(exp(5)))",
+    "exp(exp(7))",
+    "1/exp(-exp(exp(5)))",
+    "10**400*10**400*10**400*10**400",
+    "exp(2800)",
+    "100000",  # digamma and lgamma of it were exact: a harmonic number, a factorial
+]
+CONSTANT_CHECK = """
+    import json, sys
+    import fngen
+    from fngen import SpecError
+    from fngen.functions import POINTWISE_FUNCTIONS
+    from fngen.spec import parse_spec
+    outcomes = {{}}
+    for h in {constants!r}:
+        for name, function in sorted(POINTWISE_FUNCTIONS.items()):
+            if name == "where":
+                calls = [f"where({{h}} > 3, x, 2*x)", f"where(x > 0, {{h}}, x)"]
+            else:
+                others = ["1"] * (function.arity - 1)
+                calls = [f"{{name}}({{', '.join([h] + others)}})"]
+                if function.arity > 1:
+                    calls.append(f"{{name}}({{', '.join(others + [h])}})")
+            for call in calls:
+                text = f'fngen: 1\\nfunctions:\\n  f:\\n    formula: "y = x*{{call}}"\\n'
+                try:
+                    fngen.generate(parse_spec(text, "c.yaml"))
+                    outcomes[call] = "built"
+                except SpecError as error:
+                    assert str(error).startswith("c.yaml:"), str(error)
+                    outcomes[call] = str(error)
+    print(json.dumps(outcomes))
+"""
+
+
+def test_huge_constants_in_every_function_build_or_are_refused_without_hanging():
+    seconds, result = run_python(
+        CONSTANT_CHECK.format(constants=HUGE_CONSTANTS), timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout)
+    assert len(outcomes) > 7 * 40
+    assert outcomes["digamma(100000)"] == outcomes["lgamma(100000)"] == "built"
+    assert outcomes["sin(exp(exp(exp(5))))"] == (
+        "c.yaml:4:25: error: constant too large to evaluate: exp(exp(exp(5))) "
+        "(its magnitude passes 2**4096)"
+    )
+    print(f"\n  {len(outcomes)} formulas in {seconds:.1f} s")
+
+
+PRECISE_CONSTANTS = {
+    "sin(exp(1000))": lambda mp: mp.sin(mp.exp(1000)),
+    "cos(exp(2000))": lambda mp: mp.cos(mp.exp(2000)),
+    "tan(10**300 + 1/3)": lambda mp: mp.tan(mp.mpf(10) ** 300 + mp.mpf(1) / 3),
+    "sigmoid(sin(exp(900)))": lambda mp: 1 / (1 + mp.exp(-mp.sin(mp.exp(900)))),
+    "relu(cos(exp(800)))": lambda mp: max(mp.cos(mp.exp(800)), 0),
+    "(exp(300) + 1/7) - exp(300)": lambda mp: mp.mpf(1) / 7,
+}
+
+
+@pytest.mark.parametrize("formula", list(PRECISE_CONSTANTS))
+def test_constants_are_folded_to_their_value(formula):
+    """Folded to float precision, also where a large argument needs far
+    more than 40 digits (checked against mpmath at 3000)."""
+    import mpmath
+
+    module = fngen.load(parse_spec(spec_text(f"y = x*({formula})"), "limits.yaml"))
+    with mpmath.workdps(3000):
+        want = float(PRECISE_CONSTANTS[formula](mpmath))
+    x = torch.tensor([1.0], dtype=torch.float64)
+    torch.testing.assert_close(module.f(x), x * want, rtol=2e-16, atol=0)
+
+
 def test_integer_with_too_many_digits_is_refused():
     assert outcome(spec_text("y = x*" + "9" * 5000)) == "refused"
 
