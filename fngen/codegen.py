@@ -19,6 +19,7 @@ import sympy as sp
 from sympy.printing.pycode import pycode
 
 from fngen import __version__
+from fngen import dag
 from fngen import tensorops as T
 from fngen.derive import (
     Derivation,
@@ -577,7 +578,7 @@ class FunctionWriter:
         if derivatives:
             lines += ["", "Derivatives::", ""]
             for out, leaf, expr in derivatives:
-                lines.append(f"    d{out}/d{leaf} = {math_text(expr)}")
+                lines.append(f"    d{out}/d{leaf} = {_shown(expr)}")
         for name, expr in fn.grads:
             lines += ["", f"Gradient of ``{name}`` overridden: ``{math_text(expr)}``."]
         function_doc = docstring("\n".join(lines))
@@ -677,6 +678,19 @@ def _hoisted(branches: list[tuple], final: list[str], fill=()) -> list[str]:
         lines.append(f"if {test}:")
         lines += [f"    {line}" for line in [*after_setup, *body[common:]]]
     return lines + list(fill) + final[common:]
+
+
+# A derivative in the docstring is printed as a tree: a statement used
+# twice is written out twice, and fifteen such ones make megabytes.
+MAX_SHOWN_TREE = 2000
+
+
+def _shown(expr: sp.Expr) -> str:
+    """`expr` in the formula language, or a note where its text would be
+    too long to read (see `MAX_SHOWN_TREE`)."""
+    if dag.tree_size(expr, MAX_SHOWN_TREE) > MAX_SHOWN_TREE:
+        return f"(not shown: more than {MAX_SHOWN_TREE} operations written out)"
+    return math_text(expr)
 
 
 def _literal(value) -> str:

@@ -10,10 +10,12 @@ common subexpressions shared (`schedule.py`), ready for the printer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import sympy as sp
 
+from fngen import dag
 from fngen import tensorops as T
 from fngen.formula import is_condition
 from fngen.functions import Piecewise
@@ -152,7 +154,7 @@ class Deriver:
         return solved if op_count(solved) <= op_count(expr) else expr
 
     def leaves_of(self, expr: sp.Expr) -> list[sp.Symbol]:
-        found = expr.free_symbols & self.leaves
+        found = dag.free_symbols(expr) & self.leaves
         return sorted(found, key=lambda s: s.name)
 
     def shape_of(self, expr: sp.Expr) -> sp.Expr:
@@ -180,7 +182,7 @@ class Deriver:
         `upstream` has exactly the broadcast shape of `expr`."""
         leaves = self.leaves_of(expr)
         for leaf in leaves:
-            derivative = simplest(stabilize(sp.diff(expr, leaf)))
+            derivative = simplest(stabilize(dag.derivative(expr, leaf)))
             if derivative == 0:
                 continue
             contribution = upstream * derivative
@@ -444,7 +446,7 @@ class Deriver:
                     and not is_condition(out_expr)
                     and out_expr.free_symbols
                 ):
-                    expr = self.eliminate(expr.subs(out_expr, out), out, out_expr)
+                    expr = self.eliminate(_subs(expr, out_expr, out), out, out_expr)
             result.append(expr)
         return result
 
@@ -458,20 +460,21 @@ class Deriver:
         # Shapes stay as they are: a shape is kept on ctx, never recomputed.
         shapes = {
             shape: sp.Dummy(f"shape{n}")
-            for n, shape in enumerate(expr.atoms(T.ShapeOf))
+            for n, shape in enumerate(dag.atoms(expr, T.ShapeOf))
         }
-        masked = expr.xreplace(shapes)
+        masked = dag.xreplace(expr, shapes)
         tensors = set(self.tensor_inputs) | set(self.op_results) | set(self.outputs)
-        before = len(masked.free_symbols & tensors)
+        masked_symbols = dag.free_symbols(masked)
+        before = len(masked_symbols & tensors)
         for leaf in sorted(
-            out_expr.free_symbols & masked.free_symbols & self.leaves, key=str
+            dag.free_symbols(out_expr) & masked_symbols & self.leaves, key=str
         ):
-            slope = out_expr.diff(leaf)
+            slope = dag.derivative(out_expr, leaf)
             if not slope.is_number or slope == 0:
                 continue
-            solved = masked.subs(leaf, leaf + (out - out_expr) / slope)
-            if len(solved.free_symbols & tensors) < before:
-                return solved.xreplace({d: shape for shape, d in shapes.items()})
+            solved = _subs(masked, leaf, leaf + (out - out_expr) / slope)
+            if len(dag.free_symbols(solved) & tensors) < before:
+                return dag.xreplace(solved, {d: shape for shape, d in shapes.items()})
         return expr
 
     def needed_recomputation(self, exprs) -> list:
@@ -480,7 +483,9 @@ class Deriver:
         break double backward)."""
         outputs = set(self.outputs)
         needed: set[sp.Symbol] = set()
-        frontier = set().union(*(e.free_symbols for e in exprs)) if exprs else set()
+        frontier = (
+            set().union(*(dag.free_symbols(e) for e in exprs)) if exprs else set()
+        )
         while frontier:
             symbol = frontier.pop()
             if (
@@ -497,9 +502,9 @@ class Deriver:
         tensors, shapes = set(), set()
         available = set(self.tensor_inputs) | set(self.outputs)
         for expr in exprs:
-            for shape in expr.atoms(T.ShapeOf):
+            for shape in dag.atoms(expr, T.ShapeOf):
                 shapes |= set(shape.args)
-            tensors |= _without_shapes(expr).free_symbols & available
+            tensors |= dag.free_symbols(_without_shapes(expr)) & available
         return tensors, shapes - tensors
 
     def backward_expressions(self) -> list[sp.Expr]:
@@ -643,7 +648,7 @@ class Deriver:
             for leaf in self.leaves_of(expr):
                 derivative = overridden.get(leaf, None)
                 if derivative is None:
-                    derivative = simplest(stabilize(sp.diff(expr, leaf)))
+                    derivative = simplest(stabilize(dag.derivative(expr, leaf)))
                 if derivative != 0 and leaf in tangents:
                     terms.append(derivative * tangents[leaf])
             # (x_t + b_t)*mish'(x + b), one fused kernel, not two products.
@@ -712,7 +717,7 @@ class Deriver:
                 for i in self.fn.inputs
             )
         derivatives = tuple(
-            (out.name, leaf.name, sp.diff(expr, leaf))
+            (out.name, leaf.name, dag.derivative(expr, leaf))
             for out, expr in self.formula.outputs
             for leaf in self.leaves_of(expr)
             if not self.formula.ops and not is_condition(expr)
@@ -743,6 +748,15 @@ class Deriver:
 # is kept as SymPy's diff gives it.  A size, not seconds, so that the output
 # stays the same on every machine; factor_terms grows faster than linearly.
 SIMPLIFY_LIMIT = 300
+# SymPy's factor_terms, piecewise_fold and expand walk an expression as a
+# tree: through every repetition of a shared subexpression again, 2**15
+# times the leaves of fifteen statements ``a_i = a_{i-1}*a_{i-1} +
+# a_{i-1}``.  Their budget is the tree's size (counted on the DAG, in time
+# linear in it), and horner's the number of terms the expansion it starts
+# with would make (counted so too) and of its variables (its polynomials
+# are dense in them: a sum of 200 names took half a minute).
+TREE_LIMIT = 20_000
+MAX_HORNER_GENERATORS = 8
 
 
 def forward_program(
@@ -782,7 +796,7 @@ def _sum_simplest(terms: list[sp.Expr]) -> sp.Expr:
 def simplest(expr: sp.Expr) -> sp.Expr:
     """`expr` with common factors pulled out when that saves operations
     (``t*x + t*y + t*z`` becomes ``t*(x + y + z)``), within the budget."""
-    if dag_size(expr) > SIMPLIFY_LIMIT:
+    if dag_size(expr) > SIMPLIFY_LIMIT or dag.tree_size(expr, TREE_LIMIT) > TREE_LIMIT:
         return expr
     expr = factor_piecewise(expr)
     candidates = [horner(expr), sp.factor_terms(expr), fold_piecewise(expr)]
@@ -871,11 +885,52 @@ def horner(expr: sp.Expr) -> sp.Expr:
     if (
         not isinstance(expr, sp.Add)
         or dag_size(expr) > SIMPLIFY_LIMIT
-        or not expr.is_polynomial(*expr.free_symbols)
+        or not _small_polynomial(expr)
     ):
         return expr
     nested = sp.horner(expr)
     return nested if op_count(nested) < op_count(expr) else expr
+
+
+def _small_polynomial(expr: sp.Expr) -> bool:
+    """Whether `expr` is a polynomial in its symbols (as
+    ``expr.is_polynomial(*expr.free_symbols)``) of at most
+    `MAX_HORNER_GENERATORS` of them, whose expansion has at most
+    `SIMPLIFY_LIMIT` terms: a bound, counted on the DAG (a product's terms
+    multiply, a power's are the multinomial count)."""
+    limit = SIMPLIFY_LIMIT
+    terms: dict = {}
+    variable: dict = {}  # whether a symbol is below
+    symbols = set()
+    for node in dag.postorder(expr):
+        variable[node] = node.is_Symbol or any(
+            variable.get(a, False) for a in node.args
+        )
+        if node.is_Symbol:
+            symbols.add(node)
+            count = 1
+        elif not variable[node]:
+            count = 1  # a coefficient: 3, sqrt(2), pi
+        elif isinstance(node, sp.Add):
+            count = sum(terms[a] for a in node.args)
+        elif isinstance(node, sp.Mul):
+            count = 1
+            for a in node.args:
+                count = min(count * terms[a], limit + 1)
+        elif (
+            isinstance(node, sp.Pow)
+            and node.exp.is_Integer
+            and node.exp >= 0
+            and terms[node.base] <= limit
+        ):
+            k = terms[node.base]
+            count = math.comb(int(node.exp) + k - 1, k - 1)
+        else:
+            return False  # a function of a symbol, or a root, or a quotient
+        if count > limit or len(symbols) > MAX_HORNER_GENERATORS:
+            return False
+        terms[node] = count
+    return True
 
 
 def op_count(*exprs: sp.Basic) -> int:
@@ -916,7 +971,17 @@ def _is_negation(expr: sp.Basic) -> bool:
 
 def _without_shapes(expr: sp.Expr) -> sp.Expr:
     """`expr` with its shapes as 0: what is left reads tensors' values."""
-    return expr.replace(lambda e: isinstance(e, T.ShapeOf), lambda e: sp.Integer(0))
+    shapes = dag.atoms(expr, T.ShapeOf)
+    return dag.xreplace(expr, dict.fromkeys(shapes, sp.Integer(0)))
+
+
+def _subs(expr: sp.Expr, old: sp.Expr, new: sp.Expr) -> sp.Expr:
+    """``expr.subs(old, new)``; past `TREE_LIMIT` (subs walks the tree, and
+    matches parts of sums and products along the way) only where `old`
+    stands as it is, replaced on the DAG."""
+    if dag.tree_size(expr, TREE_LIMIT) > TREE_LIMIT:
+        return dag.xreplace(expr, {old: new})
+    return expr.subs(old, new)
 
 
 class NotLinear(Exception):
@@ -1144,19 +1209,28 @@ def _kept_candidates(fn: FunctionSpec) -> list[sp.Expr]:
     roots += [expr for _, expr in fn.formula.outputs]
     found = []
     for root in roots:
-        for sub in sp.preorder_traversal(root):
+        # On the DAG: each distinct subexpression once, in preorder.
+        below = dag.symbols_below(root)
+        has_op = {}
+        for node in dag.postorder(root):
+            has_op[node] = isinstance(node, T.TensorOp) or any(
+                has_op.get(a, False) for a in node.args
+            )
+        for sub in dag.preorder(root):
             if (
                 sub.is_Atom
                 or sub in found
                 or is_condition(sub)
                 or isinstance(sub, (sp.Piecewise, T.TensorOp))
-                or sub.atoms(T.TensorOp)
-                or not sub.free_symbols <= tensors | scalars
-                or len(sub.free_symbols & tensors) < 2
+                or has_op[sub]
+                or not below[sub] <= tensors | scalars
+                or len(below[sub] & tensors) < 2
             ):
                 continue
             found.append(sub)
-    return found[:MAX_KEPT_CANDIDATES]
+            if len(found) == MAX_KEPT_CANDIDATES:
+                return found
+    return found
 
 
 def _with_kept(fn: FunctionSpec, expr: sp.Expr) -> FunctionSpec:

@@ -102,21 +102,32 @@ _RULES = (
 )
 
 
-def bottom_up(expr: sp.Basic, rules) -> sp.Basic:
+def bottom_up(expr: sp.Basic, rules, memo: dict | None = None) -> sp.Basic:
     """One bottom-up pass of `rules`, (class, rule) pairs: each node, its
     arguments rewritten first, becomes the first rule's result that is not
-    None among the rules for its class."""
+    None among the rules for its class.  Each distinct subexpression is
+    rewritten once (`memo`): a statement used twice is one object in the
+    expression, and a walk of it as a tree doubles with every such one."""
+    if memo is None:
+        memo = {}
     if expr.is_Atom or not isinstance(expr, sp.Basic):
         return expr
-    args = [bottom_up(a, rules) if isinstance(a, sp.Basic) else a for a in expr.args]
+    if expr in memo:
+        return memo[expr]
+    args = [
+        bottom_up(a, rules, memo) if isinstance(a, sp.Basic) else a for a in expr.args
+    ]
+    rewritten = expr
     if any(a is not b for a, b in zip(args, expr.args)):
-        expr = expr.func(*args)
+        rewritten = expr.func(*args)
     for cls, rule in rules:
-        if isinstance(expr, cls):
-            result = rule(expr)
+        if isinstance(rewritten, cls):
+            result = rule(rewritten)
             if result is not None:
+                memo[expr] = result
                 return result
-    return expr
+    memo[expr] = rewritten
+    return rewritten
 
 
 def stabilize(expr: sp.Expr) -> sp.Expr:
