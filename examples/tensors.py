@@ -84,11 +84,11 @@ def _has_tangent(*tensors):
     """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
     Dynamo differentiates a Function's forward instead of calling its jvp,
     which for a grad: override is another derivative."""
-    return any(
-        tensor is not None
-        and torch.autograd.forward_ad.unpack_dual(tensor).tangent is not None
-        for tensor in tensors
-    )
+    for tensor in tensors:
+        if tensor is not None:
+            if torch.autograd.forward_ad.unpack_dual(tensor).tangent is not None:
+                return True
+    return False
 
 
 class SumSqrtFunction(torch.autograd.Function):
