@@ -779,7 +779,6 @@ class FunctionChecker:
         torch = self.torch
         backward, values = self.backward_function(args)
         tensors = values[: len(self.differentiable(args))]
-        incoming = values[len(tensors) :]
 
         def reference(*values):
             inputs, grads_in = values[: len(tensors)], values[len(tensors) :]
@@ -798,7 +797,7 @@ class FunctionChecker:
                 if name in self.overrides:
                     value = interpret(self.overrides[name])
                     if not torch.is_tensor(value):
-                        value = torch.as_tensor(value, dtype=x.dtype).expand(x.shape)
+                        value = torch.as_tensor(value).to(x).expand(x.shape)
                     shape = torch.broadcast_shapes(value.shape, x.shape)
                     results.append(value.expand(shape).sum_to_size(x.shape))
                     continue
@@ -821,7 +820,7 @@ class FunctionChecker:
         first_gen = backward(*values)
         first_ref = reference(*values)
         weights = [
-            torch.randn(g.shape, generator=generator, dtype=torch.float64)
+            torch.randn(g.shape, generator=generator, dtype=torch.float64).to(g)
             for g in first_gen
         ]
         tol = dict(atol=1e-5, rtol=1e-4)
@@ -1030,7 +1029,7 @@ class FunctionChecker:
             return None
         generator = torch.Generator().manual_seed(self.seed + 3)
         batches = [
-            torch.randn((BATCH,) + tuple(o.shape), generator=generator, dtype=o.dtype)
+            torch.randn((BATCH,) + tuple(o.shape), generator=generator).to(o)
             for o in outputs
         ]
         tol = self.run_tol
@@ -1096,7 +1095,7 @@ class FunctionChecker:
         primals = [detached[i] for i in indices]
         values, vjp = torch.func.vjp(of_tensors, *primals)
         differentiable = [
-            torch.randn((BATCH,) + tuple(v.shape), generator=generator, dtype=v.dtype)
+            torch.randn((BATCH,) + tuple(v.shape), generator=generator).to(v)
             for v in values
         ]
         mapped = torch.func.vmap(vjp)(tuple(differentiable))
@@ -1297,7 +1296,6 @@ class FunctionChecker:
         if self.fn.once_differentiable:
             skips.setdefault("double_backward", "once_differentiable")
             skips.setdefault("vmap", "once_differentiable")
-            skips.setdefault("batched", "once_differentiable")
         for absent in self.variants():
             self.absent = absent
             problem = self._domain_problem()
