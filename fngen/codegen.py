@@ -101,8 +101,8 @@ class FunctionWriter:
         tuple_outputs: bool = False,
     ):
         self.fn = fn
-        # The class for torch.compile (see `traceable`): its forward returns
-        # a tuple even of one output, and its code is printed for inductor.
+        # The class for torch.compile (see `traceable`): its code is printed
+        # for inductor.
         self.tuple_outputs = tuple_outputs
         # One derivation per combination of absent optional tensors; the
         # one with every tensor present comes last and describes the API.
@@ -180,8 +180,6 @@ class FunctionWriter:
             lines = self.emit(d.forward, self.printer(self.first_tensor), {})
             lines += self._unaliased_outputs(d)
             names = ", ".join(o.name for o in d.outputs)
-            if self.tuple_outputs and len(d.outputs) == 1:
-                names += ","
             return lines + [f"return {names}"]
 
         return self.branches(body, in_ctx=False)
@@ -444,7 +442,11 @@ class FunctionWriter:
     def autocast_lines(self) -> list[str]:
         """Under autocast, cast the tensor inputs the way a built-in op
         would: matrix products to the autocast dtype, ``autocast: float32``
-        functions to float32; then the Function runs with autocast off."""
+        functions to float32; then the function runs again with autocast
+        off.  Only the tensors ``torch.amp`` casts are cast (floating point
+        but float64, on the autocast device: `_autocast_cast`); float64 and
+        integer tensors stay as they are, as for ``torch.matmul``.  A device
+        type without autocast (``meta``) has nothing to cast."""
         if self.fn.autocast == "float32":
             comment = "# Declared autocast: float32: run in full precision."
             dtype = "torch.float32"
@@ -455,15 +457,86 @@ class FunctionWriter:
             dtype = "torch.get_autocast_dtype(device_type)"
         else:
             return []
-        lines = [comment, f"dtype = {dtype}"]
-        for spec in self.fn.tensor_inputs:
-            if spec.optional:
-                lines.append(
-                    f"{spec.name} = None if {spec.name} is None else {spec.name}.to(dtype)"
-                )
-            else:
-                lines.append(f"{spec.name} = {spec.name}.to(dtype)")
+        self.helpers.add("_autocast_cast")
+        names = [spec.name for spec in self.fn.tensor_inputs]
+        lines = [
+            f"device_type = {self.first_tensor}.device.type",
+            "if torch.amp.is_autocast_available(device_type) and "
+            "torch.is_autocast_enabled(device_type):",
+            f"    {comment}",
+            f"    dtype = {dtype}",
+        ]
+        lines += [
+            f"    {name} = _autocast_cast({name}, device_type, dtype)" for name in names
+        ]
+        call = ", ".join(i.name for i in self.fn.inputs)
+        lines += [
+            "    with torch.autocast(device_type, enabled=False):",
+            f"        return {self.fn.name}({call})",
+        ]
         return lines
+
+    def wrapper_body(self, classes: dict) -> list[str]:
+        """The functional wrapper after its docstring: refuse complex
+        tensors, pick the class (`classes`: ``eager``, ``compile``,
+        ``trace`` and ``script``, each a class name and the indexing of
+        its result that leaves the declared outputs, or None), cast under
+        autocast, apply."""
+        fn = self.fn
+        call = ", ".join(i.name for i in fn.inputs)
+        tests = [
+            (
+                f"({i.name} is not None and {i.name}.is_complex())"
+                if i.optional
+                else f"{i.name}.is_complex()"
+            )
+            for i in fn.tensor_inputs
+        ]
+        message = f"{fn.name} is a real function: complex tensors are not supported"
+        lines = [f"if {' or '.join(tests)}:", f"    raise TypeError({message!r})"]
+
+        def apply(which: str) -> str:
+            name, suffix = classes[which]
+            return f"{name}.apply({call}){suffix}"
+
+        lines.append("if torch.jit.is_scripting():")
+        if classes["script"] is None:
+            count = len(self.declared_outputs)
+            message = (
+                f"torch.jit.script cannot call {fn.name}, which returns {count} "
+                "tensors: use torch.jit.trace or torch.compile"
+            )
+            lines.append(f"    raise RuntimeError({message!r})")
+        else:
+            lines.append(f"    return {apply('script')}")
+        lines += self.autocast_lines()
+        guard = []
+        if fn.grads:
+            self.helpers.add("_has_tangent")
+            names = ", ".join(i.name for i in fn.tensor_inputs)
+            message = (
+                f"{fn.name}: torch.compile would ignore its grad: override in "
+                "forward-mode AD (jvp, jacfwd): call it outside the compiled region"
+            )
+            guard = [
+                f"    if _has_tangent({names}):",
+                f"        raise RuntimeError({message!r})",
+            ]
+        if classes["trace"] == classes["compile"]:
+            lines += [
+                "if torch.compiler.is_compiling() or torch.jit.is_tracing():",
+                *guard,
+                f"    return {apply('compile')}",
+            ]
+        else:
+            if classes["trace"] is not None:
+                lines += ["if torch.jit.is_tracing():", f"    return {apply('trace')}"]
+            lines += [
+                "if torch.compiler.is_compiling():",
+                *guard,
+                f"    return {apply('compile')}",
+            ]
+        return lines + [f"return {apply('eager')}"]
 
     def jvp_params(self) -> str:
         return ", ".join(
@@ -479,14 +552,31 @@ class FunctionWriter:
         parts = []
         defaults_from_here = True
         for spec in reversed(self.fn.inputs):
+            # Annotated, as torch.jit.script reads an unannotated argument
+            # as a tensor.
+            annotation = {
+                InputKind.TENSOR: "torch.Tensor",
+                InputKind.FLOAT: "float",
+                InputKind.INT: "int",
+                InputKind.BOOL: "bool",
+            }[spec.kind]
+            if spec.optional:
+                annotation += " | None"
             if spec.has_default:
-                parts.append(f"{spec.name}={_literal(spec.default)}")
+                parts.append(f"{spec.name}: {annotation} = {_literal(spec.default)}")
             elif spec.optional and defaults_from_here:
-                parts.append(f"{spec.name}=None")
+                parts.append(f"{spec.name}: {annotation} = None")
             else:
-                parts.append(spec.name)
+                parts.append(f"{spec.name}: {annotation}")
                 defaults_from_here = False
         return ", ".join(reversed(parts))
+
+    def returns(self) -> str:
+        """The wrapper's return annotation."""
+        count = len(self.declared_outputs)
+        if count == 1:
+            return "torch.Tensor"
+        return f"tuple[{', '.join(['torch.Tensor'] * count)}]"
 
     def module_parts(self) -> dict:
         fn = self.fn
@@ -641,6 +731,7 @@ class FunctionWriter:
             function_class=f"{name}Function",
             traceable_class=f"_{name}Traceable",
             traceable=None,  # a subclass without the jvp (see `traceable`)
+            traced=None,  # the class for jit.trace and script, where it differs
             module_class=name,
             forward_params=", ".join(i.name for i in fn.inputs),
             forward_body=self.forward(),
@@ -650,11 +741,8 @@ class FunctionWriter:
             jvp_params=self.jvp_params(),
             jvp_body=jvp,
             once_differentiable=fn.once_differentiable,
-            autocast_lines=self.autocast_lines(),
-            first_tensor=self.first_tensor,
             signature=self.signature(),
-            apply_args=", ".join(i.name for i in fn.inputs),
-            apply_suffix=self.apply_suffix(),
+            returns=self.returns(),
             **self.module_parts(),
             **self.docs(),
         )
@@ -712,24 +800,37 @@ def variants(fn: FunctionSpec) -> list[tuple[frozenset[str], Derivation]]:
     ]
 
 
-def traceable(plain: FunctionSpec, function_class: str) -> tuple[dict, FunctionWriter]:
+def traceable(
+    plain: FunctionSpec, function_class: str, traced: bool = False
+) -> tuple[dict, FunctionWriter]:
     """The class ``torch.compile`` applies when the eager Function keeps an
     intermediate (`keep_intermediate`): `plain`, the function without it.
     Compiled, the partitioner recomputes ``input - target`` in the backward
     for nothing, where returning it from the forward costs a write of the
-    whole tensor (huber_loss 1.4 times the composed formula's time).  Its
-    forward returns a tuple of the declared outputs, so that the wrapper
-    indexes both classes' results alike."""
+    whole tensor (huber_loss 1.4 times the composed formula's time).
+
+    With `traced`, the class ``torch.jit.trace``, ``torch.jit.script`` and
+    the legacy ONNX exporter apply when the eager Function and the compile
+    class both return kept outputs (kept reductions): those take the first
+    outputs of a Function for its results, so its outputs must be only the
+    declared ones."""
     writer = FunctionWriter(plain, variants(plain), tuple_outputs=True)
-    doc = docstring(
-        textwrap.fill(
-            f"{function_class} without its kept intermediate and its jvp, for "
-            "torch.compile: compiled, recomputing the intermediate in the "
-            "backward costs nothing, and returning it costs a write "
-            "(torch.compile cannot trace a custom jvp either).",
-            width=72,
+    if traced:
+        text = (
+            f"{function_class} without its kept outputs and its jvp, for "
+            "torch.jit.trace, torch.jit.script and the legacy ONNX exporter, "
+            "which must see only the declared outputs."
         )
-    )
+    else:
+        text = (
+            f"{function_class} without its kept intermediate and its jvp, for "
+            "torch.compile, torch.jit.trace and torch.jit.script: compiled, "
+            "recomputing the intermediate in the backward costs nothing, and "
+            "returning it costs a write (torch.compile cannot trace a custom "
+            "jvp either); traced or scripted, only the declared outputs may "
+            "be outputs."
+        )
+    doc = docstring(textwrap.fill(text, width=72))
     backward = writer.backward()
     return (
         dict(
@@ -752,11 +853,36 @@ def render(spec: Spec) -> str:
             fn = keep_reductions(kept)
             writer = FunctionWriter(fn, variants(fn))
             context = writer.context()
+            name = class_name(fn.name)
+            eager = (context["function_class"], writer.apply_suffix())
+            compiled = (context["traceable_class"], writer.apply_suffix())
             if kept is not fused:
                 context["traceable"], compiled_writer = traceable(
-                    keep_reductions(fused), f"{class_name(fn.name)}Function"
+                    keep_reductions(fused), f"{name}Function"
                 )
                 writers.append(compiled_writer)
+                compiled = (compiled[0], compiled_writer.apply_suffix())
+            # Traced (jit.trace, the legacy ONNX exporter) or scripted, a
+            # Function's first outputs are taken for its results: a class
+            # whose outputs are only the declared ones.
+            traced = None
+            if fn.kept:
+                traced = compiled
+                if compiled[1]:
+                    context["traced"], traced_writer = traceable(
+                        fused, f"{name}Function", traced=True
+                    )
+                    context["traced_class"] = f"_{name}Traced"
+                    writers.append(traced_writer)
+                    traced = (context["traced_class"], "")
+            script = None
+            if len(writer.declared_outputs) == 1:
+                # The jvp-less subclass cannot be scripted; the eager class
+                # can, when it returns only the declared output.
+                script = traced or eager
+            context["wrapper_body"] = writer.wrapper_body(
+                dict(eager=eager, compile=compiled, trace=traced, script=script)
+            )
             contexts.append(context)
         except PrintError as err:
             raise SpecError(

@@ -962,9 +962,19 @@ def override_coefficients(
     if any(c.free_symbols & grads for c in coefficients):
         return None
     rest = body - sp.Add(*[c * g for c, g in zip(coefficients, grad_symbols)])
-    if sp.expand(rest) != 0:
+    if not _is_zero(rest):
         return None
     return coefficients
+
+
+def _is_zero(expr: sp.Expr) -> bool:
+    """Whether `expr` is zero, branch by branch for a ``where``:
+    ``where(c, 0, grad*f) - grad*where(c, 0, f)`` is, though SymPy keeps
+    the difference of two Piecewise as it is."""
+    expr = sp.piecewise_fold(expr)
+    if isinstance(expr, sp.Piecewise):
+        return all(_is_zero(value) for value, _ in expr.args)
+    return sp.expand(expr) == 0
 
 
 def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:
