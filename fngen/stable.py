@@ -24,7 +24,17 @@ from __future__ import annotations
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
-from fngen.functions import Abs, LogSigmoid, Sigmoid, Softplus
+from fngen import tensorops as T
+from fngen.functions import (
+    Abs,
+    HeavisideStep,
+    LogSigmoid,
+    Piecewise,
+    Sigmoid,
+    Softplus,
+    has_zero_branch,
+    indicator,
+)
 
 MAX_PASSES = 8
 
@@ -127,3 +137,88 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
             return expr
         expr = rewritten
     return expr
+
+
+def _safe_outside(factor: sp.Basic) -> bool:
+    """Whether `factor` may stay outside a where it multiplies: a number, a
+    name (an input, a gradient, a tangent: finite where the inputs are) or
+    a tensor operation of such (a broadcast gradient, a matrix product)."""
+    return factor.is_Number or isinstance(
+        factor, (sp.Symbol, sp.NumberSymbol, T.TensorOp)
+    )
+
+
+def _has_zero_factor(term: sp.Basic) -> bool:
+    """Whether `term` is, or has as a factor, a where with a 0 branch."""
+    factors = term.args if isinstance(term, sp.Mul) else (term,)
+    return any(has_zero_branch(f) for f in factors)
+
+
+def _select_in(piece: sp.Piecewise, value_of) -> sp.Expr:
+    """A where of ``value_of(value)`` on each branch of `piece`."""
+    return Piecewise(*[(value_of(value), c) for value, c in piece.args])
+
+
+def select_zero_branches(expr: sp.Basic) -> sp.Basic:
+    """`expr` with every factor that multiplies a where with a 0 branch (a
+    derivative of max, min, clamp, relu, or a where of 0) taken into that
+    where, so that the 0 is selected rather than multiplied: the derivative
+    of ``min(0, alpha*(exp(x/alpha) - 1))`` is ``where(t < 0, exp(x/alpha),
+    0)``, not ``where(t < 0, 1, 0)*exp(x/alpha)``, which is ``0*inf = NaN``
+    at x = 200 in float32 where that branch is not taken.  A product with a
+    sum of such terms is distributed over it.  Names and numbers stay
+    outside (``grad*where(x > 0, 1, 0)`` is a mask or relu's
+    threshold_backward), and so do tensor operations of them.
+
+    Run on each program just before its common subexpressions are named, as
+    naming a where or part of a product could take a factor out again."""
+    memo: dict = {}
+
+    def walk(e):
+        if not isinstance(e, sp.Basic) or e.is_Atom:
+            return e
+        if e in memo:
+            return memo[e]
+        args = [walk(a) for a in e.args]
+        new = e
+        if any(a is not b for a, b in zip(args, e.args)):
+            new = e.func(*args)
+        if isinstance(new, sp.Pow) and has_zero_branch(new.base):
+            if new.exp.is_positive:
+                power = new.exp
+                new = _select_in(new.base, lambda v: walk(v**power))
+        elif isinstance(new, sp.Mul):
+            new = _mul(new)
+        memo[e] = new
+        return new
+
+    def _mul(e: sp.Mul) -> sp.Expr:
+        # heaviside(u) is the where ``where(u > 0, 1, 0)``.
+        factors = [
+            indicator(f.args[0] > 0) if isinstance(f, HeavisideStep) else f
+            for f in e.args
+        ]
+        inside = [f for f in factors if not _safe_outside(f)]
+        piece = next((f for f in factors if has_zero_branch(f)), None)
+        if piece is not None:
+            rest = [f for f in inside if f is not piece]
+            if not rest:
+                return e
+            outside = [f for f in factors if _safe_outside(f)]
+            rest = sp.Mul(*rest)
+            return sp.Mul(*outside, _select_in(piece, lambda v: walk(v * rest)))
+        total = next(
+            (
+                f
+                for f in inside
+                if isinstance(f, sp.Add) and any(map(_has_zero_factor, f.args))
+            ),
+            None,
+        )
+        rest = [f for f in inside if f is not total]
+        if total is None or not rest:
+            return e
+        outside = sp.Mul(*[f for f in factors if _safe_outside(f)])
+        return outside * sp.Add(*[walk(term * sp.Mul(*rest)) for term in total.args])
+
+    return walk(expr)

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as nnf
 
 import fngen
+from fngen.reference import reference_forward
 from fngen.spec import parse_spec
+from float32_bar import LARGE, assert_float32_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(
@@ -142,3 +144,68 @@ def test_mish_helpers_write_in_place_only_into_temporaries_of_x():
         for call in _inplace_calls(function):
             names = {n.id for n in ast.walk(call) if isinstance(n, ast.Name)}
             assert "grad" not in names, ast.unparse(call)
+
+
+# -- item 3: a branch that is not taken gives no NaN -------------------------
+
+
+def one(formula: str, inputs: str = ""):
+    """(the generated function, its FunctionSpec) of a one-function spec."""
+    text = f"fngen: 1\nfunctions:\n  f:\n    formula: {formula}\n{inputs}"
+    spec = parse_spec(text, "f.yaml")
+    return getattr(fngen.load(spec), "f"), spec.functions[0]
+
+
+def reference_of(fn):
+    return lambda *args: reference_forward(fn, *args)
+
+
+LARGE_X = torch.tensor(LARGE, dtype=torch.float64)
+# Every pair of large values, y nonzero: exp(x)*0 is NaN in float32 as
+# written, whatever the generator does.
+GRID = torch.cartesian_prod(LARGE_X, LARGE_X[LARGE_X != 0]).T
+
+# Formulas whose derivative multiplies a where with a 0 branch by a factor
+# that overflows float32 exactly where that branch is taken.
+NOT_TAKEN = {
+    # celu written by hand: min's derivative times exp(x/alpha)
+    "max(0, x) + min(0, alpha*(exp(x/alpha) - 1))": "alpha",
+    # the same, as cse would have named the where times grad (grad_b = exp(a)*where)
+    "max(0, exp(x)*y)": "",
+    "clamp(exp(x), 0, 10)": "",
+    "relu(-x*exp(x))": "",
+    # a factor of the sum of two wheres
+    "max(0, -x*exp(x)) + 2*min(0, x*exp(x))": "",
+    # heaviside is a where too, in the forward
+    "heaviside(-x)*exp(x) + x": "",
+    "where(x > 0, x, exp(x*x))": "",
+    "where(x < 0, exp(-x)*x, 0)*sinh(x)": "",
+    "where(x < 0, x, 0)*exp(x)": "",
+}
+
+
+@pytest.mark.parametrize("formula", list(NOT_TAKEN))
+def test_a_branch_not_taken_gives_no_nan_in_float32(formula):
+    scalar = NOT_TAKEN[formula]
+    inputs = f"    inputs:\n      x: tensor\n      y: tensor\n      {scalar}: float\n"
+    if "y" not in formula:
+        inputs = f"    inputs:\n      x: tensor\n      {scalar}: float\n"
+    if not scalar:
+        inputs = ""
+    function, fn = one(f"y_ = {formula}", inputs)
+    names = [i.name for i in fn.tensor_inputs]
+    values = dict(zip(names, GRID)) if len(names) == 2 else {"x": LARGE_X}
+    scalars = (1.5,) if scalar else ()
+    assert_float32_bar(function, reference_of(fn), values, scalars)
+
+
+def test_celu_by_hand_agrees_with_pytorch_celu_in_float32():
+    function, fn = one(
+        "y = max(0, x) + min(0, alpha*(exp(x/alpha) - 1))",
+        "    inputs:\n      x: tensor\n      alpha: float\n",
+    )
+    x = LARGE_X.float().requires_grad_()
+    for alpha in (0.5, 1.0, 2.0):
+        got = torch.autograd.grad(function(x, alpha).sum(), x)[0]
+        want = torch.autograd.grad(nnf.celu(x, alpha).sum(), x)[0]
+        torch.testing.assert_close(got, want)

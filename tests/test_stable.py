@@ -7,7 +7,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 from fngen import functions as F
-from fngen.stable import stabilize
+from fngen.stable import select_zero_branches, stabilize
 
 x, y = sp.symbols("x y", real=True)
 
@@ -39,3 +39,58 @@ def test_unstable_forms_are_rewritten(expr, expected):
 )
 def test_other_forms_are_left_alone(expr):
     assert stabilize(expr) == expr
+
+
+# -- a where's 0 branch is selected, not multiplied ----------------------------
+
+g = sp.Symbol("grad", real=True)
+positive, tie = F.indicator(x > 0), F.Piecewise(
+    (1, x > 0), (sp.Rational(1, 2), sp.Eq(x, 0)), (0, True)
+)
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        # A factor that may overflow goes into the where: min's derivative
+        # times exp(x) is exp(x) where taken, else 0.
+        (positive * sp.exp(y), F.Piecewise((sp.exp(y), x > 0), (0, True))),
+        (
+            tie * sp.exp(y),
+            F.Piecewise((sp.exp(y), x > 0), (sp.exp(y) / 2, sp.Eq(x, 0)), (0, True)),
+        ),
+        # Names and numbers stay outside: grad*mask, relu's threshold_backward.
+        (
+            3 * g * y * positive * sp.exp(y),
+            3 * g * y * F.Piecewise((sp.exp(y), x > 0), (0, True)),
+        ),
+        (g * positive, g * positive),
+        # Over a sum of such terms, as factor_terms writes it.
+        (
+            sp.exp(y) * (positive + 2 * F.indicator(y < 0)),
+            F.Piecewise((sp.exp(y), x > 0), (0, True))
+            + 2 * F.Piecewise((sp.exp(y), y < 0), (0, True)),
+        ),
+        # Two wheres: each absorbs the factor in turn.
+        (
+            positive * F.indicator(y < 0) * sp.exp(y),
+            F.Piecewise((F.Piecewise((sp.exp(y), y < 0), (0, True)), x > 0), (0, True)),
+        ),
+        # A power of a where, and heaviside, which is the where of u > 0.
+        (positive**2 * sp.exp(y), F.Piecewise((sp.exp(y), x > 0), (0, True))),
+        (F.HeavisideStep(-x) * sp.exp(x), F.Piecewise((sp.exp(x), -x > 0), (0, True))),
+        # No 0 branch: a select then a product is right as it is.
+        (
+            F.Piecewise((1, x > 0), (2, True)) * sp.exp(y),
+            F.Piecewise((1, x > 0), (2, True)) * sp.exp(y),
+        ),
+    ],
+)
+def test_factors_of_a_where_with_a_zero_branch_go_inside(expr, expected):
+    assert select_zero_branches(expr) == expected
+
+
+def test_a_where_of_one_value_is_that_value():
+    # SymPy's derivative of where(x < y, exp(x), 0) for y.
+    assert F.Piecewise((0, x < y), (0, True)) == 0
+    assert F.Piecewise((x, x < y), (x, True)) == x
