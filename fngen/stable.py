@@ -31,6 +31,7 @@ from fngen.functions import (
     LogSigmoid,
     Piecewise,
     Sigmoid,
+    SigmoidBackward,
     Softplus,
     has_zero_branch,
     indicator,
@@ -104,10 +105,59 @@ def _rewrite_add(expr: sp.Add) -> sp.Expr | None:
     return None
 
 
+def _rewrite_power_quotient(expr: sp.Mul) -> sp.Expr | None:
+    """``b**e/b**k``, e not a whole number, as ``b**(e - k)``: SymPy's
+    derivative of ``b**e`` is ``e*b**e/b``, a division by a base that may
+    be 0 where the power is finite (``(1 - p)**gamma`` of a probability p
+    that is 1 in float32).  Where the product has e as a factor (that
+    derivative), e = 0 makes it 0, as PyTorch's pow backward is: the
+    exponent is ``e - k`` only where e is not 0, which would give
+    ``0*0**-1``.  ``b**e*sigmoid_backward(b)`` is ``b**(e + 1)*(1 - b)``:
+    the derivative of a power of a sigmoid, with no ``b**(e - 1)`` that is
+    inf where b is 0."""
+    factors = list(expr.args)
+    for i, power in enumerate(factors):
+        base, exponent = power.as_base_exp()
+        if not isinstance(power, sp.Pow) or exponent.is_integer:
+            continue
+        for j, other in enumerate(factors):
+            if j == i:
+                continue
+            if isinstance(other, SigmoidBackward) and other.args[0] == base:
+                rest = [f for k, f in enumerate(factors) if k not in (i, j)]
+                return sp.Mul(*rest, base ** (exponent + 1), 1 - base)
+            other_base, k = other.as_base_exp()
+            if other_base != base or not (k.is_Integer and k.is_negative):
+                continue
+            rest = [f for n, f in enumerate(factors) if n not in (i, j)]
+            new = exponent + k
+            if not exponent.is_number and _divides(exponent, rest):
+                new = Piecewise((0, sp.Eq(exponent, 0)), (new, True))
+            return sp.Mul(*rest, sp.Pow(base, new))
+    return None
+
+
+def _divides(e: sp.Expr, factors: list[sp.Expr]) -> bool:
+    """Whether the product of `factors` is e times something (up to a
+    number): each factor of e, but numbers, is one of them."""
+    left = list(factors)
+    for factor in sp.Mul.make_args(e):
+        if factor.is_Number:
+            continue
+        if factor not in left:
+            return False
+        left.remove(factor)
+    return True
+
+
+def _rewrite_products(expr: sp.Mul) -> sp.Expr | None:
+    return _rewrite_power_quotient(expr) or _rewrite_mul(expr)
+
+
 _RULES = (
     (sp.log, _rewrite_log),
     (sp.Pow, _rewrite_pow),
-    (sp.Mul, _rewrite_mul),
+    (sp.Mul, _rewrite_products),
     (sp.Add, _rewrite_add),
 )
 

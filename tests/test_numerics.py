@@ -156,6 +156,12 @@ def one(formula: str, inputs: str = ""):
     return getattr(fngen.load(spec), "f"), spec.functions[0]
 
 
+def one_of(body: str):
+    """(the generated function, its FunctionSpec) of a function's YAML body."""
+    spec = parse_spec(f"fngen: 1\nfunctions:\n  f:\n{body}", "f.yaml")
+    return getattr(fngen.load(spec), "f"), spec.functions[0]
+
+
 def reference_of(fn):
     return lambda *args: reference_forward(fn, *args)
 
@@ -209,3 +215,52 @@ def test_celu_by_hand_agrees_with_pytorch_celu_in_float32():
         got = torch.autograd.grad(function(x, alpha).sum(), x)[0]
         want = torch.autograd.grad(nnf.celu(x, alpha).sum(), x)[0]
         torch.testing.assert_close(got, want)
+
+
+# -- item 4: a power's derivative never divides by its base -----------------
+
+FOCAL = """\
+    formula: |
+      p = sigmoid(z)
+      loss = -(1 - p)**gamma * log(p)
+    inputs:
+      z: tensor
+      gamma: float
+"""
+
+
+@pytest.mark.parametrize("gamma", [2.0, 1.5, 0.0])
+def test_focal_loss_has_finite_gradients_in_float32(gamma):
+    """(1 - p)**gamma is exactly 0 in float32 for logits from 17 on: its
+    derivative as SymPy writes it, gamma*(1 - p)**gamma/(1 - p), was NaN."""
+    function, fn = one_of(FOCAL)
+    out, (grad,) = assert_float32_bar(
+        function, reference_of(fn), {"z": LARGE_X}, (gamma,)
+    )
+    if gamma >= 1:
+        # autograd of the same formula in float32: agree where it is finite
+        z = LARGE_X.float().requires_grad_()
+        p = torch.sigmoid(z)
+        want = torch.autograd.grad((-((1 - p) ** gamma) * torch.log(p)).sum(), z)[0]
+        finite = torch.isfinite(want)  # log(p) is -inf at z = -200 as written
+        assert finite.sum() >= len(LARGE) - 3
+        torch.testing.assert_close(grad[finite], want[finite], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "formula, inputs",
+    [
+        ("y = x**gamma", "    inputs:\n      x: tensor\n      gamma: float\n"),
+        ("y = x**e", ""),
+    ],
+)
+def test_a_zero_exponent_has_a_zero_derivative_at_a_zero_base(formula, inputs):
+    """d/dx x**0 is 0, also at x = 0, as PyTorch's pow gives, not 0*0**-1."""
+    function, fn = one(formula, inputs)
+    x = torch.tensor([0.0, 0.0, 2.0, 0.0], dtype=torch.float64, requires_grad=True)
+    e = torch.tensor([0.0, 2.0, 0.0, 0.5], dtype=torch.float64)
+    for exponent in (0.0, 2.0) if "gamma" in inputs else (e,):
+        args = (x, exponent)
+        got = torch.autograd.grad(function(*args).sum(), x)[0]
+        want = torch.autograd.grad(torch.pow(x, exponent).sum(), x)[0]
+        torch.testing.assert_close(got, want, equal_nan=True)

@@ -94,3 +94,35 @@ def test_a_where_of_one_value_is_that_value():
     # SymPy's derivative of where(x < y, exp(x), 0) for y.
     assert F.Piecewise((0, x < y), (0, True)) == 0
     assert F.Piecewise((x, x < y), (x, True)) == x
+
+
+# -- a power's derivative never divides by its base ----------------------------
+
+g_ = sp.Symbol("gamma", real=True)
+
+
+def test_a_symbolic_power_is_differentiated_without_a_division_by_its_base():
+    # SymPy writes -gamma*(1 - x)**gamma/(1 - x).
+    assert sp.diff((1 - x) ** g_, x).has(1 / (1 - x))
+    exponent = F.Piecewise((0, sp.Eq(g_, 0)), (g_ - 1, True))
+    assert stabilize(sp.diff((1 - x) ** g_, x)) == -g_ * (1 - x) ** exponent
+    # A tensor exponent: zero where the exponent is, as torch.pow's backward.
+    exponent = F.Piecewise((0, sp.Eq(y, 0)), (y - 1, True))
+    assert stabilize(sp.diff(x**y, x)) == y * x**exponent
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        # Not a derivative (no factor gamma): the quotient alone.
+        (x**g_ / x, x ** (g_ - 1)),
+        (x**g_ / x**2 * y, y * x ** (g_ - 2)),
+        # sigmoid's derivative times a power of it: no s**(gamma - 1).
+        (
+            F.Sigmoid(x) ** g_ * F.SigmoidBackward(F.Sigmoid(x)),
+            F.Sigmoid(x) ** (g_ + 1) * (1 - F.Sigmoid(x)),
+        ),
+    ],
+)
+def test_a_power_over_its_base_is_one_power(expr, expected):
+    assert stabilize(expr) == expected
