@@ -366,9 +366,9 @@ class SpikeFunction(torch.autograd.Function):
         alpha = ctx.alpha
         needs_v, _, _ = ctx.needs_input_grad
         grad_v = None
-        t0 = torch.sigmoid(alpha * (-threshold + v))
+        t0 = alpha * (-threshold + v)
         if needs_v:
-            grad_v = alpha * grad * t0 * (1 - t0)
+            grad_v = alpha * grad * torch.sigmoid(-t0) * torch.sigmoid(t0)
         return grad_v, None, None
 
     @staticmethod
@@ -376,8 +376,8 @@ class SpikeFunction(torch.autograd.Function):
         (v,) = ctx.saved_tensors
         threshold = ctx.threshold
         alpha = ctx.alpha
-        t0 = torch.sigmoid(alpha * (-threshold + v))
-        s_t = alpha * t0 * v_t * (1 - t0)
+        t0 = alpha * (-threshold + v)
+        s_t = alpha * v_t * torch.sigmoid(-t0) * torch.sigmoid(t0)
         return s_t
 
 
@@ -399,7 +399,7 @@ def spike(v, threshold=1.0, alpha=4.0):
 
         ds/dv = 0
 
-    Gradient of ``v`` overridden: ``alpha*grad*(1 - sigmoid(alpha*(-threshold + v)))*sigmoid(alpha*(-threshold + v))``.
+    Gradient of ``v`` overridden: ``alpha*grad*sigmoid(-alpha*(-threshold + v))*sigmoid(alpha*(-threshold + v))``.
     """
     if torch.compiler.is_compiling():
         function = _SpikeTraceable

@@ -8,15 +8,28 @@ backward alike:
 =========================  ===========================  ======================
 form                       becomes                      why
 =========================  ===========================  ======================
-``log(1 + exp(u))``        ``softplus(u)``              exp overflows
+``log(1 + exp(u))``,       ``softplus(u)``              exp overflows
+``log1p(exp(u))``
+``log(a + b*exp(u))``      ``log(a) + softplus(u +      exp overflows
+                           log(b/a))``
 ``1/(1 + exp(u))``         ``sigmoid(-u)``              exp overflows
-``exp(u) * sigmoid(-u)``   ``sigmoid(u)``               inf * 0
+a rational function of     the same of ``sigmoid(u)``   inf/inf, inf * 0,
+one exp(u) (and sigmoid)   and ``sigmoid(-u)``: ``exp   cancellation
+                           (u)/(1 + exp(u))**2`` is
+                           ``sigmoid(u)*sigmoid(-u)``,
+                           ``1 - sigmoid(u)`` is
+                           ``sigmoid(-u)``
 ``log(sigmoid(u))``        ``logsigmoid(u)``            log(0)
 ``log(1 + u)``             ``log1p(u)``                 cancellation near 0
 ``c*exp(u) - c``           ``c*expm1(u)``               cancellation near 0
 ``log(cosh(u))``           ``|u| + softplus(-2|u|)      cosh overflows
                            - log(2)``
+``b**e/b**k``              ``b**(e - k)``               b = 0 (a derivative)
 =========================  ===========================  ======================
+
+`select_zero_branches` (run on each program before common subexpressions
+are named) keeps a where's 0 branch from being multiplied by a factor that
+overflows where that branch is taken.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from fngen.functions import (
     Sigmoid,
     SigmoidBackward,
     Softplus,
+    SoftplusBackward,
     has_zero_branch,
     indicator,
 )
@@ -58,13 +72,32 @@ def _rewrite_log(expr: sp.log) -> sp.Expr | None:
     if isinstance(arg, sp.cosh):
         u = arg.args[0]
         return Abs(u) + Softplus(-2 * Abs(u)) - sp.log(2)
+    softplus = _softplus_of(arg)
+    if softplus is not None:
+        return softplus
     rest = _one_plus(arg)
     if rest is None:
         return None
-    inner = _exp_argument(rest)
-    if inner is not None:
-        return Softplus(inner)
     return log1p(rest)
+
+
+def _softplus_of(arg: sp.Expr) -> sp.Expr | None:
+    """``log(a + b*exp(u))`` for positive numbers a and b as ``log(a) +
+    softplus(u + log(b/a))``: exp overflows where the log does not."""
+    terms = sp.Add.make_args(arg)
+    if len(terms) != 2:
+        return None
+    for a, term in (terms, terms[::-1]):
+        b, factor = term.as_coeff_Mul()
+        u = _exp_argument(factor)
+        if u is not None and a.is_Number and a.is_positive and b.is_positive:
+            return sp.log(a) + Softplus(u + sp.log(b / a))
+    return None
+
+
+def _rewrite_log1p(expr: log1p) -> sp.Expr | None:
+    """``log1p(b*exp(u))`` as ``softplus(u + log(b))``."""
+    return _softplus_of(1 + expr.args[0])
 
 
 def _rewrite_pow(expr: sp.Pow) -> sp.Expr | None:
@@ -74,19 +107,6 @@ def _rewrite_pow(expr: sp.Pow) -> sp.Expr | None:
     rest = _one_plus(base)
     inner = _exp_argument(rest) if rest is not None else None
     return Sigmoid(-inner) if inner is not None else None
-
-
-def _rewrite_mul(expr: sp.Mul) -> sp.Expr | None:
-    factors = list(expr.args)
-    for i, factor in enumerate(factors):
-        u = _exp_argument(factor)
-        if u is None:
-            continue
-        for j, other in enumerate(factors):
-            if isinstance(other, Sigmoid) and sp.expand(other.args[0] + u) == 0:
-                rest = [f for k, f in enumerate(factors) if k not in (i, j)]
-                return sp.Mul(Sigmoid(u), *rest)
-    return None
 
 
 def _rewrite_add(expr: sp.Add) -> sp.Expr | None:
@@ -112,28 +132,32 @@ def _rewrite_power_quotient(expr: sp.Mul) -> sp.Expr | None:
     that is 1 in float32).  Where the product has e as a factor (that
     derivative), e = 0 makes it 0, as PyTorch's pow backward is: the
     exponent is ``e - k`` only where e is not 0, which would give
-    ``0*0**-1``.  ``b**e*sigmoid_backward(b)`` is ``b**(e + 1)*(1 - b)``:
-    the derivative of a power of a sigmoid, with no ``b**(e - 1)`` that is
-    inf where b is 0."""
+    ``0*0**-1``.  A factor ``sigmoid_backward(b)``, ``b*(1 - b)``, counts
+    as b times ``1 - b``: the derivative of a power of a sigmoid is
+    ``e*b**e*(1 - b)``, with no ``b**(e - 1)`` that is inf where b is 0."""
     factors = list(expr.args)
-    for i, power in enumerate(factors):
+    for power in factors:
         base, exponent = power.as_base_exp()
         if not isinstance(power, sp.Pow) or exponent.is_integer:
             continue
-        for j, other in enumerate(factors):
-            if j == i:
+        shift, rest, extra = 0, [], []
+        for other in factors:
+            if other is power:
                 continue
-            if isinstance(other, SigmoidBackward) and other.args[0] == base:
-                rest = [f for k, f in enumerate(factors) if k not in (i, j)]
-                return sp.Mul(*rest, base ** (exponent + 1), 1 - base)
             other_base, k = other.as_base_exp()
-            if other_base != base or not (k.is_Integer and k.is_negative):
-                continue
-            rest = [f for n, f in enumerate(factors) if n not in (i, j)]
-            new = exponent + k
-            if not exponent.is_number and _divides(exponent, rest):
-                new = Piecewise((0, sp.Eq(exponent, 0)), (new, True))
-            return sp.Mul(*rest, sp.Pow(base, new))
+            if isinstance(other, SigmoidBackward) and other.args[0] == base:
+                shift += 1
+                extra.append(1 - base)
+            elif other_base == base and k.is_Integer and k.is_negative:
+                shift += k
+            else:
+                rest.append(other)
+        if len(rest) == len(factors) - 1:
+            continue
+        new = exponent + shift
+        if shift < 0 and not exponent.is_number and _divides(exponent, rest):
+            new = Piecewise((0, sp.Eq(exponent, 0)), (new, True))
+        return sp.Mul(*rest, *extra, sp.Pow(base, new))
     return None
 
 
@@ -150,15 +174,206 @@ def _divides(e: sp.Expr, factors: list[sp.Expr]) -> bool:
     return True
 
 
+# -- rational functions of one exp(u), through sigmoid ------------------------
+#
+# A product or sum of exp(n*u) (n whole), sigmoid(m*u), sigmoid's derivative
+# and expm1(m*u) is a rational function R(t) of t = exp(u).  Evaluated as
+# written it overflows where the function does not: exp(-k*x)/(1 + exp(-k*x))**2
+# is inf/inf for k*x <= -89 in float32.  Over s = sigmoid(u) and c =
+# sigmoid(-u), both in [0, 1], t = s/c, so R(t) = P(s, c)/Q(s, c) with P and
+# Q homogeneous of the degree of R, and s + c = 1 divided out of each:
+# exp(u)/(1 + exp(u))**2 is s*c, exact in float32 at both ends where
+# s*(1 - s) is 0 from u = 17 on.  Only where the form as written is unstable: a product of a
+# factor that grows and one that vanishes at the same end (u to +inf or to
+# -inf), or a sum that cancels there (1 - sigmoid(u) is sigmoid(-u)).
+
+MAX_RATIONAL_DEGREE = 6
+MAX_RATIONAL_PARTS = 12
+
+
+def _exp_arguments(expr: sp.Expr) -> list[sp.Expr] | None:
+    """The arguments of the exp, sigmoid, sigmoid' and expm1 in `expr` read
+    as a rational function of them (through sums, products and whole
+    powers); None where one sits elsewhere too (inside another function)."""
+    if isinstance(expr, (sp.Add, sp.Mul)):
+        found = []
+        for arg in expr.args:
+            found += _exp_arguments(arg)
+        return found
+    if isinstance(expr, sp.Pow) and expr.exp.is_Integer:
+        return _exp_arguments(expr.base)
+    if isinstance(expr, (sp.exp, Sigmoid, SoftplusBackward, expm1)):
+        return [expr.args[0]]
+    if isinstance(expr, SigmoidBackward) and isinstance(expr.args[0], Sigmoid):
+        return [expr.args[0].args[0]]
+    return []
+
+
+def _common_argument(arguments: list[sp.Expr]) -> tuple[sp.Expr, dict] | None:
+    """(u, {argument: n}) with each argument n*u, n a nonzero whole number,
+    or None where they are not all such multiples of one u."""
+    first = arguments[0]
+    ratios = {}
+    for arg in arguments:
+        ratio = arg / first
+        if not ratio.is_Rational:
+            ratio = sp.cancel(ratio)
+        if not ratio.is_Rational or ratio == 0:
+            return None
+        ratios[arg] = ratio
+    unit = sp.gcd(list(ratios.values()))
+    u = first * unit
+    if u.could_extract_minus_sign():
+        u, unit = -u, -unit
+    return u, {arg: int(ratio / unit) for arg, ratio in ratios.items()}
+
+
+def _in_t(expr: sp.Expr, multiples: dict, t: sp.Dummy) -> sp.Expr:
+    """`expr` as a function of t = exp(u) (see `_common_argument`)."""
+    if isinstance(expr, (sp.Add, sp.Mul)):
+        return expr.func(*[_in_t(arg, multiples, t) for arg in expr.args])
+    if isinstance(expr, sp.Pow) and expr.exp.is_Integer:
+        return _in_t(expr.base, multiples, t) ** expr.exp
+    if isinstance(expr, SigmoidBackward) and isinstance(expr.args[0], Sigmoid):
+        n = multiples.get(expr.args[0].args[0])
+        return t**n / (1 + t**n) ** 2
+    n = multiples.get(expr.args[0]) if expr.args else None
+    if n is None:
+        return expr
+    if isinstance(expr, sp.exp):
+        return t**n
+    if isinstance(expr, (Sigmoid, SoftplusBackward)):
+        return t**n / (1 + t**n)
+    if isinstance(expr, expm1):
+        return t**n - 1
+    return expr
+
+
+def _fraction(expr: sp.Expr, t: sp.Dummy) -> tuple[sp.Poly, sp.Poly] | None:
+    numerator, denominator = sp.fraction(sp.cancel(sp.together(expr)))
+    try:
+        p, q = sp.Poly(numerator, t), sp.Poly(denominator, t)
+    except sp.PolynomialError:
+        return None
+    return (p, q) if not p.is_zero else None
+
+
+def _ends(p: sp.Poly, q: sp.Poly) -> tuple[int, int]:
+    """(growth as t -> inf, order as t -> 0) of p/q: positive growth is a
+    value that overflows as u -> inf, negative order one that overflows as
+    u -> -inf."""
+    low = lambda poly: min(m[0] for m in poly.monoms())  # noqa: E731
+    return p.degree() - q.degree(), low(p) - low(q)
+
+
+def _unstable(is_sum: bool, expr: sp.Expr, parts: list[sp.Expr], t: sp.Dummy) -> bool:
+    """Whether `expr` (a product or sum of `parts`, as functions of t)
+    overflows or cancels where its value does not."""
+    ends = []
+    for part in parts:
+        fraction = _fraction(part, t)
+        if fraction is None:
+            return False
+        ends.append(_ends(*fraction))
+    if not is_sum:
+        varying = [e for e, part in zip(ends, parts) if part.has(t)]
+        grows = any(g > 0 for g, _ in varying) and any(g < 0 for g, _ in varying)
+        shrinks = any(o < 0 for _, o in varying) and any(o > 0 for _, o in varying)
+        return grows or shrinks
+    whole = _fraction(expr, t)
+    if whole is None:
+        return False
+    growth, order = _ends(*whole)
+    return growth < max(g for g, _ in ends) or order > min(o for _, o in ends)
+
+
+def _homogeneous(poly: sp.Poly, degree: int, s: sp.Symbol, c: sp.Symbol) -> sp.Expr:
+    """poly(s/c) * c**degree, with the factors s + c (= 1) divided out."""
+    terms = [coeff * s**k * c ** (degree - k) for (k,), coeff in poly.terms()]
+    h = sp.Poly(sp.Add(*terms), s, c)
+    one = sp.Poly(s + c, s, c)
+    while not h.is_zero:
+        quotient, remainder = sp.div(h, one)
+        if not remainder.is_zero:
+            break
+        h = quotient
+    return h.as_expr()
+
+
+def _through_sigmoid(p: sp.Poly, q: sp.Poly, u: sp.Expr) -> sp.Expr:
+    """p(t)/q(t), t = exp(u), in s = sigmoid(u) and c = sigmoid(-u)."""
+    s, c = sp.Dummy("s"), sp.Dummy("c")
+    degree = max(p.degree(), q.degree())
+    value = _homogeneous(p, degree, s, c) / _homogeneous(q, degree, s, c)
+    return value.xreplace({s: Sigmoid(u), c: Sigmoid(-u)})
+
+
+def _rewrite_rational(expr: sp.Expr) -> sp.Expr | None:
+    """A product or sum that is an unstable rational function of one
+    exp(u), through sigmoid(u) and sigmoid(-u) (see above)."""
+    if len(expr.args) > MAX_RATIONAL_PARTS:
+        return None
+    if isinstance(expr, sp.Mul):
+        # Factors of other arguments (or of none) stay as they are.
+        groups: dict = {}
+        others = []
+        for factor in expr.args:
+            arguments = _exp_arguments(factor)
+            common = _common_argument(arguments) if arguments else None
+            if common is None:
+                others.append(factor)
+                continue
+            key = next(
+                (u for u in groups if _common_argument([u, common[0]])), common[0]
+            )
+            groups.setdefault(key, []).append(factor)
+        changed = False
+        rewritten = []
+        for factors in groups.values():
+            new = _rational_group(sp.Mul(*factors), factors)
+            changed |= new is not None
+            rewritten.append(new if new is not None else sp.Mul(*factors))
+        return sp.Mul(*others, *rewritten) if changed else None
+    return _rational_group(expr, list(expr.args))
+
+
+def _rational_group(expr: sp.Expr, parts: list[sp.Expr]) -> sp.Expr | None:
+    arguments = _exp_arguments(expr)
+    if not arguments or len(parts) < 2:
+        return None
+    common = _common_argument(arguments)
+    if common is None:
+        return None
+    u, multiples = common
+    t = sp.Dummy("t", positive=True)
+    whole = _in_t(expr, multiples, t)
+    if _unstable(
+        isinstance(expr, sp.Add),
+        whole,
+        [_in_t(part, multiples, t) for part in parts],
+        t,
+    ):
+        fraction = _fraction(whole, t)
+        if fraction is None or max(f.degree() for f in fraction) > MAX_RATIONAL_DEGREE:
+            return None
+        return _through_sigmoid(*fraction, u)
+    return None
+
+
 def _rewrite_products(expr: sp.Mul) -> sp.Expr | None:
-    return _rewrite_power_quotient(expr) or _rewrite_mul(expr)
+    return _rewrite_power_quotient(expr) or _rewrite_rational(expr)
+
+
+def _rewrite_sums(expr: sp.Add) -> sp.Expr | None:
+    return _rewrite_add(expr) or _rewrite_rational(expr)
 
 
 _RULES = (
     (sp.log, _rewrite_log),
+    (log1p, _rewrite_log1p),
     (sp.Pow, _rewrite_pow),
     (sp.Mul, _rewrite_products),
-    (sp.Add, _rewrite_add),
+    (sp.Add, _rewrite_sums),
 )
 
 

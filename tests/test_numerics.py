@@ -229,7 +229,7 @@ FOCAL = """\
 """
 
 
-@pytest.mark.parametrize("gamma", [2.0, 1.5, 0.0])
+@pytest.mark.parametrize("gamma", [2.0, 0.5, 1.5, 0.0])
 def test_focal_loss_has_finite_gradients_in_float32(gamma):
     """(1 - p)**gamma is exactly 0 in float32 for logits from 17 on: its
     derivative as SymPy writes it, gamma*(1 - p)**gamma/(1 - p), was NaN."""
@@ -264,3 +264,51 @@ def test_a_zero_exponent_has_a_zero_derivative_at_a_zero_base(formula, inputs):
         got = torch.autograd.grad(function(*args).sum(), x)[0]
         want = torch.autograd.grad(torch.pow(x, exponent).sum(), x)[0]
         torch.testing.assert_close(got, want, equal_nan=True)
+
+
+# -- item 5: rational functions of exp(u), and softplus, stay finite ---------
+
+STABLE_FORMS = {
+    "log1p(exp(x))": "",
+    "log(1 + exp(beta*x))/beta": "beta",
+    "log(2 + exp(x))": "",
+    "exp(-beta*x)/(1 + exp(-beta*x))**2": "beta",  # snnTorch's sigmoid surrogate
+    "exp(x)/(1 + exp(x))**2": "",
+    "exp(2*x)/(1 + exp(x))": "",
+    "(1 - exp(x))/(1 + exp(x))": "",
+    "exp(x)/(1 + exp(x) + exp(2*x))": "",
+    "(exp(x) - 1)/(exp(x) + 1)": "",
+    "x*exp(x)/(1 + exp(x))": "",
+    "1/(1 + exp(-x))*(1 - 1/(1 + exp(-x)))": "",
+    "exp(-x*y)/(1 + exp(-x*y))**2": "",
+}
+
+
+@pytest.mark.parametrize("formula", list(STABLE_FORMS))
+def test_stable_forms_are_finite_in_float32(formula):
+    scalar = STABLE_FORMS[formula]
+    inputs = f"    inputs:\n      x: tensor\n      {scalar}: float\n" if scalar else ""
+    function, fn = one(f"out = {formula}", inputs)
+    names = [i.name for i in fn.tensor_inputs]
+    if len(names) == 2:
+        values = dict(zip(names, GRID))
+        values["y"] = values["y"].clamp(-2, 2)  # x*y: large products
+    else:
+        values = {"x": LARGE_X}
+    for scalars in [(0.5,), (5.0,)] if scalar else [()]:
+        assert_float32_bar(function, reference_of(fn), values, scalars)
+
+
+def test_the_sigmoid_surrogate_agrees_with_pytorch_sigmoid():
+    function, fn = one(
+        "out = exp(-k*x)/(1 + exp(-k*x))**2",
+        "    inputs:\n      x: tensor\n      k: float\n",
+    )
+    x = LARGE_X.float().requires_grad_()
+    got, (grad,) = function(x, 5.0), torch.autograd.grad(function(x, 5.0).sum(), x)
+    s = torch.sigmoid(5 * x.double())
+    want = s * torch.sigmoid(-5 * x.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-30)
+    torch.testing.assert_close(
+        grad.double(), 5 * want * (1 - 2 * s), rtol=1e-4, atol=1e-7
+    )

@@ -120,9 +120,65 @@ def test_a_symbolic_power_is_differentiated_without_a_division_by_its_base():
         # sigmoid's derivative times a power of it: no s**(gamma - 1).
         (
             F.Sigmoid(x) ** g_ * F.SigmoidBackward(F.Sigmoid(x)),
-            F.Sigmoid(x) ** (g_ + 1) * (1 - F.Sigmoid(x)),
+            F.Sigmoid(x) ** (g_ + 1) * F.Sigmoid(-x),
         ),
     ],
 )
 def test_a_power_over_its_base_is_one_power(expr, expected):
     assert stabilize(expr) == expected
+
+
+# -- rational functions of one exp(u), through sigmoid -------------------------
+
+k = sp.Symbol("k", real=True)
+s_, c_ = F.Sigmoid(x), F.Sigmoid(-x)
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        (log1p(sp.exp(x)), F.Softplus(x)),
+        (
+            sp.log(2 + 3 * sp.exp(x)),
+            sp.log(2) + F.Softplus(x + sp.log(sp.Rational(3, 2))),
+        ),
+        (log1p(2 * sp.exp(-x)), F.Softplus(-x + sp.log(2))),
+        # The sigmoid surrogate of spiking-network libraries: inf/inf as written.
+        (
+            sp.exp(-k * x) / (1 + sp.exp(-k * x)) ** 2,
+            F.Sigmoid(k * x) * F.Sigmoid(-k * x),
+        ),
+        (sp.exp(x) / (1 + sp.exp(x)), s_),
+        (sp.exp(x) * c_, s_),
+        (y * sp.exp(x) / (1 + sp.exp(x)), y * s_),
+        (sp.exp(2 * x) / (1 + sp.exp(x)), s_**2 / c_),
+        ((1 - sp.exp(x)) / (1 + sp.exp(x)), c_ - s_),
+        (
+            sp.exp(x) / (1 + sp.exp(x) + sp.exp(2 * x)),
+            s_ * c_ / (s_**2 + s_ * c_ + c_**2),
+        ),
+        (1 - s_, c_),
+        (sp.exp(x) * F.SigmoidBackward(c_), s_**2),
+        # expm1 is exp - 1 there too.
+        (expm1(x) / (1 + sp.exp(x)), s_ - c_),
+        # Factors of another argument are left out of the rewrite.
+        (sp.exp(x) / (1 + sp.exp(y)), sp.exp(x) * F.Sigmoid(-y)),
+        (sp.exp(y) * sp.exp(x) / (1 + sp.exp(x)) ** 2, sp.exp(y) * s_ * c_),
+    ],
+)
+def test_rational_functions_of_exp_are_rewritten_through_sigmoid(expr, expected):
+    assert stabilize(expr) == expected
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        s_ * c_,  # already stable at both ends
+        s_ * sp.exp(x),  # both factors vanish as x -> -inf, nothing overflows early
+        1 / (2 + sp.exp(x)),  # 1/inf is 0, as it should be
+        sp.exp(x) + 1,
+        x / (1 + sp.exp(x)) ** 2 + y,
+    ],
+)
+def test_stable_forms_of_exp_are_left_alone(expr):
+    assert stabilize(expr) == expr
