@@ -187,7 +187,7 @@ def _divides(e: sp.Expr, factors: list[sp.Expr]) -> bool:
 # factor that grows and one that vanishes at the same end (u to +inf or to
 # -inf), or a sum that cancels there (1 - sigmoid(u) is sigmoid(-u)).
 
-MAX_RATIONAL_DEGREE = 6
+MAX_RATIONAL_DEGREE = 16
 MAX_RATIONAL_PARTS = 12
 
 
@@ -210,12 +210,19 @@ def _exp_arguments(expr: sp.Expr) -> list[sp.Expr] | None:
 
 
 def _common_argument(arguments: list[sp.Expr]) -> tuple[sp.Expr, dict] | None:
-    """(u, {argument: n}) with each argument n*u, n a nonzero whole number,
-    or None where they are not all such multiples of one u."""
-    first = arguments[0]
+    """(u, {argument: (n, b)}) with each argument ``n*u + b``, n a nonzero
+    whole number and b a number (exp(x + 1) is e*exp(x)), or None where
+    they are not all such of one u."""
+    return _multiples(arguments, {a: (sp.S.Zero, a) for a in arguments}) or (
+        _multiples(arguments, {a: a.as_coeff_Add() for a in arguments})
+    )
+
+
+def _multiples(arguments: list[sp.Expr], split: dict) -> tuple | None:
+    first = split[arguments[0]][1]
     ratios = {}
-    for arg in arguments:
-        ratio = arg / first
+    for arg, (_, core) in split.items():
+        ratio = core / first
         if not ratio.is_Rational:
             ratio = sp.cancel(ratio)
         if not ratio.is_Rational or ratio == 0:
@@ -225,7 +232,7 @@ def _common_argument(arguments: list[sp.Expr]) -> tuple[sp.Expr, dict] | None:
     u = first * unit
     if u.could_extract_minus_sign():
         u, unit = -u, -unit
-    return u, {arg: int(ratio / unit) for arg, ratio in ratios.items()}
+    return u, {arg: (int(ratios[arg] / unit), split[arg][0]) for arg in arguments}
 
 
 def _in_t(expr: sp.Expr, multiples: dict, t: sp.Dummy) -> sp.Expr:
@@ -234,18 +241,21 @@ def _in_t(expr: sp.Expr, multiples: dict, t: sp.Dummy) -> sp.Expr:
         return expr.func(*[_in_t(arg, multiples, t) for arg in expr.args])
     if isinstance(expr, sp.Pow) and expr.exp.is_Integer:
         return _in_t(expr.base, multiples, t) ** expr.exp
-    if isinstance(expr, SigmoidBackward) and isinstance(expr.args[0], Sigmoid):
-        n = multiples.get(expr.args[0].args[0])
-        return t**n / (1 + t**n) ** 2
-    n = multiples.get(expr.args[0]) if expr.args else None
-    if n is None:
+    inner = expr.args[0] if expr.args else None
+    if isinstance(expr, SigmoidBackward) and isinstance(inner, Sigmoid):
+        n, b = multiples[inner.args[0]]
+        w = sp.exp(b) * t**n
+        return w / (1 + w) ** 2
+    if inner not in multiples:
         return expr
+    n, b = multiples[inner]
+    w = sp.exp(b) * t**n  # exp(inner)
     if isinstance(expr, sp.exp):
-        return t**n
+        return w
     if isinstance(expr, (Sigmoid, SoftplusBackward)):
-        return t**n / (1 + t**n)
+        return w / (1 + w)
     if isinstance(expr, expm1):
-        return t**n - 1
+        return w - 1
     return expr
 
 
@@ -360,8 +370,31 @@ def _rational_group(expr: sp.Expr, parts: list[sp.Expr]) -> sp.Expr | None:
     return None
 
 
+def _rewrite_power_log(expr: sp.Mul) -> sp.Expr | None:
+    """``b**e*log(b)`` (the derivative of ``b**e`` for e) with the log of
+    ``where(b == 0, 1, b)``: 0 where b is 0 (and e > 0, where the power is
+    0), as PyTorch's pow backward for the exponent, not ``0*-inf``."""
+    factors = list(expr.args)
+    for n, factor in enumerate(factors):
+        if not isinstance(factor, sp.log):
+            continue
+        (base,) = factor.args
+        if base.is_number or base.is_positive:
+            continue
+        for power in factors:
+            b, e = power.as_base_exp()
+            if b == base and isinstance(power, sp.Pow) and not e.is_nonpositive:
+                safe = sp.log(Piecewise((1, sp.Eq(base, 0)), (base, True)))
+                return sp.Mul(*factors[:n], safe, *factors[n + 1 :])
+    return None
+
+
 def _rewrite_products(expr: sp.Mul) -> sp.Expr | None:
-    return _rewrite_power_quotient(expr) or _rewrite_rational(expr)
+    return (
+        _rewrite_power_quotient(expr)
+        or _rewrite_power_log(expr)
+        or _rewrite_rational(expr)
+    )
 
 
 def _rewrite_sums(expr: sp.Add) -> sp.Expr | None:

@@ -312,3 +312,15 @@ def test_the_sigmoid_surrogate_agrees_with_pytorch_sigmoid():
     torch.testing.assert_close(
         grad.double(), 5 * want * (1 - 2 * s), rtol=1e-4, atol=1e-7
     )
+
+
+def test_pow_of_two_tensors_agrees_with_torch_pow_at_a_zero_base():
+    """d/dy x**y is x**y*log(x): 0*-inf at x = 0, where torch.pow gives 0."""
+    function, fn = one("out = x**y")
+    x = torch.tensor([0.0, 0.0, 0.0, 2.0, 0.5], dtype=torch.float64)
+    y = torch.tensor([0.0, 0.5, 2.0, 1.5, -1.0], dtype=torch.float64)
+    x, y = x.requires_grad_(), y.requires_grad_()
+    got = torch.autograd.grad(function(x, y).sum(), (x, y))
+    want = torch.autograd.grad(torch.pow(x, y).sum(), (x, y))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

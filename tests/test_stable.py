@@ -159,6 +159,15 @@ s_, c_ = F.Sigmoid(x), F.Sigmoid(-x)
         ),
         (1 - s_, c_),
         (sp.exp(x) * F.SigmoidBackward(c_), s_**2),
+        # exp(x + 1) is e*exp(x); exp(x + 1)/(1 + exp(x + 1))**2 is of u = x + 1.
+        (
+            sp.exp(x + 1) / (1 + sp.exp(x + 1) + sp.exp(2 * x + 1)),
+            sp.E * s_ * c_ / (c_**2 + sp.E * s_ * c_ + sp.E * s_**2),
+        ),
+        (
+            sp.exp(x + 1) / (1 + sp.exp(x + 1)) ** 2,
+            F.Sigmoid(x + 1) * F.Sigmoid(-x - 1),
+        ),
         # expm1 is exp - 1 there too.
         (expm1(x) / (1 + sp.exp(x)), s_ - c_),
         # Factors of another argument are left out of the rewrite.
@@ -182,3 +191,11 @@ def test_rational_functions_of_exp_are_rewritten_through_sigmoid(expr, expected)
 )
 def test_stable_forms_of_exp_are_left_alone(expr):
     assert stabilize(expr) == expr
+
+
+def test_the_log_of_a_power_s_base_is_masked_where_the_base_is_0():
+    safe = sp.log(F.Piecewise((1, sp.Eq(x, 0)), (x, True)))
+    assert stabilize(sp.diff(x**y, y)) == x**y * safe
+    # A base that cannot be 0, or a power that is inf there anyway: as it is.
+    assert not stabilize(sp.diff((1 + x**2) ** y, y)).has(sp.Piecewise)
+    assert stabilize(x**-2 * sp.log(x)) == x**-2 * sp.log(x)
