@@ -34,6 +34,8 @@ overflows where that branch is taken.
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
@@ -228,7 +230,11 @@ def _multiples(arguments: list[sp.Expr], split: dict) -> tuple | None:
         if not ratio.is_Rational or ratio == 0:
             return None
         ratios[arg] = ratio
-    unit = sp.gcd(list(ratios.values()))
+    # The largest rational that every ratio is a whole multiple of.
+    unit = sp.Rational(
+        math.gcd(*(int(r.p) for r in ratios.values())),
+        math.lcm(*(int(r.q) for r in ratios.values())),
+    )
     u = first * unit
     if u.could_extract_minus_sign():
         u, unit = -u, -unit

@@ -673,6 +673,9 @@ LARGE_FOUND = [
     "out = heaviside(-x)*exp(x)",
     "out = exp(-x)/(1 + exp(-x))**2",
     "out = log1p(exp(2*x))",
+    # exp(x/2) and exp(x + 1) of one argument x/2 (a wrong gcd of the ratios)
+    "out = (1 - exp(x/2))/(1 + exp(x/2))*exp(x + 1)/(1 + exp(x + 1) + exp(2*x + 1))"
+    " + x*y/7919",
     "out = -(1 - sigmoid(x))**gamma*log(sigmoid(x)) + x*y/7919",
 ]
 

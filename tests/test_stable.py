@@ -7,7 +7,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 from fngen import functions as F
-from fngen.stable import select_zero_branches, stabilize
+from fngen.stable import _common_argument, select_zero_branches, stabilize
 
 x, y = sp.symbols("x y", real=True)
 
@@ -199,3 +199,41 @@ def test_the_log_of_a_power_s_base_is_masked_where_the_base_is_0():
     # A base that cannot be 0, or a power that is inf there anyway: as it is.
     assert not stabilize(sp.diff((1 + x**2) ** y, y)).has(sp.Piecewise)
     assert stabilize(x**-2 * sp.log(x)) == x**-2 * sp.log(x)
+
+
+def test_arguments_are_whole_multiples_of_the_largest_common_one():
+    # exp(x) is t**2 of t = exp(x/2), whichever comes first.
+    assert _common_argument([x, x / 2]) == (x / 2, {x: (2, 0), x / 2: (1, 0)})
+    assert _common_argument([x + 1, -x / 2]) == (
+        x / 2,
+        {x + 1: (2, 1), -x / 2: (-1, 0)},
+    )
+    assert _common_argument([x + 1, 2 * x + 1, -x / 2, x / 2])[0] == x / 2
+    assert _common_argument([x, y]) is None
+
+
+def _value(expr, at):
+    """`expr` at x = `at`, fngen's sigmoid as its formula."""
+    plain = expr.replace(
+        lambda e: isinstance(e, F.Sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0]))
+    )
+    return float(plain.subs(x, at).evalf(30))
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        # Found by the float32 differential test: left as written (inf/inf).
+        (1 - sp.exp(x / 2))
+        / (1 + sp.exp(x / 2))
+        * sp.exp(x + 1)
+        / (1 + sp.exp(x + 1) + sp.exp(2 * x + 1)),
+        sp.exp(x) * F.Sigmoid(-x / 2) * F.Sigmoid(-x),
+        sp.exp(2 * x) * F.Sigmoid(-x / 2) / (1 + sp.exp(x)),
+    ],
+)
+def test_rewrites_through_sigmoid_keep_the_value(expr):
+    rewritten = stabilize(expr)
+    assert not rewritten.has(sp.exp)
+    for at in (-3.1, -0.4, 0.0, 1.3, 7.0):
+        assert _value(rewritten, at) == pytest.approx(_value(expr, at), rel=1e-12)
