@@ -414,9 +414,9 @@ class SpikeFunction(torch.autograd.Function):
         alpha = ctx.alpha
         needs_v, _, _ = ctx.needs_input_grad
         grad_v = None
-        t0 = torch.sigmoid(alpha * (-threshold + v))
+        t0 = alpha * (-threshold + v)
         if needs_v:
-            grad_v = alpha * grad * t0 * (1 - t0)
+            grad_v = alpha * grad * torch.sigmoid(-t0) * torch.sigmoid(t0)
         return grad_v, None, None
 
     @staticmethod
@@ -424,8 +424,8 @@ class SpikeFunction(torch.autograd.Function):
         (v,) = ctx.saved_tensors
         threshold = ctx.threshold
         alpha = ctx.alpha
-        t0 = torch.sigmoid(alpha * (-threshold + v))
-        s_t = alpha * t0 * v_t * (1 - t0)
+        t0 = alpha * (-threshold + v)
+        s_t = alpha * v_t * torch.sigmoid(-t0) * torch.sigmoid(t0)
         return s_t
 
 
@@ -448,7 +448,7 @@ def spike(v: torch.Tensor, threshold: float = 1.0, alpha: float = 4.0) -> torch.
 
         ds/dv = 0
 
-    Gradient of ``v`` overridden: ``alpha*grad*(1 - sigmoid(alpha*(-threshold + v)))*sigmoid(alpha*(-threshold + v))``.
+    Gradient of ``v`` overridden: ``alpha*grad*sigmoid(-alpha*(-threshold + v))*sigmoid(alpha*(-threshold + v))``.
     """
     if v.is_complex():
         raise TypeError("spike is a real function: complex tensors are not supported")

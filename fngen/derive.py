@@ -16,7 +16,7 @@ import sympy as sp
 
 from fngen import tensorops as T
 from fngen.formula import is_condition
-from fngen.functions import Piecewise
+from fngen.functions import Piecewise, has_zero_branch
 from fngen.model import Formula, FunctionSpec, OpNode
 from fngen.stable import bottom_up, stabilize
 from fngen.schedule import Block, Step, schedule
@@ -850,7 +850,9 @@ def factor_piecewise(expr: sp.Basic) -> sp.Basic:
 
 def _common_factor_out(expr: sp.Piecewise) -> sp.Expr | None:
     values = [value for value, _ in expr.args]
-    if any(not isinstance(v, sp.Expr) or v.is_zero or is_condition(v) for v in values):
+    if has_zero_branch(expr) or any(
+        not isinstance(v, sp.Expr) or is_condition(v) for v in values
+    ):
         return None
     # -input + target counts as -(input - target).
     negated = all(v.could_extract_minus_sign() for v in values)

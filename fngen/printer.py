@@ -443,7 +443,7 @@ class TorchPrinter(StrPrinter):
             values = [value for value, _ in piece.args]
             if (
                 self.select_then_scale
-                and not any(v.is_zero for v in values)
+                and not F.has_zero_branch(piece)
                 and any(v.free_symbols & self.tensors for v in values)
             ):
                 # A tensor branch gives the dtype: one select, then one
