@@ -136,11 +136,11 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, weight, bias):
         if bias is None:
-            y_matmul = input @ weight.mT
+            y_matmul = input @ weight.transpose(-2, -1)
             y = y_matmul
             return y
         else:
-            y_matmul = input @ weight.mT
+            y_matmul = input @ weight.transpose(-2, -1)
             y = bias + y_matmul
             return y
 
@@ -163,18 +163,22 @@ class LinearFunction(torch.autograd.Function):
             needs_input, needs_weight, _ = ctx.needs_input_grad
             grad_input = grad_weight = None
             if needs_input:
-                grad_input = _matmul_grad_a(grad, weight.mT, input.shape)
+                grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
             if needs_weight:
-                grad_weight = _matmul_grad_b(input, grad, weight.mT.shape).mT
+                grad_weight = _matmul_grad_b(
+                    input, grad, weight.transpose(-2, -1).shape
+                ).transpose(-2, -1)
             return grad_input, grad_weight, None
         else:
             input, weight = ctx.saved_tensors
             needs_input, needs_weight, needs_bias = ctx.needs_input_grad
             grad_input = grad_weight = grad_bias = None
             if needs_input:
-                grad_input = _matmul_grad_a(grad, weight.mT, input.shape)
+                grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
             if needs_weight:
-                grad_weight = _matmul_grad_b(input, grad, weight.mT.shape).mT
+                grad_weight = _matmul_grad_b(
+                    input, grad, weight.transpose(-2, -1).shape
+                ).transpose(-2, -1)
             if needs_bias:
                 grad_bias = grad.sum_to_size(ctx.bias_shape)
             return grad_input, grad_weight, grad_bias
@@ -183,12 +187,16 @@ class LinearFunction(torch.autograd.Function):
     def jvp(ctx, input_t, weight_t, bias_t):
         if ctx.bias_is_none:
             input, weight = ctx.saved_tensors
-            y_matmul_t = input @ weight_t.mT + input_t @ weight.mT
+            y_matmul_t = input @ weight_t.transpose(
+                -2, -1
+            ) + input_t @ weight.transpose(-2, -1)
             y_t = y_matmul_t
             return y_t
         else:
             input, weight = ctx.saved_tensors
-            y_matmul_t = input @ weight_t.mT + input_t @ weight.mT
+            y_matmul_t = input @ weight_t.transpose(
+                -2, -1
+            ) + input_t @ weight.transpose(-2, -1)
             y_t = bias_t + y_matmul_t
             return y_t
 
