@@ -42,13 +42,17 @@ __all__ = [
 
 def _matmul_grad_a(grad, b, shape):
     """The gradient of a @ b for a, of `shape`, with torch.matmul's rules
-    for a vector operand; `grad` may carry broadcast dimensions in front."""
+    for a vector operand; `grad` may be broadcast beyond the product, in
+    dimensions in front or in one of size 1 (``d - a @ b``)."""
     if b.dim() == 1:
         grad_a = grad.unsqueeze(-1) * b
-    elif len(shape) == 1:
-        grad_a = (b @ grad.unsqueeze(-1)).squeeze(-1)
     else:
-        grad_a = grad @ b.mT
+        # The product's last dimension is b's: summed first to fit b.mT.
+        grad = grad.sum_to_size((*grad.shape[:-1], b.shape[-1]))
+        if len(shape) == 1:
+            grad_a = (b @ grad.unsqueeze(-1)).squeeze(-1)
+        else:
+            grad_a = grad @ b.mT
     return grad_a.sum_to_size(shape)
 
 
@@ -60,8 +64,11 @@ def _matmul_grad_b(a, grad, shape):
         else:
             grad_b = a.unsqueeze(-1) * grad.unsqueeze(-2)
     elif len(shape) == 1:
+        # The product's last dimension is a's rows: summed first.
+        grad = grad.sum_to_size((*grad.shape[:-1], a.shape[-2]))
         grad_b = (a.mT @ grad.unsqueeze(-1)).squeeze(-1)
     else:
+        grad = grad.sum_to_size((*grad.shape[:-2], a.shape[-2], grad.shape[-1]))
         grad_b = a.mT @ grad
     return grad_b.sum_to_size(shape)
 

@@ -89,6 +89,10 @@ class FormulaParser:
         self.extra_names = dict(extra_names or {})
         self.env: dict[str, sp.Expr] = {}
         self.statement_lines: dict[str, int] = {}
+        # Statements that are a comparison (``m = x > 0``): the condition,
+        # what such a statement is as an output (a bool tensor); elsewhere
+        # it is 1 or 0.
+        self.conditions: dict[str, sp.Basic] = {}
         self.ops: list[OpNode] = []
         self.taken: set[str] = set(self.symbols) | set(self.extra_names)
 
@@ -111,7 +115,8 @@ class FormulaParser:
                 raise SpecError(
                     location, f"output '{name}' is not assigned by the formula"
                 )
-            result.append((sp.Symbol(name, real=True), self.env[name]))
+            value = self.conditions.get(name, self.env[name])
+            result.append((sp.Symbol(name, real=True), value))
         return Formula(
             text, tuple(self.ops), tuple(result), tuple(statements), location
         )
@@ -179,6 +184,12 @@ class FormulaParser:
         self.taken.add(name)
         self.env[name] = expr
         self.statement_lines[name] = stmt.lineno
+        if (
+            isinstance(stmt.value, ast.Compare)
+            and isinstance(expr, sp.Piecewise)
+            and expr.free_symbols
+        ):
+            self.conditions[name] = expr.args[0][1]  # indicator(condition)
         return name, expr
 
     # -- expressions ------------------------------------------------------

@@ -124,10 +124,14 @@ def test_where_and_comparisons():
         str(output("z = where(x > 0, x, 2*x)")) == "Piecewise((x, x > 0), (2*x, True))"
     )
     # A comparison used as a number is 1 where it holds, else 0.
-    assert output("z = x > y") == F.Piecewise((1, x > y), (0, True))
-    assert output("z = x <= y") == F.Piecewise((1, x <= y), (0, True))
-    assert output("z = x == y") == F.Piecewise((1, sp.Eq(x, y)), (0, True))
-    assert output("z = x != y") == F.Piecewise((1, sp.Ne(x, y)), (0, True))
+    assert output("z = 2*(x > y)") == 2 * F.Piecewise((1, x > y), (0, True))
+    assert output("m = x > y; z = m + x") == F.Piecewise((1, x > y), (0, True)) + x
+    # As an output, a comparison is itself: a bool tensor.
+    assert output("z = x > y") == (x > y)
+    assert output("z = x <= y") == (x <= y)
+    assert output("z = x == y") == sp.Eq(x, y)
+    assert output("z = x != y") == sp.Ne(x, y)
+    assert output("z = (x > y)") == (x > y)
 
 
 def test_pointwise_functions():
