@@ -946,7 +946,8 @@ class TorchPrinter(StrPrinter):
     def _print_Expand(self, expr):
         arg, shape = expr.args
         if arg == 0:
-            (tensor,) = shape.args if isinstance(shape, T.ShapeOf) else (None,)
+            tensors = shape.args if isinstance(shape, T.ShapeOf) else ()
+            tensor = tensors[0] if len(tensors) == 1 else None
             if isinstance(tensor, sp.Symbol) and tensor not in self.shape_names:
                 # Its layout too: the tangent of a transposed output must
                 # have the output's strides.

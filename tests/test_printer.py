@@ -182,6 +182,12 @@ NO_DIMS = sp.Tuple()
             T.Expand(sp.Integer(2), T.ShapeOf(y)),
             "torch.full(y.shape, 2, dtype=grad.dtype, device=grad.device)",
         ),
+        # zeros: of a tensor at hand with its layout, else of its shape
+        (T.Expand(sp.Integer(0), T.ShapeOf(y)), "torch.zeros_like(y)"),
+        (
+            T.Expand(sp.Integer(0), T.ShapeOf(x, y)),
+            "grad.new_zeros(torch.broadcast_shapes(x.shape, y.shape))",
+        ),
         (T.Unsqueeze(grad, everything(0, -1)), "grad.unsqueeze(0).unsqueeze(-1)"),
         (T.Unsqueeze(2 * grad, everything(1)), "(2*grad).unsqueeze(1)"),
         (T.Numel(T.ShapeOf(x), NO_DIMS), "x.shape.numel()"),
@@ -198,6 +204,10 @@ def test_options_rename_symbols_shapes_and_dtype():
         T.SumToSize(grad, T.ShapeOf(x)), shape_names={x: "ctx.x_shape"}
     ) == ("grad.sum_to_size(ctx.x_shape)")
     assert print_torch(F.indicator(x > 0), dtype_of="y") == "(x > 0).to(y.dtype)"
+    assert (
+        print_torch(T.Expand(0, T.ShapeOf(x)), shape_names={x: "ctx.x_shape"})
+        == "grad.new_zeros(ctx.x_shape)"
+    )
 
 
 def test_uses_math_only_when_needed():
