@@ -199,7 +199,10 @@ class FunctionWriter:
         returned = set()
         for out in d.outputs:
             value = values.get(out)
-            tensor = value if isinstance(value, sp.Symbol) else out
+            # The tensor it is: t3 = t2; o0 = t3 makes o0 the tensor t2.
+            tensor = out
+            while isinstance(values.get(tensor), sp.Symbol):
+                tensor = values[tensor]
             if value in inputs:
                 lines.append(f"{out.name} = {out.name}.clone()  # an input")
             elif _view_of(value, values) in inputs:
