@@ -494,6 +494,25 @@ def test_output_not_assigned():
     )
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a = x*2; b = 3", "output 'b' is the constant 3"),
+        ("a = x*2; b = sin(pi)*2", "output 'b' is a constant: sin(pi) * 2 is 0"),
+        (
+            "a = x*2; b = -exp(x) > 0.5",
+            "output 'b' is always false: SymPy proves -exp(x) > 0.5 false for every input",
+        ),
+    ],
+)
+def test_an_output_that_folds_to_a_constant_is_refused(text, message):
+    """It would have no shape (and a comparison no bool tensor): refused
+    where it is written, naming what SymPy decided."""
+    assert error(text, outputs=["a", "b"]) == (
+        f"ops.yaml:3:23: error: {message} (an output must depend on a tensor input)"
+    )
+
+
 def test_nested_huge_constant_power_is_refused():
     with pytest.raises(SpecError, match="constant power is too large"):
         parse("z = x * (10**100)**1000")
