@@ -175,7 +175,7 @@ class SqrtAndInverseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, y):
-        z = torch.sqrt(x) + 2 * y**2 + 1 / x
+        z = torch.sqrt(x) + 2 * y**2 + torch.reciprocal(x)
         return z
 
     @staticmethod
@@ -190,7 +190,9 @@ class SqrtAndInverseFunction(torch.autograd.Function):
         needs_x, needs_y = ctx.needs_input_grad
         grad_x = grad_y = None
         if needs_x:
-            grad_x = (grad * (-1 / x**2 + 1 / (2 * torch.sqrt(x)))).sum_to_size(x.shape)
+            grad_x = (
+                grad * (-torch.reciprocal(x**2) + torch.reciprocal(2 * torch.sqrt(x)))
+            ).sum_to_size(x.shape)
         if needs_y:
             grad_y = (4 * grad * y).sum_to_size(y.shape)
         return grad_x, grad_y
@@ -198,7 +200,11 @@ class SqrtAndInverseFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, y_t):
         x, y = ctx.saved_tensors
-        z_t = torch.addcmul(4 * y * y_t, x_t, -1 / x**2 + 1 / (2 * torch.sqrt(x)))
+        z_t = torch.addcmul(
+            4 * y * y_t,
+            x_t,
+            -torch.reciprocal(x**2) + torch.reciprocal(2 * torch.sqrt(x)),
+        )
         return z_t
 
 

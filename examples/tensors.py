@@ -42,13 +42,17 @@ __all__ = [
 
 def _matmul_grad_a(grad, b, shape):
     """The gradient of a @ b for a, of `shape`, with torch.matmul's rules
-    for a vector operand; `grad` may carry broadcast dimensions in front."""
+    for a vector operand; `grad` may be broadcast beyond the product, in
+    dimensions in front or in one of size 1 (``d - a @ b``)."""
     if b.dim() == 1:
         grad_a = grad.unsqueeze(-1) * b
-    elif len(shape) == 1:
-        grad_a = (b @ grad.unsqueeze(-1)).squeeze(-1)
     else:
-        grad_a = grad @ b.mT
+        # The product's last dimension is b's: summed first to fit b.mT.
+        grad = grad.sum_to_size((*grad.shape[:-1], b.shape[-1]))
+        if len(shape) == 1:
+            grad_a = (b @ grad.unsqueeze(-1)).squeeze(-1)
+        else:
+            grad_a = grad @ b.mT
     return grad_a.sum_to_size(shape)
 
 
@@ -60,8 +64,11 @@ def _matmul_grad_b(a, grad, shape):
         else:
             grad_b = a.unsqueeze(-1) * grad.unsqueeze(-2)
     elif len(shape) == 1:
+        # The product's last dimension is a's rows: summed first.
+        grad = grad.sum_to_size((*grad.shape[:-1], a.shape[-2]))
         grad_b = (a.mT @ grad.unsqueeze(-1)).squeeze(-1)
     else:
+        grad = grad.sum_to_size((*grad.shape[:-2], a.shape[-2], grad.shape[-1]))
         grad_b = a.mT @ grad
     return grad_b.sum_to_size(shape)
 
@@ -166,11 +173,11 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, weight, bias):
         if bias is None:
-            y_matmul = input @ weight.mT
+            y_matmul = input @ weight.transpose(-2, -1)
             y = y_matmul
             return y
         else:
-            y_matmul = input @ weight.mT
+            y_matmul = input @ weight.transpose(-2, -1)
             y = bias + y_matmul
             return y
 
@@ -193,18 +200,22 @@ class LinearFunction(torch.autograd.Function):
             needs_input, needs_weight, _ = ctx.needs_input_grad
             grad_input = grad_weight = None
             if needs_input:
-                grad_input = _matmul_grad_a(grad, weight.mT, input.shape)
+                grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
             if needs_weight:
-                grad_weight = _matmul_grad_b(input, grad, weight.mT.shape).mT
+                grad_weight = _matmul_grad_b(
+                    input, grad, weight.transpose(-2, -1).shape
+                ).transpose(-2, -1)
             return grad_input, grad_weight, None
         else:
             input, weight = ctx.saved_tensors
             needs_input, needs_weight, needs_bias = ctx.needs_input_grad
             grad_input = grad_weight = grad_bias = None
             if needs_input:
-                grad_input = _matmul_grad_a(grad, weight.mT, input.shape)
+                grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
             if needs_weight:
-                grad_weight = _matmul_grad_b(input, grad, weight.mT.shape).mT
+                grad_weight = _matmul_grad_b(
+                    input, grad, weight.transpose(-2, -1).shape
+                ).transpose(-2, -1)
             if needs_bias:
                 grad_bias = grad.sum_to_size(ctx.bias_shape)
             return grad_input, grad_weight, grad_bias
@@ -213,12 +224,16 @@ class LinearFunction(torch.autograd.Function):
     def jvp(ctx, input_t, weight_t, bias_t):
         if ctx.bias_is_none:
             input, weight = ctx.saved_tensors
-            y_matmul_t = input @ weight_t.mT + input_t @ weight.mT
+            y_matmul_t = input @ weight_t.transpose(
+                -2, -1
+            ) + input_t @ weight.transpose(-2, -1)
             y_t = y_matmul_t
             return y_t
         else:
             input, weight = ctx.saved_tensors
-            y_matmul_t = input @ weight_t.mT + input_t @ weight.mT
+            y_matmul_t = input @ weight_t.transpose(
+                -2, -1
+            ) + input_t @ weight.transpose(-2, -1)
             y_t = bias_t + y_matmul_t
             return y_t
 

@@ -185,23 +185,38 @@ class FunctionWriter:
         return self.branches(body, in_ctx=False)
 
     def _unaliased_outputs(self, d) -> list[str]:
-        """Copy an output that is a saved input itself (``a = x`` beside
-        ``b = x**2``, or ``x**2 if use > 0 else x``): autograd refuses an
-        input both returned as it is and saved for backward."""
-        saved = set(d.saved) | set(d.saved_for_jvp)
+        """Copy an output that is an input itself (``a = x`` beside ``b =
+        x**2``, or ``x**2 if use > 0 else x``), or the very tensor of an
+        earlier output (``a = abs(x)`` beside ``b = abs(x)``): autograd
+        refuses an input both returned as it is and saved for backward,
+        forward-mode AD one returned as it is whose tangent is not a view
+        of the input's, and one tensor returned twice."""
+        inputs = {self.fn.symbol(i.name) for i in self.fn.tensor_inputs}
         values = {t: e for block in d.forward for t, e in block.assignments}
         lines = []
+        returned = set()
         for out in d.outputs:
             value = values.get(out)
-            if value in saved:
-                lines.append(f"{out.name} = {out.name}.clone()  # also saved")
+            # The tensor it is: t3 = t2; o0 = t3 makes o0 the tensor t2.
+            tensor = out
+            while isinstance(values.get(tensor), sp.Symbol):
+                tensor = values[tensor]
+            if value in inputs:
+                lines.append(f"{out.name} = {out.name}.clone()  # an input")
+            elif _view_of(value, values) in inputs:
+                # Forward-mode AD drops the other outputs' tangents when
+                # one is a view of an input without a tangent.
+                lines.append(f"{out.name} = {out.name}.clone()  # a view of an input")
+            elif tensor in returned:
+                lines.append(f"{out.name} = {out.name}.clone()  # returned already")
             elif isinstance(value, sp.Piecewise):
                 for branch, _ in value.args:
-                    if branch in saved:
+                    if branch in inputs:
                         lines += [
-                            f"if {out.name} is {branch.name}:  # also saved",
+                            f"if {out.name} is {branch.name}:  # an input",
                             f"    {out.name} = {out.name}.clone()",
                         ]
+            returned.add(tensor)
         return lines
 
     def setup_context(self, reads: list[str] | None = None) -> list[str]:
@@ -214,7 +229,7 @@ class FunctionWriter:
         outputs = [o.name for o in self.d.outputs]
         kept = set()
         for _, d in self.variants:
-            kept |= set(d.saved) | set(d.shapes) | set(d.saved_for_jvp)
+            kept |= set(d.saved) | set(self.backward_shapes(d)) | set(d.saved_for_jvp)
         if any(o in kept for o in self.d.outputs) or not all(
             self.d.differentiable_outputs
         ):
@@ -247,7 +262,7 @@ class FunctionWriter:
                 saves.append(
                     f"ctx.save_for_forward({', '.join(s.name for s in d.saved_for_jvp)})"
                 )
-            for symbol in d.shapes:
+            for symbol in self.backward_shapes(d):
                 if symbol.name not in filled:  # saved above for the jvp
                     saves.append(f"ctx.{symbol.name}_shape = {symbol.name}.shape")
             return saves or ["pass"]
@@ -374,6 +389,21 @@ class FunctionWriter:
             )
         return _hoisted(branches, self._backward(d, d), fill)
 
+    def backward_shapes(self, d: Derivation) -> list[sp.Symbol]:
+        """The tensors whose shapes the backward of `d` keeps on ctx: its
+        own, and those its branches for some outputs only read (zeros for
+        an input ``floor(x)`` alone reaches), less the saved tensors."""
+        shapes = list(d.shapes)
+        for _, variant in self.presence_variants(d):
+            missing = set(variant.saved) - set(d.saved)
+            if missing:
+                names = ", ".join(sorted(t.name for t in missing))
+                raise PrintError(f"a backward branch reads unsaved tensors: {names}")
+            shapes += [
+                t for t in variant.shapes if t not in shapes and t not in d.saved
+            ]
+        return shapes
+
     def _backward(self, d: Derivation, full: Derivation) -> list[str]:
         """The backward of `d`; saved tensors and shapes are those of `full`."""
         lines = self._unpack(full.saved) + self._scalars()
@@ -389,10 +419,11 @@ class FunctionWriter:
             else:
                 lines.append(f"{', '.join(flags)} = ctx.needs_input_grad")
             lines.append(" = ".join(f"grad_{n}" for n in grad_names) + " = None")
-        shape_names = {s: f"ctx.{s.name}_shape" for s in full.shapes}
-        lines += self.emit(
-            d.backward, self.printer(d.grad_symbols[0].name, shape_names), needs
-        )
+        shape_names = {s: f"ctx.{s.name}_shape" for s in self.backward_shapes(full)}
+        # Dtypes and devices come from an incoming gradient this branch has:
+        # in a branch for some outputs only, the others' are None.
+        like = (d.present_grads or d.grad_symbols)[0].name
+        lines += self.emit(d.backward, self.printer(like, shape_names), needs)
         results = [
             f"grad_{name}" if symbol is not None else "None" for name, symbol in d.grads
         ]
@@ -433,7 +464,8 @@ class FunctionWriter:
             lines = self._unpack(d.saved_for_jvp) + self._scalars()
             tangent = next(t for t in d.tangent_symbols if t is not None)
             lines += self.emit(d.jvp, self.printer(tangent.name), {})
-            return lines + [f"return {', '.join(t.name for t in d.output_tangents)}"]
+            names = [t.name if t is not None else "None" for t in d.output_tangents]
+            return lines + [f"return {', '.join(names)}"]
 
         return self._used_scalars(
             self._fill_tangents() + self.branches(body, in_ctx=True)
@@ -773,6 +805,19 @@ def _hoisted(branches: list[tuple], final: list[str], fill=()) -> list[str]:
         lines.append(f"if {test}:")
         lines += [f"    {line}" for line in [*after_setup, *body[common:]]]
     return lines + list(fill) + final[common:]
+
+
+def _view_of(expr, values: dict):
+    """What `expr`, a transpose of a transpose ... of a forward value, is a
+    view of (None when it is no transpose)."""
+    transposed = False
+    while True:
+        if isinstance(expr, T.TensorMT):
+            expr, transposed = expr.args[0], True
+        elif isinstance(expr, sp.Symbol) and expr in values and values[expr] != expr:
+            expr = values[expr]
+        else:
+            return expr if transposed else None
 
 
 def _literal(value) -> str:

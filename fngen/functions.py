@@ -48,8 +48,11 @@ class Piecewise(sp.Piecewise):
             kept.append((value, condition))
             if condition is sp.true:
                 break
-        if kept and kept[-1][1] is sp.true and all(v == kept[0][0] for v, _ in kept):
-            return kept[0][0]  # one value on every branch (a derivative of a where)
+        if len(kept) == 1 and kept[0][1] is sp.true:
+            return kept[0][0]
+        if kept and kept[-1][1] is sp.true and len({v for v, _ in kept}) == 1:
+            # where(x > 0, 0, 0), the derivative of a comparison: a zero.
+            return kept[0][0]
         if kept != [tuple(pair) for pair in pairs]:
             # Built directly: through cls(...) this would run again.
             pairs = [ExprCondPair(value, condition) for value, condition in kept]
