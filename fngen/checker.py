@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from fngen.api import load
 from fngen.derive import grad_symbols, nonlinear_overrides
+from fngen.formula import is_condition
 from fngen.model import DEFAULT_DOMAIN, FunctionSpec, InputKind, Spec
 from fngen.spec import CHECK_NAMES
 
@@ -357,6 +358,9 @@ class FunctionChecker:
         self.device = device
         self.dtype = dtype
         self.func = getattr(module, fn.name)
+        # gradcheck differentiates every output it is given: a bool output
+        # (a comparison) is non-differentiable and left out.
+        self.float_func = lambda *args: _single(_floating(self.func(*args)))
         self.seed = 0
         self.tol = dict(FLOAT64_TOL)
         if fn.check.atol is not None:
@@ -392,6 +396,12 @@ class FunctionChecker:
 
     def output_names(self) -> list[str]:
         return [out.name for out, _ in self.fn.formula.outputs]
+
+    def float_output_names(self) -> list[str]:
+        """The names of the outputs `float_func` returns."""
+        return [
+            out.name for out, expr in self.fn.formula.outputs if not is_condition(expr)
+        ]
 
     def seeds(self, outputs, dtype=None, generator=None):
         """A random incoming gradient for each floating point output; None
@@ -702,9 +712,9 @@ class FunctionChecker:
         torch = self.torch
         args = self.inputs(torch.float64)
         try:
-            torch.autograd.gradcheck(self.func, args, **self._gradcheck_options())
+            torch.autograd.gradcheck(self.float_func, args, **self._gradcheck_options())
         except GradcheckError as err:
-            return self._explain(err, self.func, args, self.output_names())
+            return self._explain(err, self.float_func, args, self.float_output_names())
 
     def backward_function(self, args):
         """The backward as a function of the tensor inputs and the incoming
@@ -746,7 +756,7 @@ class FunctionChecker:
         if self.reads_outputs():
             return self._double_backward_of_override(args)
         try:
-            torch.autograd.gradgradcheck(self.func, args, atol=1e-5, rtol=1e-4)
+            torch.autograd.gradgradcheck(self.float_func, args, atol=1e-5, rtol=1e-4)
         except GradcheckError as err:
             backward, values = self.backward_function(args)
             names = [f"grad_{n}" for n in self.tensor_names()]
@@ -962,7 +972,7 @@ class FunctionChecker:
         args = self.inputs(torch.float64)
         try:
             torch.autograd.gradcheck(
-                self.func,
+                self.float_func,
                 args,
                 check_forward_ad=True,
                 check_backward_ad=False,
@@ -971,7 +981,7 @@ class FunctionChecker:
                 **self._gradcheck_options(),
             )
         except GradcheckError as err:
-            return self._explain(err, self.func, args, self.output_names())
+            return self._explain(err, self.float_func, args, self.float_output_names())
 
     def along(self, args, i):
         """`self.func` as a function of its argument `i` alone, returning

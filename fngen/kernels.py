@@ -157,12 +157,13 @@ class Kernel:
 
 def _pointwise(expr: sp.Basic) -> sp.Basic:
     """`expr` as an elementwise kernel computes it: a gradient's reduction to
-    its input's shape is the identity (every tensor has one shape), and a
+    its input's shape, or its expansion to it (zeros of an input's shape,
+    the gradient of a step), is the identity (every tensor has one shape), and a
     fused function (silu, mish, gelu, elu, their derivatives) is its formula,
     which the kernel computes in the same pass anyway."""
 
     def lower(e):
-        if isinstance(e, T.SumToSize) and isinstance(e.args[1], T.ShapeOf):
+        if isinstance(e, (T.SumToSize, T.Expand)) and isinstance(e.args[1], T.ShapeOf):
             return lower(e.args[0])
         if isinstance(e, T.TensorOp):
             raise NotPointwise(f"{type(e).__name__} is not elementwise: {e}")
@@ -607,9 +608,25 @@ def function_kernels(fn, d=None) -> tuple[Kernel, Kernel | None]:
 
         d = derive(fuse_function(fn))
     forward = forward_kernel(fn, d)
-    if not any(symbol is not None for _, symbol in d.grads):
+    if not any(symbol is not None for _, symbol in d.grads) or _all_zero(d):
         return forward, None
     return forward, backward_kernel(fn, d)
+
+
+def _all_zero(d) -> bool:
+    """Whether every input gradient of `d` is zero elementwise (a step's:
+    zeros of the input's shape), which the torch path writes alone."""
+    grads = {symbol for _, symbol in d.grads if symbol is not None}
+    values = [
+        expr
+        for block in d.backward
+        for target, expr in block.assignments
+        if target in grads
+    ]
+    try:
+        return all(_pointwise(expr) == 0 for expr in values)
+    except NotPointwise:
+        return False
 
 
 def load_kernel_module(source: str, name: str = "fngen_kernels", interpret=None):

@@ -219,12 +219,11 @@ def test_a_surrogate_gradient_reads_the_scalars():
     ]
 
 
-def test_a_comparison_is_a_float_output():
-    # As the torch path has it: the parser makes y = x > 0 an indicator, a
-    # float output; a bool one is the interface's (tests/test_kernels.py).
+def test_a_comparison_is_a_bool_output():
+    # As the torch path has it: y = x > 0 is a bool output.
     spec = parse_spec("fngen: 1\nfunctions:\n  f:\n    formula: y = x > 0\n")
     forward, _ = K.function_kernels(spec.functions[0])
-    assert forward.outputs == (K.KernelOutput(sp.Symbol("y", real=True)),)
+    assert forward.outputs == (K.KernelOutput(sp.Symbol("y", real=True), dtype="bool"),)
 
 
 @pytest.mark.parametrize(

@@ -237,7 +237,10 @@ def _run(source, name, shape, dtype, combinations=None, kernels=None):
         _assert_close(result, expected.detach(), dtype, f"{name} {out.symbol}")
 
     if backward is None:
-        assert all(g is None for g in grads.values()), name
+        # The torch path's gradient of a step: zeros of the input's shape.
+        assert all(
+            g is None or not torch.count_nonzero(g) for g in grads.values()
+        ), name
         return
     d = derive(fn)
     symbols.update(zip(d.outputs, results))
