@@ -25,6 +25,9 @@ one exp(u) (and sigmoid)   and ``sigmoid(-u)``: ``exp   cancellation
 ``log(cosh(u))``           ``|u| + softplus(-2|u|)      cosh overflows
                            - log(2)``
 ``b**e/b**k``              ``b**(e - k)``               b = 0 (a derivative)
+``exp(w)*D``, D the        ``exp(w + log(D))``, log(D)  inf * 0: exp(w)
+derivative of tanh or      stable (``tanh(exp(x))``'s   overflows where D
+sigmoid, or another exp    derivative)                  underflows
 =========================  ===========================  ======================
 
 `select_zero_branches` (run on each program before common subexpressions
@@ -49,6 +52,7 @@ from fngen.functions import (
     SigmoidBackward,
     Softplus,
     SoftplusBackward,
+    TanhBackward,
     has_zero_branch,
     indicator,
 )
@@ -395,11 +399,48 @@ def _rewrite_power_log(expr: sp.Mul) -> sp.Expr | None:
     return None
 
 
+def _log_of_decay(factor: sp.Basic) -> sp.Expr | None:
+    """The stable log of `factor` when it is the derivative of a function
+    that saturates (exactly 0 in floating point once its argument is
+    large): ``log(1 - tanh(v)**2)`` is ``2*(log(2) - |v| - softplus(-2|v|))``
+    and ``log(s*(1 - s))`` of ``s = sigmoid(v)`` is ``logsigmoid(v) +
+    logsigmoid(-v)``.  None for any other factor."""
+    if isinstance(factor, TanhBackward) and isinstance(factor.args[0], sp.tanh):
+        v = Abs(factor.args[0].args[0])
+        return 2 * (sp.log(2) - v - Softplus(-2 * v))
+    if isinstance(factor, SigmoidBackward) and isinstance(factor.args[0], Sigmoid):
+        v = factor.args[0].args[0]
+        return LogSigmoid(v) + LogSigmoid(-v)
+    return None
+
+
+def _rewrite_exp_decay(expr: sp.Mul) -> sp.Expr | None:
+    """A product of exps and factors that decay to 0 as one exp of the sum
+    of their logs: ``exp(x)*(1 - tanh(exp(x))**2)`` (the derivative of
+    ``tanh(exp(x))``) is ``exp(x + log(1 - tanh(exp(x))**2))``, 0 at x =
+    100 in float32 where the product is ``inf*0 = NaN``; so is
+    ``exp(x)*exp(-exp(2*x))`` (erf's derivative of ``exp(x)``).  Taken only
+    when one exp can overflow (its argument is not bounded above) and some
+    other factor can underflow to 0."""
+    exps = [f for f in expr.args if isinstance(f, sp.exp)]
+    logs = [(f, _log_of_decay(f)) for f in expr.args]
+    decays = [(f, log) for f, log in logs if log is not None]
+    grows = [f for f in exps if not f.args[0].is_nonpositive]
+    shrinks = [f for f in exps if not f.args[0].is_nonnegative]
+    if not grows or not (decays or any(f is not g for f in shrinks for g in grows)):
+        return None
+    merged = {f for f in exps} | {f for f, _ in decays}
+    exponent = sp.Add(*[f.args[0] for f in exps], *[log for _, log in decays])
+    rest = [f for f in expr.args if f not in merged]
+    return sp.Mul(*rest, sp.exp(exponent, evaluate=False))
+
+
 def _rewrite_products(expr: sp.Mul) -> sp.Expr | None:
     return (
         _rewrite_power_quotient(expr)
         or _rewrite_power_log(expr)
         or _rewrite_rational(expr)
+        or _rewrite_exp_decay(expr)
     )
 
 

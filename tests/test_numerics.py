@@ -324,3 +324,37 @@ def test_pow_of_two_tensors_agrees_with_torch_pow_at_a_zero_base():
     want = torch.autograd.grad(torch.pow(x, y).sum(), (x, y))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+# -- an exp that overflows times a derivative that underflows to 0 ----------
+
+# Formulas whose derivative multiplies exp(u), inf in float32 from u = 88.7,
+# by the derivative of a saturating function of it, exactly 0 there:
+# 0*inf = NaN unless the product is taken as one exp of the sum of logs.
+EXP_TIMES_DECAY = [
+    "x*tanh(exp(x))",  # TanhExp (Liu and Di 2020)
+    "x*sigmoid(exp(x))",
+    "erf(exp(x))",  # exp(x)*exp(-exp(2*x))
+    "tanh(exp(x))*y",
+    "exp(x)*tanh(x)",
+]
+
+
+@pytest.mark.parametrize("formula", EXP_TIMES_DECAY)
+def test_an_overflowing_exp_times_a_vanishing_derivative_is_finite(formula):
+    function, fn = one(f"out = {formula}")
+    names = [i.name for i in fn.tensor_inputs]
+    values = dict(zip(names, GRID)) if len(names) == 2 else {"x": LARGE_X}
+    assert_float32_bar(function, reference_of(fn), values)
+
+
+def test_tanh_exp_agrees_with_autograd_where_autograd_is_finite():
+    function, _ = one("out = x*tanh(exp(x))")
+    x = torch.linspace(-30, 100, 261, dtype=torch.float32, requires_grad=True)
+    got = torch.autograd.grad(function(x).sum(), x)[0]
+    want = torch.autograd.grad((x * torch.tanh(torch.exp(x))).sum(), x)[0]
+    finite = torch.isfinite(want)
+    assert not torch.isfinite(want).all()  # autograd's own 0*inf, from x = 89
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[finite], want[finite])
+    torch.testing.assert_close(got[~finite], torch.ones_like(got[~finite]))
