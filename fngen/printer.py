@@ -780,6 +780,10 @@ class TorchPrinter(StrPrinter):
             return f"not ({self._print(expr.args[0])})"  # ~True is -2
         return f"~({self._print(expr.args[0])})"
 
+    def _print_Guarded(self, expr):
+        # stable.Guarded, a where SymPy does not take powers into.
+        return self._print_Piecewise(expr)
+
     def _print_Piecewise(self, expr):
         branches = list(expr.args)
         if branches[-1][1] != sp.true:
@@ -996,6 +1000,10 @@ class MathPrinter(StrPrinter):
 
     # ``x == 0`` as torch code writes it, where SymPy's would say Eq(x, 0).
     _print_Relational = TorchPrinter._print_Relational
+
+    def _print_Guarded(self, expr):
+        # stable.Guarded, a where SymPy does not take powers into.
+        return self._print_Piecewise(expr)
 
     def _print_Piecewise(self, expr):
         *pairs, (last, otherwise) = expr.args

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from fngen import tensorops as T
-from fngen.stable import select_zero_branches
+from fngen.stable import guard_branch_domains, select_zero_branches
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def schedule(
     whose target is in `keep_guards` keep their guard even then, so that a
     gradient is visibly computed only when ``needs_input_grad`` asks for it."""
     # A where's 0 branch selected, before naming could take a factor out.
-    exprs = [select_zero_branches(s.expr) for s in steps]
+    exprs = [guard_branch_domains(select_zero_branches(s.expr)) for s in steps]
     replacements, reduced = share_subexpressions(exprs, taken)
     steps = [Step(s.target, e, s.guard) for s, e in zip(steps, reduced)]
     named, steps = _named_by_target(replacements, steps)

@@ -567,3 +567,135 @@ def select_zero_branches(expr: sp.Basic) -> sp.Basic:
         return outside * sp.Add(*[walk(term * sp.Mul(*rest)) for term in total.args])
 
     return walk(expr)
+
+
+# Functions defined on part of the real line only: NaN (or inf) outside it,
+# and so are their derivatives.
+_PARTIAL = (
+    sp.log,
+    log1p,
+    sp.asin,
+    sp.acos,
+    sp.atanh,
+    sp.acosh,
+    sp.loggamma,
+    sp.gamma,
+    sp.polygamma,
+    sp.erfinv,
+)
+
+
+def _partial_calls(value: sp.Basic, symbol: sp.Symbol) -> list:
+    """The outermost calls in `value` of a function defined on part of the
+    line only (a log, a root, a negative power, asin...) of `symbol`."""
+    found = []
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if symbol not in getattr(node, "free_symbols", ()):
+            continue
+        if isinstance(node, _PARTIAL) or (
+            isinstance(node, sp.Pow) and not (node.exp.is_Integer and node.exp >= 0)
+        ):
+            found.append(node)
+            continue
+        stack.extend(a for a in node.args if isinstance(a, sp.Basic))
+    return found
+
+
+class Guarded(Piecewise):
+    """``where(c, x, safe)``: a name replaced where its branch is not taken.
+    Unlike a where, a power of it stays a power of it (SymPy would take
+    ``sqrt`` into each branch, and the guard would be lost)."""
+
+    def _eval_power(self, e):
+        return None
+
+
+def _interval(conditions: list, symbol: sp.Symbol) -> tuple | None:
+    """(lo, hi) of `symbol` where all `conditions` (comparisons linear in
+    it, with number coefficients) hold, None or -inf/inf where unbounded;
+    None when a condition is of another form."""
+    lo, hi = -sp.oo, sp.oo
+    for condition in conditions:
+        if isinstance(condition, sp.Not):
+            condition = condition.args[0].negated
+        parts = condition.args if isinstance(condition, sp.And) else (condition,)
+        for part in parts:
+            if not isinstance(
+                part,
+                (sp.StrictGreaterThan, sp.GreaterThan, sp.StrictLessThan, sp.LessThan),
+            ):
+                return None
+            side = sp.expand(part.lhs - part.rhs)  # side > 0, >= 0, < 0, <= 0
+            if side.free_symbols != {symbol}:
+                return None
+            k, c = side.coeff(symbol, 1), side.coeff(symbol, 0)
+            if not (k.is_Number and c.is_Number) or k == 0 or side != k * symbol + c:
+                return None
+            bound = -c / k
+            above = isinstance(part, (sp.StrictGreaterThan, sp.GreaterThan)) == (k > 0)
+            if above:
+                lo = max(lo, bound)
+            else:
+                hi = min(hi, bound)
+    return lo, hi
+
+
+def _inside(lo, hi):
+    """A number strictly inside (lo, hi), None when it is empty."""
+    if lo >= hi:
+        return None
+    if lo == -sp.oo and hi == sp.oo:
+        return None
+    if lo == -sp.oo:
+        return hi - 1
+    if hi == sp.oo:
+        return lo + 1
+    return (lo + hi) / 2
+
+
+def guard_branch_domains(expr: sp.Basic) -> sp.Basic:
+    """`expr` with a where's branch that applies a partial function (log,
+    sqrt, 1/x...) to a name computed at a value its condition holds at,
+    where the condition is not taken: ``where(x > 0, 1/(2*sqrt(x)), 0)``
+    is ``where(x > 0, 1/(2*sqrt(where(x > 0, x, 1))), 0)``.  The value is
+    the same; but differentiated again (double backward), the branch not
+    taken is multiplied by 0, and ``0*nan`` is NaN, as the derivative of
+    sqrt is at x < 0.  Only for conditions that are comparisons of one name
+    with numbers."""
+
+    def walk(e):
+        if not isinstance(e, sp.Basic) or e.is_Atom:
+            return e
+        args = [walk(a) for a in e.args]
+        if any(a is not b for a, b in zip(args, e.args)):
+            e = e.func(*args)
+        if isinstance(e, sp.Piecewise):
+            e = _guarded(e)
+        return e
+
+    return walk(expr)
+
+
+def _guarded(piece: sp.Piecewise) -> sp.Expr:
+    pairs, before, changed = [], [], False
+    for value, condition in piece.args:
+        holds = before + ([] if condition == sp.true else [condition])
+        for symbol in sorted(value.free_symbols, key=str):
+            calls = (
+                _partial_calls(value, symbol) if isinstance(symbol, sp.Symbol) else []
+            )
+            if not calls or not holds:
+                continue
+            interval = _interval(holds, symbol)
+            safe = None if interval is None else _inside(*interval)
+            if safe is None:
+                continue
+            inside = sp.And(*holds) if len(holds) > 1 else holds[0]
+            guard = {symbol: Guarded((symbol, inside), (safe, True))}
+            value = value.xreplace({call: call.xreplace(guard) for call in calls})
+            changed = True
+        pairs.append((value, condition))
+        before.append(sp.Not(condition))
+    return Piecewise(*pairs) if changed else piece

@@ -513,6 +513,10 @@ class TritonPrinter(StrPrinter):
         condition, a, b = expr.args
         return self._print_Piecewise(sp.Piecewise((a, condition), (b, True)))
 
+    def _print_Guarded(self, expr):
+        # stable.Guarded, a where SymPy does not take powers into.
+        return self._print_Piecewise(expr)
+
     def _print_Piecewise(self, expr):
         branches = list(expr.args)
         if branches[-1][1] != sp.true:

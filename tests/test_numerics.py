@@ -358,3 +358,31 @@ def test_tanh_exp_agrees_with_autograd_where_autograd_is_finite():
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got[finite], want[finite])
     torch.testing.assert_close(got[~finite], torch.ones_like(got[~finite]))
+
+
+# -- a branch not taken is not differentiated into NaN either ---------------
+
+PARTIAL_BRANCHES = [
+    "where(x > 0, sqrt(x), 0)",
+    "where(x > 0, x*log(x), 0)",
+    "where(x <= 0, 0, x**1.5)",
+    "where(x < 1, 1/(x - 1)**2, 0)",
+    "where(x > -1, log1p(x), x)",
+    "where(x > -1, where(x < 1, asin(x)*x, 0), 0)",
+]
+
+
+@pytest.mark.parametrize("formula", PARTIAL_BRANCHES)
+def test_double_backward_of_a_partial_branch_is_finite(formula):
+    """The backward of ``where(x > 0, sqrt(x), 0)`` is ``where(x > 0,
+    grad/(2*sqrt(x)), 0)``; differentiated again, the branch not taken
+    (NaN at x < 0) was multiplied by 0: 0*nan.  The argument is guarded."""
+    function, _ = one(f"y = {formula}")
+    x = torch.linspace(-3, 3, 25, dtype=torch.float64).requires_grad_()
+    (g,) = torch.autograd.grad(function(x).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    assert torch.isfinite(g).all() and torch.isfinite(gg).all()
+    # ...and the same as autograd of the formula with the guard by hand
+    assert torch.autograd.gradgradcheck(
+        function, (x.detach()[x.detach() != 1][:6].clone().requires_grad_(),)
+    )
