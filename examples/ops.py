@@ -63,13 +63,14 @@ class ExpFunction(torch.autograd.Function):
 
 
 class _ExpTraceable(ExpFunction):
-    """ExpFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """ExpFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def exp(x):
+def exp(x: torch.Tensor) -> torch.Tensor:
     """The exponential; its backward reuses the saved output.
 
     Formula::
@@ -79,11 +80,13 @@ def exp(x):
     Derivatives::
 
         dy/dx = exp(x)"""
+    if x.is_complex():
+        raise TypeError("exp is a real function: complex tensors are not supported")
+    if torch.jit.is_scripting():
+        return ExpFunction.apply(x)
     if torch.compiler.is_compiling():
-        function = _ExpTraceable
-    else:
-        function = ExpFunction
-    return function.apply(x)
+        return _ExpTraceable.apply(x)
+    return ExpFunction.apply(x)
 
 
 class Exp(torch.nn.Module):
@@ -129,13 +132,14 @@ class MyReluFunction(torch.autograd.Function):
 
 
 class _MyReluTraceable(MyReluFunction):
-    """MyReluFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """MyReluFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def my_relu(x):
+def my_relu(x: torch.Tensor) -> torch.Tensor:
     """ReLU with PyTorch's convention relu'(0) = 0.
 
     Formula::
@@ -145,11 +149,13 @@ def my_relu(x):
     Derivatives::
 
         dy/dx = where(x > 0, 1, 0)"""
+    if x.is_complex():
+        raise TypeError("my_relu is a real function: complex tensors are not supported")
+    if torch.jit.is_scripting():
+        return MyReluFunction.apply(x)
     if torch.compiler.is_compiling():
-        function = _MyReluTraceable
-    else:
-        function = MyReluFunction
-    return function.apply(x)
+        return _MyReluTraceable.apply(x)
+    return MyReluFunction.apply(x)
 
 
 class MyRelu(torch.nn.Module):
@@ -169,7 +175,7 @@ class SqrtAndInverseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, y):
-        z = torch.sqrt(x) + 2 * y**2 + 1 / x
+        z = torch.sqrt(x) + 2 * y**2 + torch.reciprocal(x)
         return z
 
     @staticmethod
@@ -184,7 +190,9 @@ class SqrtAndInverseFunction(torch.autograd.Function):
         needs_x, needs_y = ctx.needs_input_grad
         grad_x = grad_y = None
         if needs_x:
-            grad_x = (grad * (-1 / x**2 + 1 / (2 * torch.sqrt(x)))).sum_to_size(x.shape)
+            grad_x = (
+                grad * (-torch.reciprocal(x**2) + torch.reciprocal(2 * torch.sqrt(x)))
+            ).sum_to_size(x.shape)
         if needs_y:
             grad_y = (4 * grad * y).sum_to_size(y.shape)
         return grad_x, grad_y
@@ -192,18 +200,23 @@ class SqrtAndInverseFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, y_t):
         x, y = ctx.saved_tensors
-        z_t = torch.addcmul(4 * y * y_t, x_t, -1 / x**2 + 1 / (2 * torch.sqrt(x)))
+        z_t = torch.addcmul(
+            4 * y * y_t,
+            x_t,
+            -torch.reciprocal(x**2) + torch.reciprocal(2 * torch.sqrt(x)),
+        )
         return z_t
 
 
 class _SqrtAndInverseTraceable(SqrtAndInverseFunction):
-    """SqrtAndInverseFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """SqrtAndInverseFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def sqrt_and_inverse(x, y):
+def sqrt_and_inverse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """z = sqrt(x) + 1/x + 2 y^2, the scalar example.
 
     Formula::
@@ -214,11 +227,15 @@ def sqrt_and_inverse(x, y):
 
         dz/dx = -1/x**2 + 1/(2*sqrt(x))
         dz/dy = 4*y"""
+    if x.is_complex() or y.is_complex():
+        raise TypeError(
+            "sqrt_and_inverse is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return SqrtAndInverseFunction.apply(x, y)
     if torch.compiler.is_compiling():
-        function = _SqrtAndInverseTraceable
-    else:
-        function = SqrtAndInverseFunction
-    return function.apply(x, y)
+        return _SqrtAndInverseTraceable.apply(x, y)
+    return SqrtAndInverseFunction.apply(x, y)
 
 
 class SqrtAndInverse(torch.nn.Module):
@@ -269,13 +286,14 @@ class MultiplyAddFunction(torch.autograd.Function):
 
 
 class _MultiplyAddTraceable(MultiplyAddFunction):
-    """MultiplyAddFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """MultiplyAddFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def multiply_add(w, x, b):
+def multiply_add(w: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """w*x + b, with b broadcast over the rows.
 
     Formula::
@@ -287,11 +305,15 @@ def multiply_add(w, x, b):
         dy/db = 1
         dy/dw = x
         dy/dx = w"""
+    if w.is_complex() or x.is_complex() or b.is_complex():
+        raise TypeError(
+            "multiply_add is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return MultiplyAddFunction.apply(w, x, b)
     if torch.compiler.is_compiling():
-        function = _MultiplyAddTraceable
-    else:
-        function = MultiplyAddFunction
-    return function.apply(w, x, b)
+        return _MultiplyAddTraceable.apply(w, x, b)
+    return MultiplyAddFunction.apply(w, x, b)
 
 
 class MultiplyAdd(torch.nn.Module):
@@ -336,13 +358,14 @@ class MulConstantFunction(torch.autograd.Function):
 
 
 class _MulConstantTraceable(MulConstantFunction):
-    """MulConstantFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """MulConstantFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def mul_constant(tensor, constant):
+def mul_constant(tensor: torch.Tensor, constant: float) -> torch.Tensor:
     """A tensor times a Python float; the float's gradient is None.
 
     Formula::
@@ -352,11 +375,15 @@ def mul_constant(tensor, constant):
     Derivatives::
 
         dout/dtensor = constant"""
+    if tensor.is_complex():
+        raise TypeError(
+            "mul_constant is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return MulConstantFunction.apply(tensor, constant)
     if torch.compiler.is_compiling():
-        function = _MulConstantTraceable
-    else:
-        function = MulConstantFunction
-    return function.apply(tensor, constant)
+        return _MulConstantTraceable.apply(tensor, constant)
+    return MulConstantFunction.apply(tensor, constant)
 
 
 class MulConstant(torch.nn.Module):
@@ -406,13 +433,14 @@ class Legendre3Function(torch.autograd.Function):
 
 
 class _Legendre3Traceable(Legendre3Function):
-    """Legendre3Function without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """Legendre3Function without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def legendre3(x):
+def legendre3(x: torch.Tensor) -> torch.Tensor:
     """The Legendre polynomial of degree 3.
 
     Formula::
@@ -422,11 +450,15 @@ def legendre3(x):
     Derivatives::
 
         dy/dx = 15*x**2/2 - 3/2"""
+    if x.is_complex():
+        raise TypeError(
+            "legendre3 is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return Legendre3Function.apply(x)
     if torch.compiler.is_compiling():
-        function = _Legendre3Traceable
-    else:
-        function = Legendre3Function
-    return function.apply(x)
+        return _Legendre3Traceable.apply(x)
+    return Legendre3Function.apply(x)
 
 
 class Legendre3(torch.nn.Module):
@@ -480,13 +512,14 @@ class PreluFunction(torch.autograd.Function):
 
 
 class _PreluTraceable(PreluFunction):
-    """PreluFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """PreluFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def prelu(x, a):
+def prelu(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """PReLU with a trainable slope for negative inputs.
 
     Formula::
@@ -498,11 +531,13 @@ def prelu(x, a):
         dy/da = min(x, 0)
         dy/dx = a*where(x < 0, 1, where(x == 0, 1/2, 0)) + where(x > 0, 1, where(x == 0, 1/2, 0))
     """
+    if x.is_complex() or a.is_complex():
+        raise TypeError("prelu is a real function: complex tensors are not supported")
+    if torch.jit.is_scripting():
+        return PreluFunction.apply(x, a)
     if torch.compiler.is_compiling():
-        function = _PreluTraceable
-    else:
-        function = PreluFunction
-    return function.apply(x, a)
+        return _PreluTraceable.apply(x, a)
+    return PreluFunction.apply(x, a)
 
 
 class Prelu(torch.nn.Module):

@@ -42,13 +42,17 @@ __all__ = [
 
 def _matmul_grad_a(grad, b, shape):
     """The gradient of a @ b for a, of `shape`, with torch.matmul's rules
-    for a vector operand; `grad` may carry broadcast dimensions in front."""
+    for a vector operand; `grad` may be broadcast beyond the product, in
+    dimensions in front or in one of size 1 (``d - a @ b``)."""
     if b.dim() == 1:
         grad_a = grad.unsqueeze(-1) * b
-    elif len(shape) == 1:
-        grad_a = (b @ grad.unsqueeze(-1)).squeeze(-1)
     else:
-        grad_a = grad @ b.mT
+        # The product's last dimension is b's: summed first to fit b.mT.
+        grad = grad.sum_to_size((*grad.shape[:-1], b.shape[-1]))
+        if len(shape) == 1:
+            grad_a = (b @ grad.unsqueeze(-1)).squeeze(-1)
+        else:
+            grad_a = grad @ b.mT
     return grad_a.sum_to_size(shape)
 
 
@@ -60,10 +64,38 @@ def _matmul_grad_b(a, grad, shape):
         else:
             grad_b = a.unsqueeze(-1) * grad.unsqueeze(-2)
     elif len(shape) == 1:
+        # The product's last dimension is a's rows: summed first.
+        grad = grad.sum_to_size((*grad.shape[:-1], a.shape[-2]))
         grad_b = (a.mT @ grad.unsqueeze(-1)).squeeze(-1)
     else:
+        grad = grad.sum_to_size((*grad.shape[:-2], a.shape[-2], grad.shape[-1]))
         grad_b = a.mT @ grad
     return grad_b.sum_to_size(shape)
+
+
+def _autocast_cast(tensor, device_type, dtype):
+    """`tensor` cast to `dtype` where torch.autocast would cast it (as
+    torch.amp.custom_fwd does): floating point but not float64, on the
+    autocast device; float64, integer and bool tensors and None as they are."""
+    if (
+        tensor is not None
+        and tensor.is_floating_point()
+        and tensor.dtype is not torch.float64
+        and tensor.device.type == device_type
+    ):
+        return tensor.to(dtype)
+    return tensor
+
+
+def _has_tangent(*tensors):
+    """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
+    Dynamo differentiates a Function's forward instead of calling its jvp,
+    which for a grad: override is another derivative."""
+    for tensor in tensors:
+        if tensor is not None:
+            if torch.autograd.forward_ad.unpack_dual(tensor).tangent is not None:
+                return True
+    return False
 
 
 class SumSqrtFunction(torch.autograd.Function):
@@ -99,23 +131,28 @@ class SumSqrtFunction(torch.autograd.Function):
 
 
 class _SumSqrtTraceable(SumSqrtFunction):
-    """SumSqrtFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """SumSqrtFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def sum_sqrt(x):
+def sum_sqrt(x: torch.Tensor) -> torch.Tensor:
     """The tutorial's reduction, z = sum(sqrt(x*x - 1)).
 
     Formula::
 
         z = sum(sqrt(x*x - 1))"""
+    if x.is_complex():
+        raise TypeError(
+            "sum_sqrt is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return SumSqrtFunction.apply(x)
     if torch.compiler.is_compiling():
-        function = _SumSqrtTraceable
-    else:
-        function = SumSqrtFunction
-    return function.apply(x)
+        return _SumSqrtTraceable.apply(x)
+    return SumSqrtFunction.apply(x)
 
 
 class SumSqrt(torch.nn.Module):
@@ -136,11 +173,11 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, weight, bias):
         if bias is None:
-            y_matmul = input @ weight.mT
+            y_matmul = input @ weight.transpose(-2, -1)
             y = y_matmul
             return y
         else:
-            y_matmul = input @ weight.mT
+            y_matmul = input @ weight.transpose(-2, -1)
             y = bias + y_matmul
             return y
 
@@ -163,18 +200,22 @@ class LinearFunction(torch.autograd.Function):
             needs_input, needs_weight, _ = ctx.needs_input_grad
             grad_input = grad_weight = None
             if needs_input:
-                grad_input = _matmul_grad_a(grad, weight.mT, input.shape)
+                grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
             if needs_weight:
-                grad_weight = _matmul_grad_b(input, grad, weight.mT.shape).mT
+                grad_weight = _matmul_grad_b(
+                    input, grad, weight.transpose(-2, -1).shape
+                ).transpose(-2, -1)
             return grad_input, grad_weight, None
         else:
             input, weight = ctx.saved_tensors
             needs_input, needs_weight, needs_bias = ctx.needs_input_grad
             grad_input = grad_weight = grad_bias = None
             if needs_input:
-                grad_input = _matmul_grad_a(grad, weight.mT, input.shape)
+                grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
             if needs_weight:
-                grad_weight = _matmul_grad_b(input, grad, weight.mT.shape).mT
+                grad_weight = _matmul_grad_b(
+                    input, grad, weight.transpose(-2, -1).shape
+                ).transpose(-2, -1)
             if needs_bias:
                 grad_bias = grad.sum_to_size(ctx.bias_shape)
             return grad_input, grad_weight, grad_bias
@@ -183,43 +224,58 @@ class LinearFunction(torch.autograd.Function):
     def jvp(ctx, input_t, weight_t, bias_t):
         if ctx.bias_is_none:
             input, weight = ctx.saved_tensors
-            y_matmul_t = input @ weight_t.mT + input_t @ weight.mT
+            y_matmul_t = input @ weight_t.transpose(
+                -2, -1
+            ) + input_t @ weight.transpose(-2, -1)
             y_t = y_matmul_t
             return y_t
         else:
             input, weight = ctx.saved_tensors
-            y_matmul_t = input @ weight_t.mT + input_t @ weight.mT
+            y_matmul_t = input @ weight_t.transpose(
+                -2, -1
+            ) + input_t @ weight.transpose(-2, -1)
             y_t = bias_t + y_matmul_t
             return y_t
 
 
 class _LinearTraceable(LinearFunction):
-    """LinearFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """LinearFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def linear(input, weight, bias=None):
+def linear(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """y = input @ weight.T + bias, like torch.nn.functional.linear.
 
     Formula::
 
         y = input @ weight.T + bias"""
-    if torch.compiler.is_compiling():
-        function = _LinearTraceable
-    else:
-        function = LinearFunction
+    if (
+        input.is_complex()
+        or weight.is_complex()
+        or (bias is not None and bias.is_complex())
+    ):
+        raise TypeError("linear is a real function: complex tensors are not supported")
+    if torch.jit.is_scripting():
+        return LinearFunction.apply(input, weight, bias)
     device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    ):
         # Like a built-in matrix product: run in the autocast dtype.
         dtype = torch.get_autocast_dtype(device_type)
-        input = input.to(dtype)
-        weight = weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+        input = _autocast_cast(input, device_type, dtype)
+        weight = _autocast_cast(weight, device_type, dtype)
+        bias = _autocast_cast(bias, device_type, dtype)
         with torch.autocast(device_type, enabled=False):
-            return function.apply(input, weight, bias)
-    return function.apply(input, weight, bias)
+            return linear(input, weight, bias)
+    if torch.compiler.is_compiling():
+        return _LinearTraceable.apply(input, weight, bias)
+    return LinearFunction.apply(input, weight, bias)
 
 
 class Linear(torch.nn.Module):
@@ -306,13 +362,14 @@ class SimpleFuncFunction(torch.autograd.Function):
 
 
 class _SimpleFuncTraceable(SimpleFuncFunction):
-    """SimpleFuncFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """SimpleFuncFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def simple_func(x):
+def simple_func(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two outputs of one input; either may receive no gradient.
 
     Formula::
@@ -324,11 +381,17 @@ def simple_func(x):
 
         ds/dx = x*cos(x) + sin(x)
         dc/dx = 2*x - sin(x)"""
+    if x.is_complex():
+        raise TypeError(
+            "simple_func is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        raise RuntimeError(
+            "torch.jit.script cannot call simple_func, which returns 2 tensors: use torch.jit.trace or torch.compile"
+        )
     if torch.compiler.is_compiling():
-        function = _SimpleFuncTraceable
-    else:
-        function = SimpleFuncFunction
-    return function.apply(x)
+        return _SimpleFuncTraceable.apply(x)
+    return SimpleFuncFunction.apply(x)
 
 
 class SimpleFunc(torch.nn.Module):
@@ -366,9 +429,9 @@ class SpikeFunction(torch.autograd.Function):
         alpha = ctx.alpha
         needs_v, _, _ = ctx.needs_input_grad
         grad_v = None
-        t0 = torch.sigmoid(alpha * (-threshold + v))
+        t0 = alpha * (-threshold + v)
         if needs_v:
-            grad_v = alpha * grad * t0 * (1 - t0)
+            grad_v = alpha * grad * torch.sigmoid(-t0) * torch.sigmoid(t0)
         return grad_v, None, None
 
     @staticmethod
@@ -376,19 +439,20 @@ class SpikeFunction(torch.autograd.Function):
         (v,) = ctx.saved_tensors
         threshold = ctx.threshold
         alpha = ctx.alpha
-        t0 = torch.sigmoid(alpha * (-threshold + v))
-        s_t = alpha * t0 * v_t * (1 - t0)
+        t0 = alpha * (-threshold + v)
+        s_t = alpha * v_t * torch.sigmoid(-t0) * torch.sigmoid(t0)
         return s_t
 
 
 class _SpikeTraceable(SpikeFunction):
-    """SpikeFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """SpikeFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def spike(v, threshold=1.0, alpha=4.0):
+def spike(v: torch.Tensor, threshold: float = 1.0, alpha: float = 4.0) -> torch.Tensor:
     """A spiking neuron's Heaviside step with a sigmoid surrogate gradient.
 
     Formula::
@@ -399,13 +463,19 @@ def spike(v, threshold=1.0, alpha=4.0):
 
         ds/dv = 0
 
-    Gradient of ``v`` overridden: ``alpha*grad*(1 - sigmoid(alpha*(-threshold + v)))*sigmoid(alpha*(-threshold + v))``.
+    Gradient of ``v`` overridden: ``alpha*grad*sigmoid(-alpha*(-threshold + v))*sigmoid(alpha*(-threshold + v))``.
     """
+    if v.is_complex():
+        raise TypeError("spike is a real function: complex tensors are not supported")
+    if torch.jit.is_scripting():
+        return SpikeFunction.apply(v, threshold, alpha)
     if torch.compiler.is_compiling():
-        function = _SpikeTraceable
-    else:
-        function = SpikeFunction
-    return function.apply(v, threshold, alpha)
+        if _has_tangent(v):
+            raise RuntimeError(
+                "spike: torch.compile would ignore its grad: override in forward-mode AD (jvp, jacfwd): call it outside the compiled region"
+            )
+        return _SpikeTraceable.apply(v, threshold, alpha)
+    return SpikeFunction.apply(v, threshold, alpha)
 
 
 class Spike(torch.nn.Module):
@@ -452,13 +522,14 @@ class RoundSteFunction(torch.autograd.Function):
 
 
 class _RoundSteTraceable(RoundSteFunction):
-    """RoundSteFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """RoundSteFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def round_ste(x):
+def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Rounding with a straight-through gradient estimator.
 
     Formula::
@@ -470,11 +541,19 @@ def round_ste(x):
         dy/dx = 0
 
     Gradient of ``x`` overridden: ``grad``."""
+    if x.is_complex():
+        raise TypeError(
+            "round_ste is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return RoundSteFunction.apply(x)
     if torch.compiler.is_compiling():
-        function = _RoundSteTraceable
-    else:
-        function = RoundSteFunction
-    return function.apply(x)
+        if _has_tangent(x):
+            raise RuntimeError(
+                "round_ste: torch.compile would ignore its grad: override in forward-mode AD (jvp, jacfwd): call it outside the compiled region"
+            )
+        return _RoundSteTraceable.apply(x)
+    return RoundSteFunction.apply(x)
 
 
 class RoundSte(torch.nn.Module):
@@ -573,16 +652,17 @@ class MseLossFunction(torch.autograd.Function):
 
 class _MseLossTraceable(torch.autograd.Function):
     """MseLossFunction without its kept intermediate and its jvp, for
-    torch.compile: compiled, recomputing the intermediate in the backward
-    costs nothing, and returning it costs a write (torch.compile cannot
-    trace a custom jvp either)."""
+    torch.compile, torch.jit.trace and torch.jit.script: compiled,
+    recomputing the intermediate in the backward costs nothing, and
+    returning it costs a write (torch.compile cannot trace a custom jvp
+    either); traced or scripted, only the declared outputs may be outputs."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target):
         loss = ((input - target) ** 2).mean()
-        return (loss,)
+        return loss
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -606,25 +686,31 @@ class _MseLossTraceable(torch.autograd.Function):
         return grad_input, grad_target
 
 
-def mse_loss(input, target):
+def mse_loss(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error, like torch.nn.functional.mse_loss (in float32 under autocast, as PyTorch runs it).
 
     Formula::
 
         loss = mean((input - target)**2)"""
-    if torch.compiler.is_compiling():
-        function = _MseLossTraceable
-    else:
-        function = MseLossFunction
+    if input.is_complex() or target.is_complex():
+        raise TypeError(
+            "mse_loss is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return _MseLossTraceable.apply(input, target)
     device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    ):
         # Declared autocast: float32: run in full precision.
         dtype = torch.float32
-        input = input.to(dtype)
-        target = target.to(dtype)
+        input = _autocast_cast(input, device_type, dtype)
+        target = _autocast_cast(target, device_type, dtype)
         with torch.autocast(device_type, enabled=False):
-            return function.apply(input, target)[0]
-    return function.apply(input, target)[0]
+            return mse_loss(input, target)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return _MseLossTraceable.apply(input, target)
+    return MseLossFunction.apply(input, target)[0]
 
 
 class MseLoss(torch.nn.Module):
@@ -729,9 +815,10 @@ class HuberLossFunction(torch.autograd.Function):
 
 class _HuberLossTraceable(torch.autograd.Function):
     """HuberLossFunction without its kept intermediate and its jvp, for
-    torch.compile: compiled, recomputing the intermediate in the backward
-    costs nothing, and returning it costs a write (torch.compile cannot
-    trace a custom jvp either)."""
+    torch.compile, torch.jit.trace and torch.jit.script: compiled,
+    recomputing the intermediate in the backward costs nothing, and
+    returning it costs a write (torch.compile cannot trace a custom jvp
+    either); traced or scripted, only the declared outputs may be outputs."""
 
     generate_vmap_rule = True
 
@@ -740,7 +827,7 @@ class _HuberLossTraceable(torch.autograd.Function):
         t0 = input - target
         t1 = torch.abs(t0)
         loss = torch.where(delta > t1, t0**2 / 2, delta * (-delta / 2 + t1)).mean()
-        return (loss,)
+        return loss
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -775,18 +862,24 @@ class _HuberLossTraceable(torch.autograd.Function):
         return grad_input, grad_target, None
 
 
-def huber_loss(input, target, delta=1.0):
+def huber_loss(
+    input: torch.Tensor, target: torch.Tensor, delta: float = 1.0
+) -> torch.Tensor:
     """Huber loss with delta, like torch.nn.functional.huber_loss.
 
     Formula::
 
         d = input - target
         loss = mean(where(abs(d) < delta, 0.5*d**2, delta*(abs(d) - 0.5*delta)))"""
-    if torch.compiler.is_compiling():
-        function = _HuberLossTraceable
-    else:
-        function = HuberLossFunction
-    return function.apply(input, target, delta)[0]
+    if input.is_complex() or target.is_complex():
+        raise TypeError(
+            "huber_loss is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return _HuberLossTraceable.apply(input, target, delta)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return _HuberLossTraceable.apply(input, target, delta)
+    return HuberLossFunction.apply(input, target, delta)[0]
 
 
 class HuberLoss(torch.nn.Module):
@@ -845,30 +938,37 @@ class LogSoftmaxFunction(torch.autograd.Function):
 
 
 class _LogSoftmaxTraceable(LogSoftmaxFunction):
-    """LogSoftmaxFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """LogSoftmaxFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def log_softmax(x):
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
     """log_softmax over the last dimension.
 
     Formula::
 
         y = x - log(sum(exp(x), dim=-1, keepdim=true))"""
-    if torch.compiler.is_compiling():
-        function = _LogSoftmaxTraceable
-    else:
-        function = LogSoftmaxFunction
+    if x.is_complex():
+        raise TypeError(
+            "log_softmax is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return LogSoftmaxFunction.apply(x)
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    ):
         # Declared autocast: float32: run in full precision.
         dtype = torch.float32
-        x = x.to(dtype)
+        x = _autocast_cast(x, device_type, dtype)
         with torch.autocast(device_type, enabled=False):
-            return function.apply(x)
-    return function.apply(x)
+            return log_softmax(x)
+    if torch.compiler.is_compiling():
+        return _LogSoftmaxTraceable.apply(x)
+    return LogSoftmaxFunction.apply(x)
 
 
 class LogSoftmax(torch.nn.Module):
@@ -967,13 +1067,59 @@ class LayerNormFunction(torch.autograd.Function):
 
 
 class _LayerNormTraceable(LayerNormFunction):
-    """LayerNormFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """LayerNormFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def layer_norm(x, eps=1e-05):
+class _LayerNormTraced(torch.autograd.Function):
+    """LayerNormFunction without its kept outputs and its jvp, for
+    torch.jit.trace, torch.jit.script and the legacy ONNX exporter, which
+    must see only the declared outputs."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, eps):
+        mu = x.mean(dim=-1, keepdim=True)
+        t0 = -mu + x
+        var = (t0**2).mean(dim=-1, keepdim=True)
+        y = t0 / torch.sqrt(eps + var)
+        return y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, eps = inputs
+        ctx.eps = eps
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        eps = ctx.eps
+        needs_x, _ = ctx.needs_input_grad
+        grad_x = None
+        mu = x.mean(dim=-1, keepdim=True)
+        t0 = -mu + x
+        var = (t0**2).mean(dim=-1, keepdim=True)
+        t1 = eps + var
+        grad_var = -(grad * t0).sum_to_size(mu.shape) / (2 * t1**1.5)
+        t2 = torch.rsqrt(t1)
+        grad_mu = -t2 * grad.sum_to_size(mu.shape)
+        t3 = 1 / x.shape[-1]
+        if needs_x:
+            grad_x = (
+                (grad_mu * t3).expand(x.shape)
+                + (grad * t2).sum_to_size(x.shape)
+                + (2 * t0 * (grad_var * t3).expand(x.shape)).sum_to_size(x.shape)
+            )
+        return grad_x, None
+
+
+def layer_norm(x: torch.Tensor, eps: float = 1e-05) -> torch.Tensor:
     """layer_norm over the last dimension, without affine parameters.
 
     Formula::
@@ -981,18 +1127,26 @@ def layer_norm(x, eps=1e-05):
         mu = mean(x, dim=-1, keepdim=true)
         var = mean((x - mu)**2, dim=-1, keepdim=true)
         y = (x - mu) / sqrt(var + eps)"""
-    if torch.compiler.is_compiling():
-        function = _LayerNormTraceable
-    else:
-        function = LayerNormFunction
+    if x.is_complex():
+        raise TypeError(
+            "layer_norm is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return _LayerNormTraced.apply(x, eps)
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    ):
         # Declared autocast: float32: run in full precision.
         dtype = torch.float32
-        x = x.to(dtype)
+        x = _autocast_cast(x, device_type, dtype)
         with torch.autocast(device_type, enabled=False):
-            return function.apply(x, eps)[0]
-    return function.apply(x, eps)[0]
+            return layer_norm(x, eps)
+    if torch.jit.is_tracing():
+        return _LayerNormTraced.apply(x, eps)
+    if torch.compiler.is_compiling():
+        return _LayerNormTraceable.apply(x, eps)[0]
+    return LayerNormFunction.apply(x, eps)[0]
 
 
 class LayerNorm(torch.nn.Module):
@@ -1106,31 +1260,84 @@ class RmsNormFunction(torch.autograd.Function):
 
 
 class _RmsNormTraceable(RmsNormFunction):
-    """RmsNormFunction without its jvp: torch.compile cannot trace a
-    custom jvp, and forward-mode AD is not used under compile."""
+    """RmsNormFunction without its jvp, for torch.compile, which
+    cannot trace a custom jvp (compiled, forward-mode AD differentiates
+    the forward)."""
 
     jvp = torch.autograd.Function.jvp
 
 
-def rms_norm(x, weight, eps=1e-06):
+class _RmsNormTraced(torch.autograd.Function):
+    """RmsNormFunction without its kept outputs and its jvp, for
+    torch.jit.trace, torch.jit.script and the legacy ONNX exporter, which
+    must see only the declared outputs."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, eps):
+        y_mean = (x**2).mean(dim=-1, keepdim=True)
+        y = weight * x / torch.sqrt(eps + y_mean)
+        return y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, eps = inputs
+        ctx.eps = eps
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        eps = ctx.eps
+        needs_x, needs_weight, _ = ctx.needs_input_grad
+        grad_x = grad_weight = None
+        y_mean = (x**2).mean(dim=-1, keepdim=True)
+        t0 = eps + y_mean
+        if needs_x:
+            t1 = grad * weight
+            grad_y_mean = -(t1 * x).sum_to_size(y_mean.shape) / (2 * t0**1.5)
+        t2 = torch.rsqrt(t0)
+        if needs_x:
+            grad_x = torch.addcmul(
+                (t1 * t2).sum_to_size(x.shape),
+                x,
+                (grad_y_mean / x.shape[-1]).expand(x.shape),
+                value=2,
+            )
+        if needs_weight:
+            grad_weight = (grad * t2 * x).sum_to_size(weight.shape)
+        return grad_x, grad_weight, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-06) -> torch.Tensor:
     """rms_norm over the last dimension with a weight, like torch.nn.functional.rms_norm.
 
     Formula::
 
         y = x / sqrt(mean(x**2, dim=-1, keepdim=true) + eps) * weight"""
-    if torch.compiler.is_compiling():
-        function = _RmsNormTraceable
-    else:
-        function = RmsNormFunction
+    if x.is_complex() or weight.is_complex():
+        raise TypeError(
+            "rms_norm is a real function: complex tensors are not supported"
+        )
+    if torch.jit.is_scripting():
+        return _RmsNormTraced.apply(x, weight, eps)
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    ):
         # Declared autocast: float32: run in full precision.
         dtype = torch.float32
-        x = x.to(dtype)
-        weight = weight.to(dtype)
+        x = _autocast_cast(x, device_type, dtype)
+        weight = _autocast_cast(weight, device_type, dtype)
         with torch.autocast(device_type, enabled=False):
-            return function.apply(x, weight, eps)[0]
-    return function.apply(x, weight, eps)[0]
+            return rms_norm(x, weight, eps)
+    if torch.jit.is_tracing():
+        return _RmsNormTraced.apply(x, weight, eps)
+    if torch.compiler.is_compiling():
+        return _RmsNormTraceable.apply(x, weight, eps)[0]
+    return RmsNormFunction.apply(x, weight, eps)[0]
 
 
 class RmsNorm(torch.nn.Module):

@@ -599,9 +599,9 @@ def _resolve_names(spec: Spec, only) -> set[str] | None:
     known = {fn.name for fn in spec.functions}
     unknown = sorted(names - known)
     if unknown:
-        raise BenchError(
-            f"no function {', '.join(repr(n) for n in unknown)} in {spec.path}"
-        )
+        from fngen.checker import unknown_functions_message
+
+        raise BenchError(unknown_functions_message(unknown, known, spec.path))
     return names
 
 

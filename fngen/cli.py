@@ -155,33 +155,32 @@ def build(spec, output, check_only, diff):
 def check(specs, device, dtype, only):
     """Verify the generated gradients of each SPEC with gradcheck and more."""
     from fngen.api import load_spec
-    from fngen.checker import DeviceError, check_spec
+    from fngen.checker import DeviceError, check_spec, unknown_functions_message
 
-    ok = True
-    found: set[str] = set()
+    loaded = []
     for spec_path in specs:
         try:
-            spec = load_spec(spec_path)
-            found |= {fn.name for fn in spec.functions}
-            if only and not any(fn.name in only for fn in spec.functions):
-                continue
-            report = check_spec(
-                spec,
-                device=device,
-                dtype=dtype,
-                only=[n for n in only if n in {f.name for f in spec.functions}] or None,
-            )
+            loaded.append((spec_path, load_spec(spec_path)))
+        except SpecError as err:
+            _fail(str(err))
+    # Every name must be in some spec, before anything runs.
+    found = {fn.name for _, spec in loaded for fn in spec.functions}
+    missing = [name for name in only if name not in found]
+    if missing:
+        _fail("error: " + unknown_functions_message(missing, found, ", ".join(specs)))
+    ok = True
+    for spec_path, spec in loaded:
+        names = [n for n in only if n in {f.name for f in spec.functions}]
+        if only and not names:
+            continue
+        try:
+            report = check_spec(spec, device=device, dtype=dtype, only=names or None)
         except SpecError as err:
             _fail(str(err))
         except DeviceError as err:
             _fail(f"error: {err}")
         click.echo(f"{spec_path}: " + report.table())
         ok &= report.ok
-    missing = [name for name in only if name not in found]
-    if missing:
-        _fail(
-            f"error: no function named {', '.join(repr(n) for n in missing)} in {', '.join(specs)}"
-        )
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
 
 

@@ -104,8 +104,8 @@ class FunctionWriter:
         tuple_outputs: bool = False,
     ):
         self.fn = fn
-        # The class for torch.compile (see `traceable`): its forward returns
-        # a tuple even of one output, and its code is printed for inductor.
+        # The class for torch.compile (see `traceable`): its code is printed
+        # for inductor.
         self.tuple_outputs = tuple_outputs
         # One derivation per combination of absent optional tensors; the
         # one with every tensor present comes last and describes the API.
@@ -183,30 +183,43 @@ class FunctionWriter:
             lines = self.emit(d.forward, self.printer(self.first_tensor), {})
             lines += self._unaliased_outputs(d)
             names = ", ".join(o.name for o in d.outputs)
-            if self.tuple_outputs and len(d.outputs) == 1:
-                names += ","
             return lines + [f"return {names}"]
 
         return self.branches(body, in_ctx=False)
 
     def _unaliased_outputs(self, d) -> list[str]:
-        """Copy an output that is a saved input itself (``a = x`` beside
-        ``b = x**2``, or ``x**2 if use > 0 else x``): autograd refuses an
-        input both returned as it is and saved for backward."""
-        saved = set(d.saved) | set(d.saved_for_jvp)
+        """Copy an output that is an input itself (``a = x`` beside ``b =
+        x**2``, or ``x**2 if use > 0 else x``), or the very tensor of an
+        earlier output (``a = abs(x)`` beside ``b = abs(x)``): autograd
+        refuses an input both returned as it is and saved for backward,
+        forward-mode AD one returned as it is whose tangent is not a view
+        of the input's, and one tensor returned twice."""
+        inputs = {self.fn.symbol(i.name) for i in self.fn.tensor_inputs}
         values = {t: e for block in d.forward for t, e in block.assignments}
         lines = []
+        returned = set()
         for out in d.outputs:
             value = values.get(out)
-            if value in saved:
-                lines.append(f"{out.name} = {out.name}.clone()  # also saved")
+            # The tensor it is: t3 = t2; o0 = t3 makes o0 the tensor t2.
+            tensor = out
+            while isinstance(values.get(tensor), sp.Symbol):
+                tensor = values[tensor]
+            if value in inputs:
+                lines.append(f"{out.name} = {out.name}.clone()  # an input")
+            elif _view_of(value, values) in inputs:
+                # Forward-mode AD drops the other outputs' tangents when
+                # one is a view of an input without a tangent.
+                lines.append(f"{out.name} = {out.name}.clone()  # a view of an input")
+            elif tensor in returned:
+                lines.append(f"{out.name} = {out.name}.clone()  # returned already")
             elif isinstance(value, sp.Piecewise):
                 for branch, _ in value.args:
-                    if branch in saved:
+                    if branch in inputs:
                         lines += [
-                            f"if {out.name} is {branch.name}:  # also saved",
+                            f"if {out.name} is {branch.name}:  # an input",
                             f"    {out.name} = {out.name}.clone()",
                         ]
+            returned.add(tensor)
         return lines
 
     def setup_context(self, reads: list[str] | None = None) -> list[str]:
@@ -219,7 +232,7 @@ class FunctionWriter:
         outputs = [o.name for o in self.d.outputs]
         kept = set()
         for _, d in self.variants:
-            kept |= set(d.saved) | set(d.shapes) | set(d.saved_for_jvp)
+            kept |= set(d.saved) | set(self.backward_shapes(d)) | set(d.saved_for_jvp)
         if any(o in kept for o in self.d.outputs) or not all(
             self.d.differentiable_outputs
         ):
@@ -252,7 +265,7 @@ class FunctionWriter:
                 saves.append(
                     f"ctx.save_for_forward({', '.join(s.name for s in d.saved_for_jvp)})"
                 )
-            for symbol in d.shapes:
+            for symbol in self.backward_shapes(d):
                 if symbol.name not in filled:  # saved above for the jvp
                     saves.append(f"ctx.{symbol.name}_shape = {symbol.name}.shape")
             return saves or ["pass"]
@@ -379,6 +392,21 @@ class FunctionWriter:
             )
         return _hoisted(branches, self._backward(d, d), fill)
 
+    def backward_shapes(self, d: Derivation) -> list[sp.Symbol]:
+        """The tensors whose shapes the backward of `d` keeps on ctx: its
+        own, and those its branches for some outputs only read (zeros for
+        an input ``floor(x)`` alone reaches), less the saved tensors."""
+        shapes = list(d.shapes)
+        for _, variant in self.presence_variants(d):
+            missing = set(variant.saved) - set(d.saved)
+            if missing:
+                names = ", ".join(sorted(t.name for t in missing))
+                raise PrintError(f"a backward branch reads unsaved tensors: {names}")
+            shapes += [
+                t for t in variant.shapes if t not in shapes and t not in d.saved
+            ]
+        return shapes
+
     def _backward(self, d: Derivation, full: Derivation) -> list[str]:
         """The backward of `d`; saved tensors and shapes are those of `full`."""
         lines = self._unpack(full.saved) + self._scalars()
@@ -394,10 +422,11 @@ class FunctionWriter:
             else:
                 lines.append(f"{', '.join(flags)} = ctx.needs_input_grad")
             lines.append(" = ".join(f"grad_{n}" for n in grad_names) + " = None")
-        shape_names = {s: f"ctx.{s.name}_shape" for s in full.shapes}
-        lines += self.emit(
-            d.backward, self.printer(d.grad_symbols[0].name, shape_names), needs
-        )
+        shape_names = {s: f"ctx.{s.name}_shape" for s in self.backward_shapes(full)}
+        # Dtypes and devices come from an incoming gradient this branch has:
+        # in a branch for some outputs only, the others' are None.
+        like = (d.present_grads or d.grad_symbols)[0].name
+        lines += self.emit(d.backward, self.printer(like, shape_names), needs)
         results = [
             f"grad_{name}" if symbol is not None else "None" for name, symbol in d.grads
         ]
@@ -438,7 +467,8 @@ class FunctionWriter:
             lines = self._unpack(d.saved_for_jvp) + self._scalars()
             tangent = next(t for t in d.tangent_symbols if t is not None)
             lines += self.emit(d.jvp, self.printer(tangent.name), {})
-            return lines + [f"return {', '.join(t.name for t in d.output_tangents)}"]
+            names = [t.name if t is not None else "None" for t in d.output_tangents]
+            return lines + [f"return {', '.join(names)}"]
 
         return self._used_scalars(
             self._fill_tangents() + self.branches(body, in_ctx=True)
@@ -447,7 +477,11 @@ class FunctionWriter:
     def autocast_lines(self) -> list[str]:
         """Under autocast, cast the tensor inputs the way a built-in op
         would: matrix products to the autocast dtype, ``autocast: float32``
-        functions to float32; then the Function runs with autocast off."""
+        functions to float32; then the function runs again with autocast
+        off.  Only the tensors ``torch.amp`` casts are cast (floating point
+        but float64, on the autocast device: `_autocast_cast`); float64 and
+        integer tensors stay as they are, as for ``torch.matmul``.  A device
+        type without autocast (``meta``) has nothing to cast."""
         if self.fn.autocast == "float32":
             comment = "# Declared autocast: float32: run in full precision."
             dtype = "torch.float32"
@@ -458,15 +492,86 @@ class FunctionWriter:
             dtype = "torch.get_autocast_dtype(device_type)"
         else:
             return []
-        lines = [comment, f"dtype = {dtype}"]
-        for spec in self.fn.tensor_inputs:
-            if spec.optional:
-                lines.append(
-                    f"{spec.name} = None if {spec.name} is None else {spec.name}.to(dtype)"
-                )
-            else:
-                lines.append(f"{spec.name} = {spec.name}.to(dtype)")
+        self.helpers.add("_autocast_cast")
+        names = [spec.name for spec in self.fn.tensor_inputs]
+        lines = [
+            f"device_type = {self.first_tensor}.device.type",
+            "if torch.amp.is_autocast_available(device_type) and "
+            "torch.is_autocast_enabled(device_type):",
+            f"    {comment}",
+            f"    dtype = {dtype}",
+        ]
+        lines += [
+            f"    {name} = _autocast_cast({name}, device_type, dtype)" for name in names
+        ]
+        call = ", ".join(i.name for i in self.fn.inputs)
+        lines += [
+            "    with torch.autocast(device_type, enabled=False):",
+            f"        return {self.fn.name}({call})",
+        ]
         return lines
+
+    def wrapper_body(self, classes: dict) -> list[str]:
+        """The functional wrapper after its docstring: refuse complex
+        tensors, pick the class (`classes`: ``eager``, ``compile``,
+        ``trace`` and ``script``, each a class name and the indexing of
+        its result that leaves the declared outputs, or None), cast under
+        autocast, apply."""
+        fn = self.fn
+        call = ", ".join(i.name for i in fn.inputs)
+        tests = [
+            (
+                f"({i.name} is not None and {i.name}.is_complex())"
+                if i.optional
+                else f"{i.name}.is_complex()"
+            )
+            for i in fn.tensor_inputs
+        ]
+        message = f"{fn.name} is a real function: complex tensors are not supported"
+        lines = [f"if {' or '.join(tests)}:", f"    raise TypeError({message!r})"]
+
+        def apply(which: str) -> str:
+            name, suffix = classes[which]
+            return f"{name}.apply({call}){suffix}"
+
+        lines.append("if torch.jit.is_scripting():")
+        if classes["script"] is None:
+            count = len(self.declared_outputs)
+            message = (
+                f"torch.jit.script cannot call {fn.name}, which returns {count} "
+                "tensors: use torch.jit.trace or torch.compile"
+            )
+            lines.append(f"    raise RuntimeError({message!r})")
+        else:
+            lines.append(f"    return {apply('script')}")
+        lines += self.autocast_lines()
+        guard = []
+        if fn.grads:
+            self.helpers.add("_has_tangent")
+            names = ", ".join(i.name for i in fn.tensor_inputs)
+            message = (
+                f"{fn.name}: torch.compile would ignore its grad: override in "
+                "forward-mode AD (jvp, jacfwd): call it outside the compiled region"
+            )
+            guard = [
+                f"    if _has_tangent({names}):",
+                f"        raise RuntimeError({message!r})",
+            ]
+        if classes["trace"] == classes["compile"]:
+            lines += [
+                "if torch.compiler.is_compiling() or torch.jit.is_tracing():",
+                *guard,
+                f"    return {apply('compile')}",
+            ]
+        else:
+            if classes["trace"] is not None:
+                lines += ["if torch.jit.is_tracing():", f"    return {apply('trace')}"]
+            lines += [
+                "if torch.compiler.is_compiling():",
+                *guard,
+                f"    return {apply('compile')}",
+            ]
+        return lines + [f"return {apply('eager')}"]
 
     def jvp_params(self) -> str:
         return ", ".join(
@@ -477,7 +582,14 @@ class FunctionWriter:
     # -- the wrappers -------------------------------------------------------
 
     def signature(self) -> str:
-        return _parameters(self.fn.inputs)
+        return _parameters(self.fn.inputs, annotated=True)
+
+    def returns(self) -> str:
+        """The wrapper's return annotation."""
+        count = len(self.declared_outputs)
+        if count == 1:
+            return "torch.Tensor"
+        return f"tuple[{', '.join(['torch.Tensor'] * count)}]"
 
     def module_parts(self) -> dict:
         fn = self.fn
@@ -634,6 +746,7 @@ class FunctionWriter:
             function_class=f"{name}Function",
             traceable_class=f"_{name}Traceable",
             traceable=None,  # a subclass without the jvp (see `traceable`)
+            traced=None,  # the class for jit.trace and script, where it differs
             module_class=name,
             forward_params=", ".join(i.name for i in fn.inputs),
             forward_body=self.forward(),
@@ -643,11 +756,8 @@ class FunctionWriter:
             jvp_params=self.jvp_params(),
             jvp_body=jvp,
             once_differentiable=fn.once_differentiable,
-            autocast_lines=self.autocast_lines(),
-            first_tensor=self.first_tensor,
             signature=self.signature(),
-            apply_args=", ".join(i.name for i in fn.inputs),
-            apply_suffix=self.apply_suffix(),
+            returns=self.returns(),
             **self.module_parts(),
             **self.docs(),
         )
@@ -693,25 +803,53 @@ def _shown(expr: sp.Expr) -> str:
     return math_text(expr)
 
 
+def _view_of(expr, values: dict):
+    """What `expr`, a transpose of a transpose ... of a forward value, is a
+    view of (None when it is no transpose)."""
+    transposed = False
+    while True:
+        if isinstance(expr, T.TensorMT):
+            expr, transposed = expr.args[0], True
+        elif isinstance(expr, sp.Symbol) and expr in values and values[expr] != expr:
+            expr = values[expr]
+        else:
+            return expr if transposed else None
+
+
 def _literal(value) -> str:
     return repr(value)
 
 
-def _parameters(inputs) -> str:
+_ANNOTATIONS = {
+    InputKind.TENSOR: "torch.Tensor",
+    InputKind.FLOAT: "float",
+    InputKind.INT: "int",
+    InputKind.BOOL: "bool",
+}
+
+
+def _parameters(inputs, annotated: bool = False) -> str:
     """Parameters in the declared order, with the declared defaults; an
     optional tensor defaults to None where no argument without a default
     follows it (else it is passed, None to leave it out, as
     ``F.batch_norm``'s ``running_mean``).  The spec refuses a declared
-    default before an argument without one."""
+    default before an argument without one.  `annotated`: with types, as
+    torch.jit.script reads an unannotated argument as a tensor."""
     parts = []
     defaults_from_here = True
     for spec in reversed(inputs):
+        name = spec.name
+        if annotated:
+            name += (
+                ": " + _ANNOTATIONS[spec.kind] + (" | None" if spec.optional else "")
+            )
+        equals = " = " if annotated else "="
         if spec.has_default:
-            parts.append(f"{spec.name}={_literal(spec.default)}")
+            parts.append(f"{name}{equals}{_literal(spec.default)}")
         elif spec.optional and defaults_from_here:
-            parts.append(f"{spec.name}=None")
+            parts.append(f"{name}{equals}None")
         else:
-            parts.append(spec.name)
+            parts.append(name)
             defaults_from_here = False
     return ", ".join(reversed(parts))
 
@@ -737,24 +875,37 @@ def variants(fn: FunctionSpec) -> list[tuple[frozenset[str], Derivation]]:
     ]
 
 
-def traceable(plain: FunctionSpec, function_class: str) -> tuple[dict, FunctionWriter]:
+def traceable(
+    plain: FunctionSpec, function_class: str, traced: bool = False
+) -> tuple[dict, FunctionWriter]:
     """The class ``torch.compile`` applies when the eager Function keeps an
     intermediate (`keep_intermediate`): `plain`, the function without it.
     Compiled, the partitioner recomputes ``input - target`` in the backward
     for nothing, where returning it from the forward costs a write of the
-    whole tensor (huber_loss 1.4 times the composed formula's time).  Its
-    forward returns a tuple of the declared outputs, so that the wrapper
-    indexes both classes' results alike."""
+    whole tensor (huber_loss 1.4 times the composed formula's time).
+
+    With `traced`, the class ``torch.jit.trace``, ``torch.jit.script`` and
+    the legacy ONNX exporter apply when the eager Function and the compile
+    class both return kept outputs (kept reductions): those take the first
+    outputs of a Function for its results, so its outputs must be only the
+    declared ones."""
     writer = FunctionWriter(plain, variants(plain), tuple_outputs=True)
-    doc = docstring(
-        textwrap.fill(
-            f"{function_class} without its kept intermediate and its jvp, for "
-            "torch.compile: compiled, recomputing the intermediate in the "
-            "backward costs nothing, and returning it costs a write "
-            "(torch.compile cannot trace a custom jvp either).",
-            width=72,
+    if traced:
+        text = (
+            f"{function_class} without its kept outputs and its jvp, for "
+            "torch.jit.trace, torch.jit.script and the legacy ONNX exporter, "
+            "which must see only the declared outputs."
         )
-    )
+    else:
+        text = (
+            f"{function_class} without its kept intermediate and its jvp, for "
+            "torch.compile, torch.jit.trace and torch.jit.script: compiled, "
+            "recomputing the intermediate in the backward costs nothing, and "
+            "returning it costs a write (torch.compile cannot trace a custom "
+            "jvp either); traced or scripted, only the declared outputs may "
+            "be outputs."
+        )
+    doc = docstring(textwrap.fill(text, width=72))
     backward = writer.backward()
     return (
         dict(
@@ -770,7 +921,8 @@ def traceable(plain: FunctionSpec, function_class: str) -> tuple[dict, FunctionW
 
 def render_function(fn: FunctionSpec) -> tuple[dict, list[FunctionWriter]]:
     """The template context of one function, and its writers (the eager
-    class's, and the compiled class's when it has one)."""
+    class's, and those of the compiled and traced classes when it has
+    them)."""
     writers = []
     try:
         fused = fuse_function(fn)
@@ -778,11 +930,36 @@ def render_function(fn: FunctionSpec) -> tuple[dict, list[FunctionWriter]]:
         fn = keep_reductions(kept)
         writer = FunctionWriter(fn, variants(fn))
         context = writer.context()
+        name = class_name(fn.name)
+        eager = (context["function_class"], writer.apply_suffix())
+        compiled = (context["traceable_class"], writer.apply_suffix())
         if kept is not fused:
             context["traceable"], compiled_writer = traceable(
-                keep_reductions(fused), f"{class_name(fn.name)}Function"
+                keep_reductions(fused), f"{name}Function"
             )
             writers.append(compiled_writer)
+            compiled = (compiled[0], compiled_writer.apply_suffix())
+        # Traced (jit.trace, the legacy ONNX exporter) or scripted, a
+        # Function's first outputs are taken for its results: a class
+        # whose outputs are only the declared ones.
+        traced = None
+        if fn.kept:
+            traced = compiled
+            if compiled[1]:
+                context["traced"], traced_writer = traceable(
+                    fused, f"{name}Function", traced=True
+                )
+                context["traced_class"] = f"_{name}Traced"
+                writers.append(traced_writer)
+                traced = (context["traced_class"], "")
+        script = None
+        if len(writer.declared_outputs) == 1:
+            # The jvp-less subclass cannot be scripted; the eager class
+            # can, when it returns only the declared output.
+            script = traced or eager
+        context["wrapper_body"] = writer.wrapper_body(
+            dict(eager=eager, compile=compiled, trace=traced, script=script)
+        )
     except PrintError as err:
         raise SpecError(fn.location, f"cannot generate '{fn.name}': {err}") from None
     except RecursionError:
@@ -793,7 +970,7 @@ def render_function(fn: FunctionSpec) -> tuple[dict, list[FunctionWriter]]:
             fn.location,
             f"cannot generate '{fn.name}': the formula is nested too deeply "
             "for SymPy to differentiate",
-            "split it into separate functions, or nest fewer than about " "100 calls",
+            "split it into separate functions, or nest fewer than about 100 calls",
         ) from None
     writers.append(writer)
     return context, writers

@@ -18,7 +18,7 @@ import sympy as sp
 from fngen import dag
 from fngen import tensorops as T
 from fngen.formula import is_condition
-from fngen.functions import Piecewise
+from fngen.functions import Piecewise, has_zero_branch
 from fngen.model import Formula, FunctionSpec, OpNode
 from fngen.stable import bottom_up, stabilize
 from fngen.schedule import Block, Step, schedule
@@ -39,11 +39,26 @@ class Derivation:
     grads: tuple[tuple[str, sp.Symbol | None], ...]
     tangent_symbols: tuple[sp.Symbol | None, ...]
     jvp: tuple[Block, ...]
-    output_tangents: tuple[sp.Symbol, ...]
+    # None for a non-differentiable (bool) output.
+    output_tangents: tuple[sp.Symbol | None, ...]
     derivatives: tuple[tuple[str, str, sp.Expr], ...]
     option: int = 0
     # Why there is no jvp (a `grad:` override not linear in the gradient).
     jvp_error: str | None = None
+    # The outputs whose incoming gradient the backward reads (None: all).
+    present: frozenset[int] | None = None
+
+    @property
+    def present_grads(self) -> tuple[sp.Symbol, ...]:
+        """The incoming gradients this backward has: of differentiable
+        outputs, and of those in `present`."""
+        return tuple(
+            g
+            for i, (g, diff) in enumerate(
+                zip(self.grad_symbols, self.differentiable_outputs)
+            )
+            if diff and (self.present is None or i in self.present)
+        )
 
 
 def mt(expr: sp.Expr) -> sp.Expr:
@@ -186,10 +201,11 @@ class Deriver:
             if derivative == 0:
                 continue
             contribution = upstream * derivative
-            # A matmul or transpose result is not summed to its shape here
-            # (that would need the result itself): its VJP sums the operand
-            # gradients to their shapes, which absorbs any later broadcast.
-            if not (exact and leaves == [leaf]) and not self.sums_own_broadcast(leaf):
+            # Each term is reduced to its leaf's shape where it is formed: a
+            # term of another shape added to it would be counted once per
+            # broadcast element.  (A matmul's or transpose's only term is
+            # unreduced again, see `gradient_expressions`.)
+            if not (exact and leaves == [leaf]):
                 contribution = self.sum_to_shape(contribution, self.leaf_shape(leaf))
             into.setdefault(leaf, []).append(contribution)
 
@@ -301,11 +317,21 @@ class Deriver:
         return self.shape_of(expr)
 
     def sums_own_broadcast(self, leaf: sp.Symbol) -> bool:
+        """Whether the VJP of the op that makes `leaf` reduces a broadcast
+        gradient to its operands' shapes itself: a transpose (whose
+        operand's gradient is summed to its shape), and a matrix product
+        (whose helpers sum the gradient to the product's shape first).  Its
+        gradient need not be reduced to its shape, which would need the
+        result (recomputed, for a product) or its shape."""
         op = self.op_by_result.get(leaf)
         return op is not None and isinstance(op.expr, (T.TensorMatmul, T.TensorMT))
 
-    def vjp(self, op, upstream: sp.Symbol) -> list[tuple[sp.Expr, sp.Expr, bool]]:
-        """(argument, its gradient, exact) for each argument of a tensor op."""
+    def vjp(
+        self, op, upstream: sp.Symbol, exact: bool = True
+    ) -> list[tuple[sp.Expr, sp.Expr, bool]]:
+        """(argument, its gradient, exact) for each argument of a tensor op.
+        `exact`: `upstream` has exactly the shape of the op's result; else
+        it may be broadcast beyond it (a matmul's or transpose's)."""
         expr = op.expr
         if isinstance(expr, (T.TensorSum, T.TensorMean)):
             arg, dims, keepdim = expr.args
@@ -327,14 +353,16 @@ class Deriver:
                 (arg, T.Expand(grad, self.shape_of(arg)) * sp.exp(arg - result), True)
             ]
         if isinstance(expr, T.TensorMT):
-            return [(expr.args[0], T.TensorMT(upstream), False)]
+            return [(expr.args[0], T.TensorMT(upstream), exact)]
         if isinstance(expr, T.TensorMatmul):
             a, b = expr.args
             # With a vector operand (torch.matmul's rules) ``grad @ b.mT`` is
             # wrong, or a wrong gradient of the right size once summed: a
             # helper of the generated module branches on the ranks and sums
-            # to the operand's shape, unless both are surely matrices.
-            if self.surely_matrix(a) and self.surely_matrix(b):
+            # to the operand's shape, unless both are surely matrices.  So
+            # does a gradient broadcast beyond the product (``d - a @ b``
+            # with a product of one column), which the helper sums first.
+            if exact and self.surely_matrix(a) and self.surely_matrix(b):
                 grad_a = (T.TensorMatmul(upstream, mt(b)), False)
                 grad_b = (T.TensorMatmul(mt(a), upstream), False)
             else:
@@ -352,16 +380,22 @@ class Deriver:
         raise TypeError(f"no VJP rule for {type(expr).__name__}")
 
     def jvp_rule(self, expr: sp.Expr, tangent_of, result_symbol=None) -> sp.Expr:
-        """The tangent of a tensor op's result, given `tangent_of(arg)`."""
+        """The tangent of a tensor op's result, given `tangent_of(arg)`;
+        0 where the argument's is (``sum(floor(x))``)."""
         if isinstance(expr, (T.TensorSum, T.TensorMean)):
             arg, dims, keepdim = expr.args
-            return type(expr)(tangent_of(arg), dims, keepdim)
+            inner = tangent_of(arg)
+            return type(expr)(inner, dims, keepdim) if inner != 0 else inner
         if isinstance(expr, T.TensorLogSumExp):
             arg, dims, keepdim = expr.args
+            inner = tangent_of(arg)
+            if inner == 0:
+                return inner
             result = result_symbol if keepdim else T.Unsqueeze(result_symbol, dims)
-            return T.TensorSum(sp.exp(arg - result) * tangent_of(arg), dims, keepdim)
+            return T.TensorSum(sp.exp(arg - result) * inner, dims, keepdim)
         if isinstance(expr, T.TensorMT):
-            return T.TensorMT(tangent_of(expr.args[0]))
+            inner = tangent_of(expr.args[0])
+            return T.TensorMT(inner) if inner != 0 else inner
         if isinstance(expr, T.TensorMatmul):
             a, b = expr.args
             a_t, b_t = tangent_of(a), tangent_of(b)
@@ -401,16 +435,27 @@ class Deriver:
             self.pullback(grad, expr, exact=True, into=contributions)
         self.op_grads: list[tuple[sp.Symbol, sp.Expr]] = []
         for op in reversed(self.formula.ops):
-            total = sp.Add(*contributions.pop(op.result, []))
+            terms = contributions.pop(op.result, [])
+            exact = True
+            if (
+                len(terms) == 1
+                and self.sums_own_broadcast(op.result)
+                and isinstance(terms[0], T.SumToSize)
+                and terms[0].args[1] == T.ShapeOf(op.result)
+            ):
+                # Its only term: the VJP reduces the broadcast itself.
+                terms, exact = [terms[0].args[0]], False
+            total = sp.Add(*terms)
             if total == 0:  # no path, or deviations from a mean that sum to 0
                 continue
             upstream = total
             if not total.is_Symbol:
                 upstream = sp.Symbol(f"grad_{op.result.name}", real=True)
                 self.op_grads.append((upstream, total))
-                self.reduced_grads[upstream] = self.pure_leaf_shape(op.result)
-            for arg, grad, exact in self.vjp(op, upstream):
-                self.pullback(grad, arg, exact, contributions)
+                if exact:
+                    self.reduced_grads[upstream] = self.pure_leaf_shape(op.result)
+            for arg, grad, arg_exact in self.vjp(op, upstream, exact):
+                self.pullback(grad, arg, arg_exact, contributions)
         # Contributions through several paths share factors: x*sigmoid(x)
         # feeding two outputs gets grad_a*D + grad_b*D*cos(...), which is
         # D*(grad_a + grad_b*cos(...)), D printed as one fused kernel.
@@ -433,7 +478,35 @@ class Deriver:
             ):
                 expr = T.SumToSize(expr, T.ShapeOf(leaf))
             grads[leaf] = expr
+        # An input whose derivative is zero (floor(x), or one SymPy proves
+        # has no effect, as x in max(max(c, pi), cos(x))) gets zeros, as
+        # autograd of the formula gives: a None would tell autograd the
+        # input was not used.  None stays for an input that no output
+        # receiving a gradient reads at all (autograd's None too).
+        reached = self.reached_inputs()
+        for leaf in self.tensor_inputs:
+            if grads[leaf] == 0 and leaf in reached:
+                grads[leaf] = T.Expand(sp.Integer(0), T.ShapeOf(leaf))
         return grads
+
+    def reached_inputs(self) -> set[sp.Symbol]:
+        """The tensor inputs read by the differentiable outputs that receive
+        a gradient, directly or through tensor ops."""
+        frontier = set()
+        for index, ((_, expr), diff) in enumerate(
+            zip(self.formula.outputs, self.differentiable)
+        ):
+            if diff and (self.present is None or index in self.present):
+                frontier |= expr.free_symbols
+        seen = set()
+        while frontier:
+            symbol = frontier.pop()
+            if symbol in seen:
+                continue
+            seen.add(symbol)
+            if symbol in self.op_by_result:
+                frontier |= self.op_by_result[symbol].expr.free_symbols
+        return seen & set(self.tensor_inputs)
 
     def substitute_outputs(self, exprs: list[sp.Expr]) -> list[sp.Expr]:
         """Express derivatives through the outputs where they contain them
@@ -656,12 +729,19 @@ class Deriver:
 
         for op in self.formula.ops:
             tangent = self.jvp_rule(op.expr, tangent_of, op.result)
+            if tangent == 0:  # counts as 0 where it is read
+                tangents[op.result] = tangent
+                continue
             tangents[op.result] = sp.Symbol(f"{op.result.name}_t", real=True)
             steps.append(Step(tangents[op.result], tangent, frozenset()))
         output_tangents = []
         for index, ((out, expr), diff) in enumerate(
             zip(self.formula.outputs, self.differentiable)
         ):
+            if not diff:
+                # A bool output, marked non-differentiable: no tangent.
+                output_tangents.append(None)
+                continue
             symbol = sp.Symbol(f"{out.name}_t", real=True)
             extra = sp.Add(
                 *[
@@ -669,7 +749,12 @@ class Deriver:
                     for leaf, coefficients in transposed.items()
                 ]
             )
-            if out in tangents:
+            if out in tangents and tangents[out] == 0:
+                # A tensor op's result with no tangent: zeros of its shape.
+                shape = self.leaf_shape(out)
+                value = T.SumToSize(extra, shape) if extra != 0 else T.Expand(0, shape)
+                steps.append(Step(symbol, value, frozenset()))
+            elif out in tangents:
                 # A reduction's result: the override sums to its shape.
                 symbol = tangents[out]
                 if extra != 0:
@@ -683,7 +768,7 @@ class Deriver:
                         for s in steps
                     ]
             else:
-                tangent = (tangent_of(expr) if diff else sp.Integer(0)) + extra
+                tangent = tangent_of(expr) + extra
                 if not self.covers(expr, tangent):
                     tangent = T.Expand(tangent, self.shape_of(expr))
                 steps.append(Step(symbol, tangent, frozenset()))
@@ -692,7 +777,11 @@ class Deriver:
         steps = [Step(s.target, e, s.guard) for s, e in zip(steps, exprs)]
         recompute = self.needed_recomputation([s.expr for s in steps])
         steps = [Step(op.result, op.expr, frozenset()) for op in recompute] + steps
-        taken = self.taken_names() | {t.name for t in tangents.values()}
+        taken = self.taken_names() | {
+            t.name
+            for t in [*tangents.values(), *output_tangents]
+            if t is not None and t.is_Symbol
+        }
         blocks = schedule(steps, frozenset(), taken)
         tensors, shapes = self.referenced([s.expr for s in steps])
         tensors |= shapes
@@ -741,6 +830,7 @@ class Deriver:
             derivatives=derivatives,
             option=self.option,
             jvp_error=jvp_error,
+            present=self.present,
         )
 
 
@@ -818,6 +908,10 @@ def fold_piecewise(expr: sp.Expr) -> sp.Expr:
     pieces = expr.atoms(sp.Piecewise)
     if not isinstance(expr, sp.Add) or not 2 <= len(pieces) <= MAX_FOLDED:
         return expr
+    if any(op.atoms(sp.Piecewise) for op in expr.atoms(T.TensorOp)):
+        # A where inside a sum_to_size tests each element before the sum:
+        # it is no where of the sum (SymPy's fold would make it one).
+        return expr
     conditions = [c for p in pieces for _, c in p.args if c != sp.true]
     variables = set().union(*(c.free_symbols for c in conditions))
     if len(variables) != 1 or any(p.atoms(sp.Piecewise) != {p} for p in pieces):
@@ -864,7 +958,9 @@ def factor_piecewise(expr: sp.Basic) -> sp.Basic:
 
 def _common_factor_out(expr: sp.Piecewise) -> sp.Expr | None:
     values = [value for value, _ in expr.args]
-    if any(not isinstance(v, sp.Expr) or v.is_zero or is_condition(v) for v in values):
+    if has_zero_branch(expr) or any(
+        not isinstance(v, sp.Expr) or is_condition(v) for v in values
+    ):
         return None
     # -input + target counts as -(input - target).
     negated = all(v.could_extract_minus_sign() for v in values)
@@ -1027,9 +1123,19 @@ def override_coefficients(
     if any(c.free_symbols & grads for c in coefficients):
         return None
     rest = body - sp.Add(*[c * g for c, g in zip(coefficients, grad_symbols)])
-    if sp.expand(rest) != 0:
+    if not _is_zero(rest):
         return None
     return coefficients
+
+
+def _is_zero(expr: sp.Expr) -> bool:
+    """Whether `expr` is zero, branch by branch for a ``where``:
+    ``where(c, 0, grad*f) - grad*where(c, 0, f)`` is, though SymPy keeps
+    the difference of two Piecewise as it is."""
+    expr = sp.piecewise_fold(expr)
+    if isinstance(expr, sp.Piecewise):
+        return all(_is_zero(value) for value, _ in expr.args)
+    return sp.expand(expr) == 0
 
 
 def _strip_sum_to_size(expr: sp.Expr) -> sp.Expr:

@@ -99,6 +99,11 @@ class FormulaParser:
         self.extra_names = dict(extra_names or {})
         self.env: dict[str, sp.Expr] = {}
         self.statement_lines: dict[str, int] = {}
+        # Statements that are a comparison (``m = x > 0``): the condition,
+        # what such a statement is as an output (a bool tensor); elsewhere
+        # it is 1 or 0.
+        self.conditions: dict[str, sp.Basic] = {}
+        self.statement_nodes: dict[str, ast.stmt] = {}
         self.ops: list[OpNode] = []
         self.taken: set[str] = set(self.symbols) | set(self.extra_names)
 
@@ -121,7 +126,10 @@ class FormulaParser:
                 raise SpecError(
                     location, f"output '{name}' is not assigned by the formula"
                 )
-            result.append((sp.Symbol(name, real=True), self.env[name]))
+            value = self.conditions.get(name, self.env[name])
+            if not value.free_symbols:
+                raise self._constant_output(name)
+            result.append((sp.Symbol(name, real=True), value))
         return Formula(
             text, tuple(self.ops), tuple(result), tuple(statements), location
         )
@@ -189,7 +197,30 @@ class FormulaParser:
         self.taken.add(name)
         self.env[name] = expr
         self.statement_lines[name] = stmt.lineno
+        self.statement_nodes[name] = stmt
+        if (
+            isinstance(stmt.value, ast.Compare)
+            and isinstance(expr, sp.Piecewise)
+            and expr.free_symbols
+        ):
+            self.conditions[name] = expr.args[0][1]  # indicator(condition)
         return name, expr
+
+    def _constant_output(self, name: str) -> SpecError:
+        """An output that SymPy folds to a constant has no shape to take."""
+        stmt = self.statement_nodes[name]
+        written = ast.unparse(stmt.value)
+        if isinstance(stmt.value, ast.Compare):
+            value = "true" if self.env[name] == 1 else "false"
+            message = (
+                f"output '{name}' is always {value}: SymPy proves {written} "
+                f"{value} for every input"
+            )
+        elif written == str(self.env[name]):
+            message = f"output '{name}' is the constant {written}"
+        else:
+            message = f"output '{name}' is a constant: {written} is {self.env[name]}"
+        return self._error(stmt, message, "an output must depend on a tensor input")
 
     # -- expressions ------------------------------------------------------
 

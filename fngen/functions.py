@@ -50,11 +50,24 @@ class Piecewise(sp.Piecewise):
                 break
         if len(kept) == 1 and kept[0][1] is sp.true:
             return kept[0][0]
+        if kept and kept[-1][1] is sp.true and len({v for v, _ in kept}) == 1:
+            # where(x > 0, 0, 0), the derivative of a comparison: a zero.
+            return kept[0][0]
         if kept != [tuple(pair) for pair in pairs]:
             # Built directly: through cls(...) this would run again.
             pairs = [ExprCondPair(value, condition) for value, condition in kept]
             return sp.Basic.__new__(cls, *pairs)
         return None
+
+
+def has_zero_branch(piece: sp.Basic) -> bool:
+    """Whether `piece`, a where, is 0 on some branch (a nested where's
+    included): times a factor that is inf there, it must select that 0,
+    not multiply by it (``0*inf`` is NaN)."""
+    return isinstance(piece, sp.Piecewise) and any(
+        getattr(value, "is_zero", False) or has_zero_branch(value)
+        for value, _ in piece.args
+    )
 
 
 def indicator(condition: sp.Basic) -> sp.Expr:

@@ -8,6 +8,8 @@ than producing wrong code.  Floats round-trip exactly.
 
 from __future__ import annotations
 
+import ast
+import functools
 import math
 
 import sympy as sp
@@ -22,6 +24,131 @@ from fngen import tensorops as T
 
 class PrintError(Exception):
     """An expression has no torch translation (a bug in fngen, not in the spec)."""
+
+
+# Python's operator precedence, loosest first (the table of the language
+# reference): where an operand goes in parentheses is decided by these and
+# by the text the operand printed as, never by SymPy's notion of the node.
+(
+    _IF,
+    _OR,
+    _AND,
+    _NOT,
+    _COMPARE,
+    _BITOR,
+    _BITXOR,
+    _BITAND,
+    _SHIFT,
+    _ADD,
+    _MUL,
+    _UNARY,
+    _POW,
+    _AWAIT,
+    _POSTFIX,
+    _ATOM,
+) = range(1, 17)
+_BINARY_LEVELS = {
+    ast.BitOr: _BITOR,
+    ast.BitXor: _BITXOR,
+    ast.BitAnd: _BITAND,
+    ast.LShift: _SHIFT,
+    ast.RShift: _SHIFT,
+    ast.Add: _ADD,
+    ast.Sub: _ADD,
+    ast.Mult: _MUL,
+    ast.MatMult: _MUL,
+    ast.Div: _MUL,
+    ast.FloorDiv: _MUL,
+    ast.Mod: _MUL,
+    ast.Pow: _POW,
+}
+# SymPy's precedence levels (what its printers pass to `parenthesize`) as
+# Python's.
+_FROM_SYMPY = sorted(
+    [
+        (PRECEDENCE["Lambda"], _IF),
+        (PRECEDENCE["Or"], _BITOR),
+        (PRECEDENCE["And"], _BITAND),
+        (PRECEDENCE["Relational"], _COMPARE),
+        (PRECEDENCE["Add"], _ADD),
+        (PRECEDENCE["Mul"], _MUL),
+        (PRECEDENCE["Pow"], _POW),
+        (PRECEDENCE["Func"], _POSTFIX),
+        (PRECEDENCE["Not"], _UNARY),
+        (PRECEDENCE["Atom"], _ATOM),
+    ]
+)
+
+
+def _python_level_of(sympy_level: int) -> int:
+    level = _IF
+    for bound, python in _FROM_SYMPY:
+        if sympy_level >= bound:
+            level = python
+    return level
+
+
+def _enclosed(text: str) -> bool:
+    """Whether `text` is one parenthesised group, ``(...)``."""
+    if not text.startswith("("):
+        return False
+    depth = 0
+    for n, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth == 0:
+                return n == len(text) - 1
+    return False
+
+
+@functools.lru_cache(maxsize=8192)
+def python_level(text: str) -> int:
+    """The precedence of the outermost operation of the Python expression
+    `text` (`_ATOM` for a name, a literal or a parenthesised group)."""
+    if _enclosed(text):
+        return _ATOM
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        raise PrintError(f"printed code is not a Python expression: {text}") from None
+    if isinstance(node, ast.Lambda):
+        return 0
+    if isinstance(node, ast.IfExp):
+        return _IF
+    if isinstance(node, ast.BoolOp):
+        return _OR if isinstance(node.op, ast.Or) else _AND
+    if isinstance(node, ast.UnaryOp):
+        return _NOT if isinstance(node.op, ast.Not) else _UNARY
+    if isinstance(node, ast.Compare):
+        return _COMPARE
+    if isinstance(node, ast.BinOp):
+        return _BINARY_LEVELS[type(node.op)]
+    if isinstance(node, ast.Await):
+        return _AWAIT
+    if isinstance(node, (ast.Call, ast.Attribute, ast.Subscript)):
+        return _POSTFIX
+    return _ATOM
+
+
+def operand(text: str, level: int, right: bool) -> str:
+    """`text` as an operand of an operator of Python precedence `level`, on
+    its `right` (or left), in parentheses where Python would otherwise read
+    it differently: ``a @ (a * b)``, ``(x**y)**z``, ``-(a + b)``.  Binary
+    operators group left to right, so an operand on the right of the same
+    precedence needs them; ``**`` groups right to left."""
+    own = python_level(text)
+    if level == _POW:
+        # (x**y)**z and (-x)**2 need them; x**-y does not.
+        needed = own <= _POW if not right else own < _UNARY
+    elif level == _UNARY:
+        needed = own < _UNARY
+    elif level == _COMPARE:
+        needed = own <= _COMPARE  # a < b < c is a chained comparison
+    else:
+        needed = own < level or (right and own == level)
+    return f"({text})" if needed else text
 
 
 TORCH_FUNCTIONS: dict[type, str] = {
@@ -308,10 +435,11 @@ class TorchPrinter(StrPrinter):
         if exponent == -sp.S.Half:
             return f"torch.rsqrt({self._print(base)})"
         level = precedence(expr)
-        if exponent == -1:
-            return f"1 / {self.parenthesize(base, PRECEDENCE['Mul'], strict=True)}"
         if exponent.is_Number and exponent.is_negative:
-            return f"1 / {self.parenthesize(sp.Pow(base, -exponent, evaluate=False), PRECEDENCE['Mul'], strict=True)}"
+            positive = (
+                base if exponent == -1 else sp.Pow(base, -exponent, evaluate=False)
+            )
+            return self._reciprocal(positive)
         if exponent.is_Rational and not exponent.is_Integer and self.is_math(base):
             # Python's ** of a negative float to 1.5 is a complex number.
             self.uses_math = True
@@ -320,8 +448,24 @@ class TorchPrinter(StrPrinter):
         if exponent.is_Rational and not exponent.is_Integer:
             power = self._print_float(float(exponent))
         else:
-            power = self.parenthesize(exponent, level, strict=True)
+            power = self.parenthesize(exponent, level, strict=True, right=True)
         return f"{self.parenthesize(base, level, strict=True)}**{power}"
+
+    def _reciprocal(self, expr: sp.Expr) -> str:
+        """``1 / expr``: of a tensor ``torch.reciprocal(expr)``, as the
+        legacy ONNX exporter cannot export ``1 / x`` (``Tensor.__rtruediv__``
+        traced inside a Function); of a Python number, Python's division."""
+        if self.is_number_valued(expr):
+            return f"1 / {operand(self._print(expr), _MUL, right=True)}"
+        return f"torch.reciprocal({self._print(expr)})"
+
+    def is_number_valued(self, expr: sp.Basic) -> bool:
+        """Whether `expr` is a Python number: a constant, arithmetic on
+        numbers (`is_math`), or on sizes of tensors (``1 / x.shape[-1]``)."""
+        values = expr.replace(
+            lambda e: isinstance(e, T.SCALAR_OPS), lambda e: sp.Integer(1)
+        )
+        return values.is_number or self.is_math(values)
 
     def is_tensor(self, expr: sp.Basic) -> bool:
         """Whether `expr` is surely a tensor, not a Python number: it reads
@@ -413,7 +557,11 @@ class TorchPrinter(StrPrinter):
             sign = "+"
             if text.startswith("-") and not term.is_Add:
                 sign, text = "-", text[1:]
-            if precedence(term) < precedence(expr) or term.is_Add:
+            if (
+                precedence(term) < precedence(expr)
+                or term.is_Add
+                or python_level(text) <= _ADD
+            ):
                 text = f"({text})"
             terms += [sign, text]
         sign = terms.pop(0)
@@ -443,7 +591,7 @@ class TorchPrinter(StrPrinter):
             values = [value for value, _ in piece.args]
             if (
                 self.select_then_scale
-                and not any(v.is_zero for v in values)
+                and not F.has_zero_branch(piece)
                 and any(v.free_symbols & self.tensors for v in values)
             ):
                 # A tensor branch gives the dtype: one select, then one
@@ -484,6 +632,10 @@ class TorchPrinter(StrPrinter):
                 body = self.parenthesize(sp.Mul(*others), PRECEDENCE["Mul"])
                 sign = "-" if value < 0 else ""
                 return f"{sign}{self._print_float(abs(value))}*{body}"
+        denominator = _denominator_only(expr)
+        if denominator is not None:
+            sign, positive = denominator
+            return sign + self._reciprocal(positive)
         return super()._print_Mul(expr)
 
     def _threshold(self, piece: sp.Piecewise) -> tuple[str, str] | None:
@@ -628,6 +780,10 @@ class TorchPrinter(StrPrinter):
             return f"not ({self._print(expr.args[0])})"  # ~True is -2
         return f"~({self._print(expr.args[0])})"
 
+    def _print_Guarded(self, expr):
+        # stable.Guarded, a where SymPy does not take powers into.
+        return self._print_Piecewise(expr)
+
     def _print_Piecewise(self, expr):
         branches = list(expr.args)
         if branches[-1][1] != sp.true:
@@ -679,21 +835,29 @@ class TorchPrinter(StrPrinter):
     def _postfix(self, expr) -> str:
         """`expr` printed so that a method call or attribute can follow it."""
         text = self._print(expr)
-        if isinstance(expr, T.TensorMatmul):
-            return f"({text})"
-        if isinstance(expr, (sp.Symbol, T.TensorOp)):
-            return text
-        if isinstance(expr, sp.Function) and not expr.is_number:
-            return text
-        if isinstance(expr, sp.Pow) and expr.exp in (sp.S.Half, -sp.S.Half):
-            return text
-        return text if _one_call(text) else f"({text})"
-
-    def parenthesize(self, item, level, strict=False):
-        text = super().parenthesize(item, level, strict)
-        if text.startswith("(") and _one_call(text[1:-1]):
-            return text[1:-1]  # torch.addcmul(...) needs no parentheses
+        if python_level(text) < _POSTFIX or (
+            isinstance(expr, sp.Number) and not _enclosed(text)
+        ):
+            return f"({text})"  # (x @ y).sum(), and (2).sum() as 2.sum() is not Python
         return text
+
+    def parenthesize(self, item, level, strict=False, right=None):
+        """`item` as an operand at SymPy's precedence `level` (what SymPy's
+        own printers ask for), in parentheses where SymPy's precedence of the
+        node wants them, as SymPy would print it, and wherever Python's
+        precedence of the printed text needs them (`operand`): the one place
+        that decides.  `right`: the operand is on the right of its operator
+        (by default, where `strict` is false, as SymPy then wants them for
+        an operand of the same precedence)."""
+        text = self._print(item)
+        if python_level(text) >= _POSTFIX:
+            return text  # a name, a literal, a call: never (torch.addcmul(...))
+        own = precedence(item)
+        if own < level or (not strict and own <= level):
+            return f"({text})"
+        return operand(
+            text, _python_level_of(level), not strict if right is None else right
+        )
 
     def _reduction(self, expr, method):
         arg, dims, keepdim = expr.args
@@ -728,7 +892,7 @@ class TorchPrinter(StrPrinter):
         a, b = expr.args
         level = PRECEDENCE["Mul"]
         left = self.parenthesize(a, level, strict=False)
-        right = self.parenthesize(b, level, strict=True)
+        right = self.parenthesize(b, level, strict=False)  # a @ (a*b)
         return f"{left} @ {right}"
 
     def _print_MatmulGradA(self, expr):
@@ -743,7 +907,8 @@ class TorchPrinter(StrPrinter):
         return f"{name}({', '.join(self._print(arg) for arg in args)})"
 
     def _print_TensorMT(self, expr):
-        return f"{self._postfix(expr.args[0])}.mT"
+        # Not .mT: the legacy ONNX exporter has no aten::mT.
+        return f"{self._postfix(expr.args[0])}.transpose(-2, -1)"
 
     def _print_ShapeOf(self, expr):
         shapes = [self.shape_names.get(s, f"{self._print(s)}.shape") for s in expr.args]
@@ -784,34 +949,39 @@ class TorchPrinter(StrPrinter):
 
     def _print_Expand(self, expr):
         arg, shape = expr.args
+        if arg == 0:
+            tensors = shape.args if isinstance(shape, T.ShapeOf) else ()
+            tensor = tensors[0] if len(tensors) == 1 else None
+            if isinstance(tensor, sp.Symbol) and tensor not in self.shape_names:
+                # Its layout too: the tangent of a transposed output must
+                # have the output's strides.
+                return f"torch.zeros_like({self._print(tensor)})"
+            return f"{self.dtype_of}.new_zeros({self._print(shape)})"
         if arg.is_number:
             return f"torch.full({self._print(shape)}, {self._print(arg)}, dtype={self.dtype_of}.dtype, device={self.dtype_of}.device)"
         return f"{self._postfix(arg)}.expand({self._print(shape)})"
 
     def _print_Numel(self, expr):
         shape, dims = expr.args
-        text = self._print(shape)
+        text = self._postfix(shape)
         if not len(dims):
             return f"{text}.numel()"
         product = " * ".join(f"{text}[{int(d)}]" for d in dims)
         return product if len(dims) == 1 else f"({product})"
 
 
-def _one_call(text: str) -> bool:
-    """Whether `text` is one ``torch.name(...)`` call and nothing else."""
-    if not text.startswith("torch.") or not text.endswith(")"):
-        return False
-    depth = 0
-    for n, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0:
-                return n == len(text) - 1
-        elif depth == 0 and not (char.isalnum() or char in "._"):
-            return False
-    return False
+def _denominator_only(expr: sp.Mul) -> tuple[str, sp.Expr] | None:
+    """(sign, d) for a product that SymPy prints as ``1/d`` (or ``-1/d``):
+    every factor a power with a negative exponent, times +-1/n."""
+    coefficient, factors = expr.as_coeff_mul()
+    if not coefficient.is_Rational or abs(coefficient.p) != 1 or not factors:
+        return None
+    if not all(isinstance(f, sp.Pow) and f.exp.as_coeff_Mul()[0] < 0 for f in factors):
+        return None
+    positive = sp.Mul(
+        sp.Integer(coefficient.q), *[sp.Pow(f.base, -f.exp) for f in factors]
+    )
+    return ("-" if coefficient < 0 else ""), positive
 
 
 def print_torch(expr: sp.Expr, **options) -> str:
@@ -830,6 +1000,10 @@ class MathPrinter(StrPrinter):
 
     # ``x == 0`` as torch code writes it, where SymPy's would say Eq(x, 0).
     _print_Relational = TorchPrinter._print_Relational
+
+    def _print_Guarded(self, expr):
+        # stable.Guarded, a where SymPy does not take powers into.
+        return self._print_Piecewise(expr)
 
     def _print_Piecewise(self, expr):
         *pairs, (last, otherwise) = expr.args

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from fngen import tensorops as T
+from fngen.stable import guard_branch_domains, select_zero_branches
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ def schedule(
     """`everyone`: the guard that always holds once the program runs; steps
     whose target is in `keep_guards` keep their guard even then, so that a
     gradient is visibly computed only when ``needs_input_grad`` asks for it."""
-    replacements, reduced = share_subexpressions([s.expr for s in steps], taken)
+    # A where's 0 branch selected, before naming could take a factor out.
+    exprs = [guard_branch_domains(select_zero_branches(s.expr)) for s in steps]
+    replacements, reduced = share_subexpressions(exprs, taken)
     steps = [Step(s.target, e, s.guard) for s, e in zip(steps, reduced)]
     named, steps = _named_by_target(replacements, steps)
     if named != replacements:

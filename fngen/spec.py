@@ -66,6 +66,7 @@ CHECK_NAMES = (
     "gradcheck",
     "double_backward",
     "forward_ad",
+    "batched",
     "vmap",
     "compile",
     "float32",
@@ -461,6 +462,20 @@ class FunctionBuilder:
                 if type(o).__module__ == "fngen.tensorops"
             ):
                 raise SpecError(value.location, "a grad override must be pointwise")
+            incoming = sorted({symbol.name for symbol in extra.values()})
+            if expression != 0 and not {
+                symbol.name for symbol in expression.free_symbols
+            } & set(incoming):
+                # A vector-Jacobian product is linear in the incoming
+                # gradient; one that reads none breaks the chain rule.
+                raise SpecError(
+                    value.location,
+                    f"the grad: override of '{name}' reads no incoming gradient "
+                    f"({' or '.join(incoming)}): it is not a vector-Jacobian "
+                    "product, and the gradient would ignore everything after "
+                    f"'{self.name}'",
+                    f"multiply by {incoming[0]}: '{name}: {incoming[0]} * (...)'",
+                )
             grads[name] = expression
         return grads
 

@@ -362,11 +362,12 @@ def test_check_prints_a_table(workdir):
         "gradcheck",
         "double_backward",
         "forward_ad",
+        "batched",
         "vmap",
         "compile",
         "float32",
     ]
-    assert lines[2].split() == ["square"] + ["✓"] * 7
+    assert lines[2].split() == ["square"] + ["✓"] * 8
     assert lines[-1] == "1 passed, 0 failed"
 
 
@@ -384,7 +385,19 @@ def test_check_only_one_function(workdir):
 def test_check_only_unknown_function_is_an_error(workdir):
     result = run("check", "ops.yaml", "--only", "nope")
     assert_clean_exit(result, 2)
-    assert "nope" in result.stderr
+    assert result.stdout == ""
+    assert result.stderr == "error: no function named 'nope' in ops.yaml\n"
+
+
+def test_check_and_bench_only_suggest_the_closest_name(workdir):
+    (workdir / "ops.yaml").write_text(TWO, encoding="utf-8")
+    for command in ("check", "bench"):
+        result = run(command, "ops.yaml", "--only", "cueb")
+        assert_clean_exit(result, 2)
+        assert result.stdout == ""
+        assert result.stderr == (
+            "error: no function named 'cueb' (did you mean 'cube'?) in ops.yaml\n"
+        )
 
 
 def test_check_bad_spec_exits_2(workdir):

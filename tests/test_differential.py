@@ -23,9 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fngen
+from fngen import functions as F
 from fngen.functions import POINTWISE_FUNCTIONS
 from fngen.reference import reference_forward
 from fngen.spec import parse_spec
+from float32_bar import LARGE, assert_float32_bar, representable
+from formula_eval import evaluate
 
 TOL = dict(rtol=1e-7, atol=1e-9)
 # A term that no draw can cancel (no product of the drawn constants is 1/7919):
@@ -108,6 +111,9 @@ OPERATORS = [
     "({0} > {c}) * ({1})",
     "({0} <= {c}) + ({0} != {c})",
 ]
+# A float input as an exponent (gamma in GAMMAS, 0 included): drawn by this
+# file's differential tests, not by the grammars other files import.
+EXPONENTS = ["(2 + sin({0}))**gamma", "sigmoid({0})**gamma"]
 REDUCTIONS = ["sum", "mean"]
 DIMS = [
     "",
@@ -189,7 +195,8 @@ EXPRESSIONS = expressions(SAFE_FORMS, OPERATORS, constant_calls=False)
 SMOOTH_EXPRESSIONS = expressions(
     SMOOTH_FORMS, SMOOTH_OPERATORS, constant_calls=False, bounded=True
 )
-ANY_EXPRESSIONS = expressions(SAFE_FORMS, OPERATORS, constant_calls=True)
+ANY_EXPRESSIONS = expressions(SAFE_FORMS, OPERATORS + EXPONENTS, constant_calls=True)
+GAMMA_EXPRESSIONS = expressions(SAFE_FORMS, OPERATORS + EXPONENTS, constant_calls=False)
 
 
 @st.composite
@@ -213,46 +220,120 @@ def formulas(draw, expressions=EXPRESSIONS):
     return f"r = {reduce}({first} + {ANCHOR}{dims})\nout = ({second}) * r + {ANCHOR}"
 
 
+# The values of the float input gamma (an exponent): 0 makes a power a
+# constant, whose derivative is 0 even where its base is 0.
+GAMMAS = [0.0, 0.5, 1.5, 2.0, 2.5]
+
+
 def build(formula: str):
-    """(generated module, parsed FunctionSpec) for `formula`, via spec text."""
+    """(generated module, parsed FunctionSpec) for `formula`, via spec text;
+    a formula that reads gamma gets it as a float input after the tensors
+    (in the order they first appear)."""
     body = "".join(f"      {line}\n" for line in formula.splitlines())
-    text = f"fngen: 1\nfunctions:\n  f:\n    formula: |\n{body}"
+    inputs = ""
+    if re.search(r"\bgamma\b", formula):
+        targets = set(re.findall(r"^\s*([a-z_]\w*)\s*=", formula, re.M))
+        names = re.findall(r"\b([a-z_]\w*)\b(?!\s*\()", formula)
+        skip = targets | {"pi", "true", "false", "dim", "keepdim", "gamma", "T"}
+        tensors = [n for n in dict.fromkeys(names) if n not in skip]
+        inputs = "    inputs:\n" + "".join(f"      {n}: tensor\n" for n in tensors)
+        inputs += "      gamma: float\n"
+    text = f"fngen: 1\nfunctions:\n  f:\n    formula: |\n{body}{inputs}"
     spec = parse_spec(text, "differential.yaml")
     return fngen.load(spec), spec.functions[0]
 
 
-def make_inputs(fn, shapes, seed):
+def make_inputs(fn, shapes, seed, gamma=1.5):
     generator = torch.Generator().manual_seed(seed)
     args = []
     for spec in fn.inputs:
+        if not spec.is_tensor:
+            args.append(gamma)
+            continue
         value = torch.rand(shapes[spec.name], generator=generator, dtype=torch.float64)
         args.append((4 * value - 2).requires_grad_())
     return args, generator
 
 
-def forward_and_grads(function, args, grad_output):
+def tensors_of(args):
+    return [a for a in args if torch.is_tensor(a)]
+
+
+def forward_and_grads(function, args, grad_output, batched=False):
     out = function(*args)
     grads = torch.autograd.grad(
-        out, args, grad_output, allow_unused=True, materialize_grads=True
+        out,
+        tensors_of(args),
+        grad_output,
+        allow_unused=True,
+        materialize_grads=True,
+        is_grads_batched=batched,
     )
     return out.detach(), [g.detach() for g in grads]
 
 
-def compare(module, fn, args, generator):
+def as_written(fn, formula):
+    """The formula text evaluated by torch, as written (`formula_eval`)."""
+    names = [i.name for i in fn.inputs]
+    return lambda *args: evaluate(formula, dict(zip(names, args)), "out")
+
+
+def compare(module, fn, args, generator, formula=None):
+    """The generated forward, gradients (one incoming gradient and a batch
+    of them, `is_grads_batched`) and forward-mode tangents against torch
+    autograd of fngen's reference interpreter and, given `formula`, of the
+    formula as written."""
     expected = reference_forward(fn, *args)
     assert torch.isfinite(expected).all(), "the grammar left a domain"
     grad_output = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
-    out_ref, grads_ref = forward_and_grads(
-        lambda *a: reference_forward(fn, *a), args, grad_output
-    )
+    references = [lambda *a: reference_forward(fn, *a)]
+    if formula is not None:
+        references.append(as_written(fn, formula))
     out, grads = forward_and_grads(module.f, args, grad_output)
-    assert out.shape == out_ref.shape
-    torch.testing.assert_close(out, out_ref, **TOL)
-    for spec, arg, grad, grad_ref in zip(fn.inputs, args, grads, grads_ref):
-        assert grad.shape == arg.shape
+    tensor_inputs = [i for i in fn.inputs if i.is_tensor]
+    for reference in references:
+        out_ref, grads_ref = forward_and_grads(reference, args, grad_output)
+        assert out.shape == out_ref.shape
+        torch.testing.assert_close(out, out_ref, **TOL)
+        for spec, arg, grad, grad_ref in zip(tensor_inputs, args, grads, grads_ref):
+            assert grad.shape == arg.shape
+            torch.testing.assert_close(
+                grad, grad_ref, **TOL, msg=lambda m: f"d/d{spec.name}: {m}"
+            )
+    # A batch of incoming gradients: the backward under vmap.
+    batch = torch.stack([grad_output, -2 * grad_output])
+    _, batched = forward_and_grads(module.f, args, batch, batched=True)
+    for spec, grad, one in zip(tensor_inputs, batched, grads):
+        want = torch.stack([one, -2 * one])
+        # A gradient of None (no path to the input) is materialized unbatched.
         torch.testing.assert_close(
-            grad, grad_ref, **TOL, msg=lambda m: f"d/d{spec.name}: {m}"
+            grad.expand_as(want),
+            want,
+            **TOL,
+            msg=lambda m: f"batched d/d{spec.name}: {m}",
         )
+    # Forward mode: the jvp along random tangents.
+    tangents = [
+        torch.randn(a.shape, generator=generator, dtype=a.dtype)
+        for a in tensors_of(args)
+    ]
+    for reference in references[-1:]:
+        _, got = _jvp(module.f, args, tangents)
+        _, want = _jvp(reference, args, tangents)
+        torch.testing.assert_close(got, want, **TOL, msg=lambda m: f"jvp: {m}")
+
+
+def _jvp(function, args, tangents):
+    scalars = {n: a for n, a in enumerate(args) if not torch.is_tensor(a)}
+
+    def of_tensors(*tensors):
+        it = iter(tensors)
+        return function(
+            *[scalars[n] if n in scalars else next(it) for n in range(len(args))]
+        )
+
+    primals = tuple(a.detach() for a in tensors_of(args))
+    return torch.func.jvp(of_tensors, primals, tuple(tangents))
 
 
 def fuzz_settings(max_examples: int):
@@ -268,14 +349,15 @@ def fuzz_settings(max_examples: int):
 
 @fuzz_settings(40)
 @given(
-    formula=formulas(),
+    formula=formulas(GAMMA_EXPRESSIONS),
     shapes=st.sampled_from(SHAPES),
     seed=st.integers(0, 2**31 - 1),
+    gamma=st.sampled_from(GAMMAS),
 )
-def test_generated_function_agrees_with_torch_autograd(formula, shapes, seed):
+def test_generated_function_agrees_with_torch_autograd(formula, shapes, seed, gamma):
     module, fn = build(formula)
-    args, generator = make_inputs(fn, shapes, seed)
-    compare(module, fn, args, generator)
+    args, generator = make_inputs(fn, shapes, seed, gamma)
+    compare(module, fn, args, generator, formula)
 
 
 @fuzz_settings(5)
@@ -287,7 +369,7 @@ def test_generated_function_agrees_with_torch_autograd(formula, shapes, seed):
 def test_gradcheck_and_gradgradcheck_on_random_smooth_formulas(formula, shapes, seed):
     module, fn = build(formula)
     args, _ = make_inputs(fn, shapes, seed)
-    assert torch.autograd.gradcheck(module.f, args)
+    assert torch.autograd.gradcheck(module.f, args, check_batched_grad=True)
     assert torch.autograd.gradgradcheck(module.f, args)
 
 
@@ -296,13 +378,14 @@ def test_gradcheck_and_gradgradcheck_on_random_smooth_formulas(formula, shapes, 
     formula=formulas(ANY_EXPRESSIONS),
     shapes=st.sampled_from(SHAPES),
     seed=st.integers(0, 2**31 - 1),
+    gamma=st.sampled_from(GAMMAS),
 )
 def test_formulas_with_constant_subexpressions_agree_with_torch_autograd(
-    formula, shapes, seed
+    formula, shapes, seed, gamma
 ):
     module, fn = build(formula)
-    args, generator = make_inputs(fn, shapes, seed)
-    compare(module, fn, args, generator)
+    args, generator = make_inputs(fn, shapes, seed, gamma)
+    compare(module, fn, args, generator, formula)
 
 
 CUSTOM_FUNCTIONS_OF_CONSTANTS = {
@@ -469,3 +552,135 @@ def test_differential_harness_can_fail():
     )
     with pytest.raises(AssertionError):
         torch.testing.assert_close(out, wrong, **TOL)
+
+
+def test_the_as_written_reference_catches_a_wrong_rewrite(monkeypatch):
+    """fngen's reference interprets the stabilized formula: only the formula
+    as written can tell a wrong stable rewrite."""
+    import fngen.stable as stable
+
+    monkeypatch.setattr(
+        stable, "_softplus_of", lambda arg: F.Softplus(2 * arg.args[-1].args[0])
+    )
+    formula = "out = log(1 + exp(x)) + " + ANCHOR
+    module, fn = build(formula)
+    args, generator = make_inputs(fn, SHAPES[0], seed=2)
+    with pytest.raises(AssertionError):
+        compare(module, fn, args, generator, formula)
+    compare(module, fn, args, torch.Generator().manual_seed(2))  # fngen's agrees
+
+
+# -- float32 at large magnitudes ------------------------------------------------
+#
+# Random sums and products of pieces that are finite for every real input
+# (wheres, min, max and clamp whose branch not taken overflows; rational
+# functions of one exp, softplus forms, powers of sigmoids with a float
+# exponent), at every pair of values in float32_bar.LARGE: the forward, the
+# gradients (one incoming gradient and a batch) and the forward-mode tangents
+# must be finite wherever float64 of the formula as written is, and close.
+
+LINEAR = ["x", "-x", "2*x", "x/2", "x + 1", "y", "-y"]
+BOUNDED = ["sin(y)", "tanh(y)", "0.5", "sigmoid(x)"]
+LARGE_PIECES = [
+    # rational functions of one exp, softplus, powers of a sigmoid
+    "log1p(exp({u}))",
+    "log(1 + exp({u}))",
+    "log(2 + 3*exp({u}))",
+    "exp({u})/(1 + exp({u}))**2",
+    "exp(2*{u})/(1 + exp({u}))**2",
+    "(1 - exp({u}))/(1 + exp({u}))",
+    "1/(1 + exp(-{u}))",
+    "exp({u})/(1 + exp({u}) + exp(2*{u}))",
+    "(exp({u}) - 1)/(exp({u}) + 1)",
+    "(1 - sigmoid({u}))**gamma",
+    "sigmoid({u})**gamma",
+    "-(1 - sigmoid({u}))**gamma*log(sigmoid({u}))",
+    # a where, min, max or clamp whose branch not taken overflows
+    "where({u} < {c}, exp({u}), {b})",
+    "where({u} > -{c}, {b}, exp({u}))",
+    "min({c}, exp({u}))",
+    "max(-{c}, -exp({u}))",
+    "clamp(exp({u}), -1, {c})",
+    "max(0, {u}) + min(0, 2*(exp({u}/2) - 1))",
+    "relu(-({u})*exp({u}))",
+    "heaviside(-({u}))*exp({u})",
+    "where({u} < 0, ({u})*exp({u}), 0)",
+    # PyTorch's own stable functions
+    "softplus({u})",
+    "logsigmoid({u})",
+    "tanh({u})",
+]
+LARGE_FORMS = ["{0}", "{b}*({0})", "tanh({0})", "({0})*({1})", "sin({0})/2"]
+
+
+@st.composite
+def large_formulas(draw):
+    def piece():
+        return draw(st.sampled_from(LARGE_PIECES)).format(
+            u=draw(st.sampled_from(LINEAR)),
+            c=draw(st.sampled_from(["1", "2", "3"])),
+            b=draw(st.sampled_from(BOUNDED)),
+        )
+
+    terms = []
+    for _ in range(draw(st.integers(1, 3))):
+        form = draw(st.sampled_from(LARGE_FORMS))
+        terms.append(form.format(piece(), piece(), b=draw(st.sampled_from(BOUNDED))))
+    return "out = " + " + ".join(terms) + " + " + ANCHOR
+
+
+LARGE_GRID = torch.cartesian_prod(
+    torch.tensor(LARGE, dtype=torch.float64), torch.tensor(LARGE, dtype=torch.float64)
+).T
+
+
+def assert_large_magnitudes(formula, gamma):
+    module, fn = build(formula)
+    values = dict(zip(["x", "y"], LARGE_GRID))
+    values = {i.name: values[i.name] for i in fn.inputs if i.is_tensor}
+    scalars = (gamma,) if not all(i.is_tensor for i in fn.inputs) else ()
+    reference = as_written(fn, formula)
+    out32, grads32 = assert_float32_bar(module.f, reference, values, scalars)
+    # And close to float64 where that is representable.
+    args64 = [v.clone().requires_grad_() for v in values.values()]
+    ones = torch.ones_like(reference(*args64, *scalars))
+    out64, grads64 = forward_and_grads(reference, [*args64, *scalars], ones)
+    for what, got, want in [("forward", out32, out64), *zip(values, grads32, grads64)]:
+        got, want = got.detach().double(), want.detach()
+        keep = representable(want) & torch.isfinite(got)
+        scale = 1 + want[keep].abs().max().item() if keep.any() else 1
+        torch.testing.assert_close(
+            got[keep],
+            want[keep],
+            rtol=1e-3,
+            atol=1e-4 * scale,
+            msg=lambda m: f"{what}: {m}",
+        )
+
+
+@fuzz_settings(25)
+@given(formula=large_formulas(), gamma=st.sampled_from(GAMMAS))
+def test_float32_at_large_magnitudes_is_finite_where_float64_is(formula, gamma):
+    assert_large_magnitudes(formula, gamma)
+
+
+# Minimal formulas for the bugs of issue 13 this test finds on the code before
+# it: a where's 0 times an overflowing factor (celu by hand, heaviside),
+# rational functions of exp (the sigmoid surrogate), a power's derivative
+# divided by its base (a focal loss).
+LARGE_FOUND = [
+    "out = max(0, x) + min(0, 2*(exp(x/2) - 1))",
+    "out = heaviside(-x)*exp(x)",
+    "out = exp(-x)/(1 + exp(-x))**2",
+    "out = log1p(exp(2*x))",
+    # exp(x/2) and exp(x + 1) of one argument x/2 (a wrong gcd of the ratios)
+    "out = (1 - exp(x/2))/(1 + exp(x/2))*exp(x + 1)/(1 + exp(x + 1) + exp(2*x + 1))"
+    " + x*y/7919",
+    "out = -(1 - sigmoid(x))**gamma*log(sigmoid(x)) + x*y/7919",
+]
+
+
+@pytest.mark.parametrize("formula", LARGE_FOUND)
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_float32_at_large_magnitudes_found(formula, gamma):
+    assert_large_magnitudes(formula, gamma)

@@ -124,10 +124,14 @@ def test_where_and_comparisons():
         str(output("z = where(x > 0, x, 2*x)")) == "Piecewise((x, x > 0), (2*x, True))"
     )
     # A comparison used as a number is 1 where it holds, else 0.
-    assert output("z = x > y") == F.Piecewise((1, x > y), (0, True))
-    assert output("z = x <= y") == F.Piecewise((1, x <= y), (0, True))
-    assert output("z = x == y") == F.Piecewise((1, sp.Eq(x, y)), (0, True))
-    assert output("z = x != y") == F.Piecewise((1, sp.Ne(x, y)), (0, True))
+    assert output("z = 2*(x > y)") == 2 * F.Piecewise((1, x > y), (0, True))
+    assert output("m = x > y; z = m + x") == F.Piecewise((1, x > y), (0, True)) + x
+    # As an output, a comparison is itself: a bool tensor.
+    assert output("z = x > y") == (x > y)
+    assert output("z = x <= y") == (x <= y)
+    assert output("z = x == y") == sp.Eq(x, y)
+    assert output("z = x != y") == sp.Ne(x, y)
+    assert output("z = (x > y)") == (x > y)
 
 
 def test_pointwise_functions():
@@ -487,6 +491,25 @@ def test_declared_inputs():
 def test_output_not_assigned():
     assert error("z = x", outputs=["w"]) == (
         "ops.yaml:3:14: error: output 'w' is not assigned by the formula"
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a = x*2; b = 3", "output 'b' is the constant 3"),
+        ("a = x*2; b = sin(pi)*2", "output 'b' is a constant: sin(pi) * 2 is 0"),
+        (
+            "a = x*2; b = -exp(x) > 0.5",
+            "output 'b' is always false: SymPy proves -exp(x) > 0.5 false for every input",
+        ),
+    ],
+)
+def test_an_output_that_folds_to_a_constant_is_refused(text, message):
+    """It would have no shape (and a comparison no bool tensor): refused
+    where it is written, naming what SymPy decided."""
+    assert error(text, outputs=["a", "b"]) == (
+        f"ops.yaml:3:23: error: {message} (an output must depend on a tensor input)"
     )
 
 

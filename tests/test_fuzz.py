@@ -192,10 +192,16 @@ def check_generated(spec, source: str) -> None:
     assert not PWNED.exists(), "the generated module ran code"
     # The module's helpers (templates/module.py.j2) and the generated names.
     expected = {"torch", "math", "_silu_backward", "_mish", "_mish_backward"}
-    expected |= {"_matmul_grad_a", "_matmul_grad_b"}
+    expected |= {"_matmul_grad_a", "_matmul_grad_b", "_autocast_cast", "_has_tangent"}
     for fn in spec.functions:
         cls = fngen.spec.class_name(fn.name)
-        expected |= {f"{cls}Function", fn.name, cls, f"_{cls}Traceable"}
+        expected |= {
+            f"{cls}Function",
+            fn.name,
+            cls,
+            f"_{cls}Traceable",
+            f"_{cls}Traced",
+        }
     defined = {n for n in namespace if not (n.startswith("__") and n.endswith("__"))}
     assert defined <= expected, defined - expected
     assert set(namespace["__all__"]) <= defined

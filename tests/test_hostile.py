@@ -105,10 +105,16 @@ def import_module(spec, source: str) -> dict:
     namespace: dict = {"__name__": "fngen_hostile_generated"}
     exec(compile(source, "<hostile>", "exec"), namespace)
     check_not_pwned("importing the generated module ran code")
-    expected = {"torch", "math"}
+    expected = {"torch", "math", "_has_tangent", "_autocast_cast"}
     for fn in spec.functions:
         cls = class_name(fn.name)
-        expected |= {f"{cls}Function", fn.name, cls, f"_{cls}Traceable"}
+        expected |= {
+            f"{cls}Function",
+            fn.name,
+            cls,
+            f"_{cls}Traceable",
+            f"_{cls}Traced",
+        }
     defined = {n for n in namespace if not (n.startswith("__") and n.endswith("__"))}
     assert defined <= expected, defined - expected
     assert set(namespace["__all__"]) <= defined

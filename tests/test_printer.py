@@ -34,15 +34,15 @@ NO_DIMS = sp.Tuple()
         # roots and reciprocals
         (sp.sqrt(x), "torch.sqrt(x)"),
         (1 / sp.sqrt(x), "torch.rsqrt(x)"),
-        (1 / x, "1 / x"),
-        (1 / (x + 1), "1 / (x + 1)"),
+        (1 / x, "torch.reciprocal(x)"),
+        (1 / (x + 1), "torch.reciprocal(x + 1)"),
         (-sp.sqrt(x), "-torch.sqrt(x)"),
         # powers
         (x**2, "x**2"),
         ((x + 1) ** 2, "(x + 1)**2"),
-        (x**-2, "1 / x**2"),
+        (x**-2, "torch.reciprocal(x**2)"),
         (x ** sp.Rational(3, 2), "x**1.5"),
-        (x ** sp.Rational(-3, 2), "1 / x**1.5"),
+        (x ** sp.Rational(-3, 2), "torch.reciprocal(x**1.5)"),
         (x**y, "x**y"),
         (2**x, "2**x"),
         (-(x**2), "-x**2"),
@@ -145,18 +145,18 @@ NO_DIMS = sp.Tuple()
         (z * T.TensorMatmul(x, y), "z*(x @ y)"),
         (T.TensorMatmul(x, y) + z, "z + x @ y"),
         (T.TensorMatmul(x, y) ** 2, "(x @ y)**2"),
-        (1 / T.TensorMatmul(x, y), "1 / (x @ y)"),
+        (1 / T.TensorMatmul(x, y), "torch.reciprocal(x @ y)"),
         (-T.TensorMatmul(x, y), "-(x @ y)"),
         (T.TensorMatmul(x + 1, y), "(x + 1) @ y"),
         (T.TensorMatmul(x, y + 1), "x @ (y + 1)"),
         (T.TensorMatmul(2 * x, y), "(2*x) @ y"),
-        (T.TensorMatmul(x, T.TensorMT(y)), "x @ y.mT"),
+        (T.TensorMatmul(x, T.TensorMT(y)), "x @ y.transpose(-2, -1)"),
         (T.TensorMatmul(T.TensorMatmul(x, y), z), "(x @ y) @ z"),
         (T.TensorMatmul(x, T.TensorMatmul(y, z)), "x @ (y @ z)"),
-        (T.TensorMT(x), "x.mT"),
-        (T.TensorMT(x * y), "(x*y).mT"),
-        (T.TensorMT(-x), "(-x).mT"),
-        (T.TensorMT(T.TensorMatmul(x, y)), "(x @ y).mT"),
+        (T.TensorMT(x), "x.transpose(-2, -1)"),
+        (T.TensorMT(x * y), "(x*y).transpose(-2, -1)"),
+        (T.TensorMT(-x), "(-x).transpose(-2, -1)"),
+        (T.TensorMT(T.TensorMatmul(x, y)), "(x @ y).transpose(-2, -1)"),
         # broadcasting bookkeeping
         (T.SumToSize(grad, T.ShapeOf(x)), "grad.sum_to_size(x.shape)"),
         # the shape of a keepdim reduction, from its argument's shape
@@ -182,6 +182,12 @@ NO_DIMS = sp.Tuple()
             T.Expand(sp.Integer(2), T.ShapeOf(y)),
             "torch.full(y.shape, 2, dtype=grad.dtype, device=grad.device)",
         ),
+        # zeros: of a tensor at hand with its layout, else of its shape
+        (T.Expand(sp.Integer(0), T.ShapeOf(y)), "torch.zeros_like(y)"),
+        (
+            T.Expand(sp.Integer(0), T.ShapeOf(x, y)),
+            "grad.new_zeros(torch.broadcast_shapes(x.shape, y.shape))",
+        ),
         (T.Unsqueeze(grad, everything(0, -1)), "grad.unsqueeze(0).unsqueeze(-1)"),
         (T.Unsqueeze(2 * grad, everything(1)), "(2*grad).unsqueeze(1)"),
         (T.Numel(T.ShapeOf(x), NO_DIMS), "x.shape.numel()"),
@@ -198,6 +204,10 @@ def test_options_rename_symbols_shapes_and_dtype():
         T.SumToSize(grad, T.ShapeOf(x)), shape_names={x: "ctx.x_shape"}
     ) == ("grad.sum_to_size(ctx.x_shape)")
     assert print_torch(F.indicator(x > 0), dtype_of="y") == "(x > 0).to(y.dtype)"
+    assert (
+        print_torch(T.Expand(0, T.ShapeOf(x)), shape_names={x: "ctx.x_shape"})
+        == "grad.new_zeros(ctx.x_shape)"
+    )
 
 
 def test_uses_math_only_when_needed():

@@ -618,7 +618,7 @@ def test_unused_and_unknown_inputs():
         (
             "formula: y = x\ncheck:\n  skip: {foo: nope}\n",
             "ops.yaml:6:14: error: unknown key 'foo' in skip (expected one of: reference, "
-            "gradcheck, double_backward, forward_ad, vmap, compile, float32)",
+            "gradcheck, double_backward, forward_ad, batched, vmap, compile, float32)",
         ),
         (
             "formula: y = x\ncheck:\n  skip: {vmap: 3}\n",

@@ -7,7 +7,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 from fngen import functions as F
-from fngen.stable import stabilize
+from fngen.stable import _common_argument, select_zero_branches, stabilize
 
 x, y = sp.symbols("x y", real=True)
 
@@ -39,3 +39,201 @@ def test_unstable_forms_are_rewritten(expr, expected):
 )
 def test_other_forms_are_left_alone(expr):
     assert stabilize(expr) == expr
+
+
+# -- a where's 0 branch is selected, not multiplied ----------------------------
+
+g = sp.Symbol("grad", real=True)
+positive, tie = F.indicator(x > 0), F.Piecewise(
+    (1, x > 0), (sp.Rational(1, 2), sp.Eq(x, 0)), (0, True)
+)
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        # A factor that may overflow goes into the where: min's derivative
+        # times exp(x) is exp(x) where taken, else 0.
+        (positive * sp.exp(y), F.Piecewise((sp.exp(y), x > 0), (0, True))),
+        (
+            tie * sp.exp(y),
+            F.Piecewise((sp.exp(y), x > 0), (sp.exp(y) / 2, sp.Eq(x, 0)), (0, True)),
+        ),
+        # Names and numbers stay outside: grad*mask, relu's threshold_backward.
+        (
+            3 * g * y * positive * sp.exp(y),
+            3 * g * y * F.Piecewise((sp.exp(y), x > 0), (0, True)),
+        ),
+        (g * positive, g * positive),
+        # Over a sum of such terms, as factor_terms writes it.
+        (
+            sp.exp(y) * (positive + 2 * F.indicator(y < 0)),
+            F.Piecewise((sp.exp(y), x > 0), (0, True))
+            + 2 * F.Piecewise((sp.exp(y), y < 0), (0, True)),
+        ),
+        # Two wheres: each absorbs the factor in turn.
+        (
+            positive * F.indicator(y < 0) * sp.exp(y),
+            F.Piecewise((F.Piecewise((sp.exp(y), y < 0), (0, True)), x > 0), (0, True)),
+        ),
+        # A power of a where, and heaviside, which is the where of u > 0.
+        (positive**2 * sp.exp(y), F.Piecewise((sp.exp(y), x > 0), (0, True))),
+        (F.HeavisideStep(-x) * sp.exp(x), F.Piecewise((sp.exp(x), -x > 0), (0, True))),
+        # No 0 branch: a select then a product is right as it is.
+        (
+            F.Piecewise((1, x > 0), (2, True)) * sp.exp(y),
+            F.Piecewise((1, x > 0), (2, True)) * sp.exp(y),
+        ),
+    ],
+)
+def test_factors_of_a_where_with_a_zero_branch_go_inside(expr, expected):
+    assert select_zero_branches(expr) == expected
+
+
+def test_a_where_of_one_value_is_that_value():
+    # SymPy's derivative of where(x < y, exp(x), 0) for y.
+    assert F.Piecewise((0, x < y), (0, True)) == 0
+    assert F.Piecewise((x, x < y), (x, True)) == x
+
+
+# -- a power's derivative never divides by its base ----------------------------
+
+g_ = sp.Symbol("gamma", real=True)
+
+
+def test_a_symbolic_power_is_differentiated_without_a_division_by_its_base():
+    # SymPy writes -gamma*(1 - x)**gamma/(1 - x).
+    assert sp.diff((1 - x) ** g_, x).has(1 / (1 - x))
+    exponent = F.Piecewise((0, sp.Eq(g_, 0)), (g_ - 1, True))
+    assert stabilize(sp.diff((1 - x) ** g_, x)) == -g_ * (1 - x) ** exponent
+    # A tensor exponent: zero where the exponent is, as torch.pow's backward.
+    exponent = F.Piecewise((0, sp.Eq(y, 0)), (y - 1, True))
+    assert stabilize(sp.diff(x**y, x)) == y * x**exponent
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        # Not a derivative (no factor gamma): the quotient alone.
+        (x**g_ / x, x ** (g_ - 1)),
+        (x**g_ / x**2 * y, y * x ** (g_ - 2)),
+        # sigmoid's derivative times a power of it: no s**(gamma - 1).
+        (
+            F.Sigmoid(x) ** g_ * F.SigmoidBackward(F.Sigmoid(x)),
+            F.Sigmoid(x) ** (g_ + 1) * F.Sigmoid(-x),
+        ),
+    ],
+)
+def test_a_power_over_its_base_is_one_power(expr, expected):
+    assert stabilize(expr) == expected
+
+
+# -- rational functions of one exp(u), through sigmoid -------------------------
+
+k = sp.Symbol("k", real=True)
+s_, c_ = F.Sigmoid(x), F.Sigmoid(-x)
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        (log1p(sp.exp(x)), F.Softplus(x)),
+        (
+            sp.log(2 + 3 * sp.exp(x)),
+            sp.log(2) + F.Softplus(x + sp.log(sp.Rational(3, 2))),
+        ),
+        (log1p(2 * sp.exp(-x)), F.Softplus(-x + sp.log(2))),
+        # The sigmoid surrogate of spiking-network libraries: inf/inf as written.
+        (
+            sp.exp(-k * x) / (1 + sp.exp(-k * x)) ** 2,
+            F.Sigmoid(k * x) * F.Sigmoid(-k * x),
+        ),
+        (sp.exp(x) / (1 + sp.exp(x)), s_),
+        (sp.exp(x) * c_, s_),
+        (y * sp.exp(x) / (1 + sp.exp(x)), y * s_),
+        (sp.exp(2 * x) / (1 + sp.exp(x)), s_**2 / c_),
+        ((1 - sp.exp(x)) / (1 + sp.exp(x)), c_ - s_),
+        (
+            sp.exp(x) / (1 + sp.exp(x) + sp.exp(2 * x)),
+            s_ * c_ / (s_**2 + s_ * c_ + c_**2),
+        ),
+        (1 - s_, c_),
+        (sp.exp(x) * F.SigmoidBackward(c_), s_**2),
+        # exp(x + 1) is e*exp(x); exp(x + 1)/(1 + exp(x + 1))**2 is of u = x + 1.
+        (
+            sp.exp(x + 1) / (1 + sp.exp(x + 1) + sp.exp(2 * x + 1)),
+            sp.E * s_ * c_ / (c_**2 + sp.E * s_ * c_ + sp.E * s_**2),
+        ),
+        (
+            sp.exp(x + 1) / (1 + sp.exp(x + 1)) ** 2,
+            F.Sigmoid(x + 1) * F.Sigmoid(-x - 1),
+        ),
+        # expm1 is exp - 1 there too.
+        (expm1(x) / (1 + sp.exp(x)), s_ - c_),
+        # Factors of another argument are left out of the rewrite.
+        (sp.exp(x) / (1 + sp.exp(y)), sp.exp(x) * F.Sigmoid(-y)),
+        (sp.exp(y) * sp.exp(x) / (1 + sp.exp(x)) ** 2, sp.exp(y) * s_ * c_),
+    ],
+)
+def test_rational_functions_of_exp_are_rewritten_through_sigmoid(expr, expected):
+    assert stabilize(expr) == expected
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        s_ * c_,  # already stable at both ends
+        s_ * sp.exp(x),  # both factors vanish as x -> -inf, nothing overflows early
+        1 / (2 + sp.exp(x)),  # 1/inf is 0, as it should be
+        sp.exp(x) + 1,
+        x / (1 + sp.exp(x)) ** 2 + y,
+    ],
+)
+def test_stable_forms_of_exp_are_left_alone(expr):
+    assert stabilize(expr) == expr
+
+
+def test_the_log_of_a_power_s_base_is_masked_where_the_base_is_0():
+    safe = sp.log(F.Piecewise((1, sp.Eq(x, 0)), (x, True)))
+    assert stabilize(sp.diff(x**y, y)) == x**y * safe
+    # A base that cannot be 0, or a power that is inf there anyway: as it is.
+    assert not stabilize(sp.diff((1 + x**2) ** y, y)).has(sp.Piecewise)
+    assert stabilize(x**-2 * sp.log(x)) == x**-2 * sp.log(x)
+
+
+def test_arguments_are_whole_multiples_of_the_largest_common_one():
+    # exp(x) is t**2 of t = exp(x/2), whichever comes first.
+    assert _common_argument([x, x / 2]) == (x / 2, {x: (2, 0), x / 2: (1, 0)})
+    assert _common_argument([x + 1, -x / 2]) == (
+        x / 2,
+        {x + 1: (2, 1), -x / 2: (-1, 0)},
+    )
+    assert _common_argument([x + 1, 2 * x + 1, -x / 2, x / 2])[0] == x / 2
+    assert _common_argument([x, y]) is None
+
+
+def _value(expr, at):
+    """`expr` at x = `at`, fngen's sigmoid as its formula."""
+    plain = expr.replace(
+        lambda e: isinstance(e, F.Sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0]))
+    )
+    return float(plain.subs(x, at).evalf(30))
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        # Found by the float32 differential test: left as written (inf/inf).
+        (1 - sp.exp(x / 2))
+        / (1 + sp.exp(x / 2))
+        * sp.exp(x + 1)
+        / (1 + sp.exp(x + 1) + sp.exp(2 * x + 1)),
+        sp.exp(x) * F.Sigmoid(-x / 2) * F.Sigmoid(-x),
+        sp.exp(2 * x) * F.Sigmoid(-x / 2) / (1 + sp.exp(x)),
+    ],
+)
+def test_rewrites_through_sigmoid_keep_the_value(expr):
+    rewritten = stabilize(expr)
+    assert not rewritten.has(sp.exp)
+    for at in (-3.1, -0.4, 0.0, 1.3, 7.0):
+        assert _value(rewritten, at) == pytest.approx(_value(expr, at), rel=1e-12)
