@@ -507,6 +507,22 @@ def test_the_builtins_generated_code_calls_are_reserved():
 # -- signatures ---------------------------------------------------------------
 
 
+def _signature(source: str, name: str) -> str:
+    """The parameters of the top-level function `name`, without annotations."""
+    import ast
+
+    (node,) = [
+        n
+        for n in ast.parse(source).body
+        if isinstance(n, ast.FunctionDef) and n.name == name
+    ]
+    names = [a.arg for a in node.args.args]
+    defaults = [None] * (len(names) - len(node.args.defaults)) + node.args.defaults
+    return ", ".join(
+        n if d is None else f"{n}={ast.unparse(d)}" for n, d in zip(names, defaults)
+    )
+
+
 def test_an_optional_tensor_before_a_required_one_is_passed_positionally():
     """Like ``F.batch_norm``'s ``running_mean``: Optional, without a default
     where a required argument follows (the SyntaxError ``b=None, x``)."""
@@ -518,7 +534,8 @@ def test_an_optional_tensor_before_a_required_one_is_passed_positionally():
     )
     spec, source = build(text)
     namespace = import_module(spec, source)
-    assert "def f(b, x):" in source and "def forward(self, b, x):" in source
+    assert _signature(source, "f") == "b, x"
+    assert "def forward(self, b, x):" in source
     x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
     b = torch.tensor([0.5, 0.5], dtype=torch.float64, requires_grad=True)
     assert namespace["f"](None, x).tolist() == [1.0, 2.0]
@@ -533,7 +550,7 @@ def test_a_trailing_optional_tensor_defaults_to_none():
         "    inputs: {x: tensor, b: {optional: true}, w: {param: [2], optional: true}}\n"
     )
     spec, source = build(text)
-    assert "def f(x, b=None, w=None):" in source
+    assert _signature(source, "f") == "x, b=None, w=None"
     assert "def forward(self, x, b=None):" in source
     import_module(spec, source)
 
