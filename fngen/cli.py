@@ -35,6 +35,15 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_ERROR)
 
 
+def _warn(spec) -> None:
+    """The spec's warnings on stderr, one line each, escaped as errors are."""
+    for warning in spec.warnings:
+        line = "".join(
+            ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(warning)
+        )
+        click.echo(line, err=True)
+
+
 class _Group(click.Group):
     """Click's group, with its errors as fngen's: one line on stderr
     (``error: No such option: --frobnicate (see 'fngen build --help')``),
@@ -90,7 +99,8 @@ def main():
 )
 def build(spec, output, check_only, diff):
     """Generate the module for SPEC into OUTPUT (atomically)."""
-    from fngen.api import OutputError, generate, output_target, read_regular
+    from fngen.api import OutputError, generate, load_spec, output_target
+    from fngen.api import read_regular
     from fngen.api import write_if_changed
 
     to_stdout = output == "-" and not (check_only or diff)
@@ -100,7 +110,9 @@ def build(spec, output, check_only, diff):
         except OutputError as err:
             _fail(f"error: {err}")
     try:
-        source = generate(spec)
+        loaded = load_spec(spec)
+        _warn(loaded)
+        source = generate(loaded)
     except SpecError as err:
         _fail(str(err))
     if to_stdout:
@@ -163,6 +175,7 @@ def check(specs, device, dtype, only):
             loaded.append((spec_path, load_spec(spec_path)))
         except SpecError as err:
             _fail(str(err))
+        _warn(loaded[-1][1])
     # Every name must be in some spec, before anything runs.
     found = {fn.name for _, spec in loaded for fn in spec.functions}
     missing = [name for name in only if name not in found]

@@ -38,6 +38,20 @@ class SpecError(Exception):
         return f"{where}error: {self.message}{hint}"
 
 
+@dataclass(frozen=True)
+class SpecWarning:
+    """Something in a spec that builds but may not be what was meant,
+    reported as ``file:line:col: warning: message``.  The library returns
+    them (`Spec.warnings`); the CLI prints them on stderr."""
+
+    location: Location | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location is not None else ""
+        return f"{where}warning: {self.message}"
+
+
 class OutputError(OSError):
     """An output path fngen refuses to write: the spec itself, or an
     existing file that is not a regular file (a device, a FIFO, a

@@ -437,11 +437,12 @@ class FormulaParser:
             )
         if node.keywords:
             raise self._error(node.keywords[0], f"{name}() takes no keyword arguments")
-        if len(node.args) != function.arity:
-            plural = "" if function.arity == 1 else "s"
+        if len(node.args) not in function.arities:
+            counts = " or ".join(map(str, function.arities))
+            plural = "" if function.arities == (1,) else "s"
             raise self._error(
                 node,
-                f"{name}() takes {function.arity} argument{plural}, got {len(node.args)}",
+                f"{name}() takes {counts} argument{plural}, got {len(node.args)}",
             )
         if any(isinstance(a, ast.Starred) for a in node.args):
             raise self._error(node, "'*' arguments are not allowed in a formula")
@@ -770,7 +771,27 @@ def _shortened(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# Functions a user reaches for that fngen has no name for yet, and how to
+# write them: the written forms are recognised (log(sum(exp(u))) is one
+# stable logsumexp).
+WRITTEN_FORMS = {
+    "softmax": "exp(e)/sum(exp(e), dim=d, keepdim=True)",
+    "log_softmax": "e - log(sum(exp(e), dim=d, keepdim=True))",
+    "logsumexp": "log(sum(exp(e), dim=d))",
+    "swish": "silu(x)",
+    "softsign": "x/(1 + abs(x))",
+    "celu": "max(0, x) + min(0, alpha*(exp(x/alpha) - 1))",
+    "elu": "where(x > 0, x, alpha*(exp(x) - 1))",
+    "selu": "scale*where(x > 0, x, alpha*(exp(x) - 1))",
+    "leaky_relu": "where(x > 0, x, slope*x)",
+    "hardtanh": "clamp(x, -1, 1)",
+    "square": "x**2",
+}
+
+
 def _did_you_mean(name: str, candidates: list[str]) -> str | None:
+    if name in WRITTEN_FORMS:
+        return f"write it out: {name}(...) is {WRITTEN_FORMS[name]}"
     close = difflib.get_close_matches(name, candidates, n=1)
     return f"did you mean '{close[0]}'?" if close else None
 

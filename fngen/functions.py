@@ -457,8 +457,12 @@ class FormulaFunction:
     """A function name a formula may call, with its arity and SymPy builder."""
 
     name: str
-    arity: int
+    arity: int | tuple[int, ...]  # the numbers of arguments it takes
     build: Callable[..., sp.Expr]
+
+    @property
+    def arities(self) -> tuple[int, ...]:
+        return self.arity if isinstance(self.arity, tuple) else (self.arity,)
 
 
 def _rsqrt(x):
@@ -469,7 +473,36 @@ def _where(condition, a, b):
     return Piecewise((a, condition), (b, True))
 
 
-_BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
+# The activations PyTorch has one kernel for, by their written form: the
+# forward becomes the fused function again (fuse.py), and the check
+# compares with the formula as written.
+def _silu(u):
+    return u * Sigmoid(u)
+
+
+def _mish(u):
+    return u * Tanh(Softplus(u))
+
+
+def _gelu(u):
+    return u * (1 + sp.erf(u / sp.sqrt(2))) / 2
+
+
+def _gelu_tanh(u):
+    return u * (1 + Tanh(GELU_TANH_SCALE * (u + GELU_TANH_CUBIC * u**3))) / 2
+
+
+def _heaviside(x, value=None):
+    """``torch.heaviside(x, value)``: 1 above 0, 0 below, `value` at 0
+    (0 when it is not given: fngen's heaviside has always been 0 at 0)."""
+    if value is None or value == 0:
+        return HeavisideStep(x)
+    if value == 1:
+        return indicator(x >= 0)
+    return Piecewise((ONE, x > 0), (value, sp.Eq(x, 0)), (ZERO, True))
+
+
+_BUILDERS: dict[str, tuple[int | tuple[int, ...], Callable[..., sp.Expr]]] = {
     "abs": (1, Abs),
     "sign": (1, Sign),
     "sqrt": (1, sp.sqrt),
@@ -497,12 +530,16 @@ _BUILDERS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
     "logsigmoid": (1, LogSigmoid),
     "softplus": (1, Softplus),
     "relu": (1, Relu),
+    "silu": (1, _silu),
+    "mish": (1, _mish),
+    "gelu": (1, _gelu),
+    "gelu_tanh": (1, _gelu_tanh),
     "erf": (1, sp.erf),
     "erfc": (1, sp.erfc),
     "erfinv": (1, sp.erfinv),
     "lgamma": (1, LogGamma),
     "digamma": (1, sp.digamma),
-    "heaviside": (1, HeavisideStep),
+    "heaviside": ((1, 2), _heaviside),
     "floor": (1, Floor),
     "ceil": (1, Ceil),
     "round": (1, Round),

@@ -24,6 +24,7 @@ itself: `fngen check` compares against the formula as written.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import sympy as sp
@@ -57,8 +58,8 @@ def _snap(u: sp.Expr) -> sp.Expr:
     if constant.is_Integer or not constant.is_number:
         return u
     value = constant_value(constant)
-    if value is None:
-        return u
+    if value is None or not math.isfinite(float(value)):
+        return u  # no float: nothing PyTorch's constants could be
     nearest = round(float(value))
     if nearest and abs(value - nearest) <= TOLERANCE * abs(value):
         return nearest * rest

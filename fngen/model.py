@@ -128,3 +128,5 @@ class Spec:
     functions: tuple[FunctionSpec, ...]
     check_device: str | None = None
     check_dtype: str | None = None
+    # `SpecWarning`s: what builds but may not be what was meant.
+    warnings: tuple = ()

@@ -742,15 +742,25 @@ class TorchPrinter(StrPrinter):
             return f"torch.digamma({x_text})"
         return f"torch.polygamma({self._print(order)}, {x_text})"
 
+    def _argument(self, expr, u) -> str:
+        """`u`, the argument of a torch function: a 0-dim tensor where
+        `expr` is of numbers and floats only (the function takes no float)."""
+        return self._scalar_tensor(u) if self.is_scalar(expr) else self._print(u)
+
     def _print_Elu(self, expr):
         u, alpha = expr.args
         if alpha == 1:
-            return f"torch.nn.functional.elu({self._print(u)})"
-        return f"torch.nn.functional.elu({self._print(u)}, alpha={self._print(alpha)})"
+            return f"torch.nn.functional.elu({self._argument(expr, u)})"
+        return (
+            f"torch.nn.functional.elu({self._argument(expr, u)}, "
+            f"alpha={self._print(alpha)})"
+        )
 
     def _print_GeluTanh(self, expr):
         (u,) = expr.args
-        return f'torch.nn.functional.gelu({self._print(u)}, approximate="tanh")'
+        return (
+            f'torch.nn.functional.gelu({self._argument(expr, u)}, approximate="tanh")'
+        )
 
     def _print_HeavisideStep(self, expr):
         return self._print(F.indicator(expr.args[0] > 0))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sympy as sp
 
-from fngen.errors import Location, SpecError
+from fngen.errors import Location, SpecError, SpecWarning
 from fngen.formula import FormulaParser, check_identifier
 from fngen.functions import constant_value
 from fngen.model import (
@@ -176,10 +176,13 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
     if not functions:
         raise SpecError(functions_node.location, "'functions' is empty")
     built = []
+    warnings = []
     generated: dict[str, str] = {}
     for name, node in functions.items():
         location = functions_node.keys[name]
-        fn = FunctionBuilder(name, node, location).build()
+        builder = FunctionBuilder(name, node, location)
+        fn = builder.build()
+        warnings += builder.warnings
         for generated_name in generated_names(name):
             if generated_name in generated:
                 raise SpecError(
@@ -189,7 +192,7 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
                 )
             generated[generated_name] = name
         built.append(fn)
-    return Spec(filename, doc, tuple(built), device, dtype)
+    return Spec(filename, doc, tuple(built), device, dtype, tuple(warnings))
 
 
 def class_name(name: str) -> str:
@@ -208,6 +211,7 @@ class FunctionBuilder:
         self.name = name
         self.node = node
         self.location = location
+        self.warnings: list[SpecWarning] = []
 
     def build(self) -> FunctionSpec:
         name, location = self.name, self.location
@@ -239,6 +243,7 @@ class FunctionBuilder:
         bools = {i.name for i in inputs or () if i.kind is InputKind.BOOL}
         parser = FormulaParser(formula_node.locate, symbols, tensors, bool_names=bools)
         formula = parser.parse_statements(text, formula_node.location, outputs)
+        declared = inputs is not None
         if inputs is None:
             inputs = tuple(
                 InputSpec(n, InputKind.TENSOR, formula_node.location)
@@ -247,7 +252,7 @@ class FunctionBuilder:
             symbols = dict(parser.symbols)
         self._check_names(formula, inputs, formula_node.location)
         grads = self._grads(fields.get("grad"), formula, parser, symbols, inputs)
-        self._check_used(formula, grads, inputs, symbols)
+        self._check_used(formula, grads, inputs, symbols, declared)
         for output, _ in formula.outputs:
             if output.name in symbols:
                 raise SpecError(
@@ -509,7 +514,12 @@ class FunctionBuilder:
                     f"'{name}' collides with the name the generated code derives from '{derived[name]}'",
                 )
 
-    def _check_used(self, formula: Formula, grads, inputs, symbols) -> None:
+    def _check_used(
+        self, formula: Formula, grads, inputs, symbols, declared: bool
+    ) -> None:
+        """A declared input the formula does not read is a warning; a name
+        of the formula that constant folding removed (``where(sin(pi**2) >=
+        1, y, 7)``) is an error, as it was never declared to be kept."""
         used = set()
         for _, expr in formula.outputs:
             used |= expr.free_symbols
@@ -518,9 +528,19 @@ class FunctionBuilder:
         for expr in grads.values():
             used |= expr.free_symbols
         for spec in inputs:
-            if symbols[spec.name] not in used:
+            if symbols[spec.name] not in used and not declared:
                 raise SpecError(
                     spec.location, f"input '{spec.name}' is not used by the formula"
+                )
+            if symbols[spec.name] not in used:
+                # Kept, as an API may take an argument it ignores (norse's
+                # SuperSpike takes alpha); its gradient is None.
+                self.warnings.append(
+                    SpecWarning(
+                        spec.location,
+                        f"input '{spec.name}' is not used by the formula "
+                        "(it is accepted and ignored; its gradient is None)",
+                    )
                 )
 
     def _check(self, node: Node | None, inputs) -> CheckSpec:

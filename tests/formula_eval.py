@@ -22,8 +22,12 @@ def _tensor(value, like):
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
-def _heaviside(u, like):
-    return (_tensor(u, like) > 0).to(like.dtype)
+def _heaviside(u, like, value=0.0):
+    """torch.heaviside(u, value), with autograd's gradient for a tensor
+    `value` (torch.heaviside has none)."""
+    u, value = _tensor(u, like), _tensor(value, like)
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.where(u > 0, zero + 1, torch.where(u == 0, value, zero))
 
 
 FUNCTIONS = {
@@ -54,6 +58,10 @@ FUNCTIONS = {
     "logsigmoid": nnf.logsigmoid,
     "softplus": nnf.softplus,
     "relu": torch.relu,
+    "silu": nnf.silu,
+    "mish": nnf.mish,
+    "gelu": nnf.gelu,
+    "gelu_tanh": lambda u: nnf.gelu(u, approximate="tanh"),
     "erf": torch.erf,
     "erfc": torch.erfc,
     "erfinv": torch.erfinv,
@@ -139,7 +147,7 @@ def evaluate(text: str, inputs: dict, output: str | None = None):
                     condition = torch.as_tensor(condition, device=like.device)
                 return torch.where(condition, _tensor(a, like), _tensor(b, like))
             if name == "heaviside":
-                return _heaviside(args[0], like)
+                return _heaviside(*args[:1], like, *args[1:])
             return FUNCTIONS[name](*[_tensor(a, like) for a in args])
         raise ValueError(f"not in the test grammar: {ast.dump(node)}")
 

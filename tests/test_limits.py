@@ -299,9 +299,9 @@ CONSTANT_CHECK = """
             if name == "where":
                 calls = [f"where({{h}} > 3, x, 2*x)", f"where(x > 0, {{h}}, x)"]
             else:
-                others = ["1"] * (function.arity - 1)
+                others = ["1"] * (max(function.arities) - 1)
                 calls = [f"{{name}}({{', '.join([h] + others)}})"]
-                if function.arity > 1:
+                if max(function.arities) > 1:
                     calls.append(f"{{name}}({{', '.join(others + [h])}})")
             for call in calls:
                 text = f'fngen: 1\\nfunctions:\\n  f:\\n    formula: "y = x*{{call}}"\\n'

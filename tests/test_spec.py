@@ -529,9 +529,11 @@ def test_bad_input(entry, message):
 
 
 def test_unused_and_unknown_inputs():
-    assert error(input_spec("float", "y = x")) == (
-        "ops.yaml:7:7: error: input 'a' is not used by the formula"
-    )
+    spec = parse_spec(input_spec("float", "y = x"), "ops.yaml")
+    assert [str(w) for w in spec.warnings] == [
+        "ops.yaml:7:7: warning: input 'a' is not used by the formula "
+        "(it is accepted and ignored; its gradient is None)"
+    ]
     assert (
         error(input_spec("float", "y = x*a*c"))
         == "ops.yaml:4:22: error: unknown name 'c'"
