@@ -572,6 +572,10 @@ class TorchPrinter(StrPrinter):
         if pieces:
             piece = pieces[0]
             rest = sp.Mul(*[f for f in expr.args if f is not piece])
+            if rest == -1 and len(pieces) == 1:
+                # A negated where: ``2 - torch.where(...)``, not
+                # ``2 + (-1) * torch.where(...)``.
+                return f"-{self._print_Piecewise(piece)}"
             mask = self._mask(piece)
             threshold = self._threshold(piece)
             # Only a tensor the mask may scale: a gradient or a tangent.  A

@@ -541,3 +541,10 @@ def test_under_compile_a_gradient_scales_each_branch():
     assert compiled.doprint(g * piece) == (
         "torch.where(delta > torch.abs(d), d*g, delta*g*torch.sign(d))"
     )
+
+
+def test_a_negated_where_is_a_subtraction():
+    x = sp.Symbol("x")
+    where = F.Piecewise((x, x > 0), (1, True))
+    assert print_torch(2 - where) == "2 - torch.where(x > 0, x, 1)"
+    assert print_torch(-where) == "-torch.where(x > 0, x, 1)"
