@@ -629,10 +629,12 @@ def _interval(conditions: list, symbol: sp.Symbol) -> tuple | None:
     None when a condition is of another form."""
     lo, hi = -sp.oo, sp.oo
     for condition in conditions:
-        if isinstance(condition, sp.Not):
-            condition = condition.args[0].negated
         parts = condition.args if isinstance(condition, sp.And) else (condition,)
         for part in parts:
+            if isinstance(part, sp.Not) and isinstance(
+                part.args[0], sp.core.relational.Relational
+            ):
+                part = part.args[0].negated
             if not isinstance(
                 part,
                 (sp.StrictGreaterThan, sp.GreaterThan, sp.StrictLessThan, sp.LessThan),

@@ -386,3 +386,17 @@ def test_double_backward_of_a_partial_branch_is_finite(formula):
     assert torch.autograd.gradgradcheck(
         function, (x.detach()[x.detach() != 1][:6].clone().requires_grad_(),)
     )
+
+
+def test_a_guard_leaves_a_condition_it_cannot_read_as_written():
+    """Found by the long fuzz run: a where whose condition is itself a
+    product of a comparison (an ITE to SymPy) has no interval to guard."""
+    function, fn = one(
+        "out = acos(tanh(where((x > 0.5) * (x) < 0.5, (x > 0.5) * (x), x))/2) + x*y/7919"
+    )
+    # away from the kink at x = 0.5
+    x = torch.linspace(-1.9, 1.9, 9, dtype=torch.float64) + 0.013
+    y = torch.linspace(1, 2, 9, dtype=torch.float64, requires_grad=True)
+    x.requires_grad_()
+    torch.testing.assert_close(function(x, y), reference_of(fn)(x, y))
+    assert torch.autograd.gradcheck(function, (x, y))
