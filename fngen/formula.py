@@ -37,7 +37,13 @@ Locator = Callable[[int, int], Location]
 
 MAX_FORMULA_LENGTH = 200_000
 MAX_CONSTANT_EXPONENT = 1024
-REDUCTIONS = {"sum": T.TensorSum, "mean": T.TensorMean}
+REDUCTIONS = {
+    "sum": T.TensorSum,
+    "mean": T.TensorMean,
+    "logsumexp": T.TensorLogSumExp,
+}
+# softmax(e, dim=d) and log_softmax(e, dim=d), by the logsumexp of e.
+NORMALIZATIONS = ("softmax", "log_softmax")
 CONSTANTS = {"pi": sp.pi}
 _BOOL_NAMES = {"true": True, "false": False, "True": True, "False": False}
 _BINARY = {
@@ -182,7 +188,12 @@ class FormulaParser:
             )
         if name in self.symbols or name in self.extra_names:
             raise self._error(target, f"'{name}' is an input and cannot be assigned")
-        if name in POINTWISE_FUNCTIONS or name in REDUCTIONS or name in CONSTANTS:
+        if (
+            name in POINTWISE_FUNCTIONS
+            or name in REDUCTIONS
+            or name in CONSTANTS
+            or (name in NORMALIZATIONS)
+        ):
             raise self._error(
                 target, f"'{name}' is a function or constant and cannot be assigned"
             )
@@ -308,7 +319,7 @@ class FormulaParser:
             return self.extra_names[name]
         if name in CONSTANTS:
             return CONSTANTS[name]
-        if name in POINTWISE_FUNCTIONS or name in REDUCTIONS:
+        if name in POINTWISE_FUNCTIONS or name in REDUCTIONS or name in NORMALIZATIONS:
             raise self._error(node, f"'{name}' is a function: call it with arguments")
         if name in _BOOL_NAMES:
             raise self._error(node, f"'{name}' is only allowed as keepdim=")
@@ -421,6 +432,8 @@ class FormulaParser:
         name = node.func.id
         if name in REDUCTIONS:
             return self._reduction(node, name)
+        if name in NORMALIZATIONS:
+            return self._normalization(node, name)
         if name == "log" and len(node.args) == 1 and not node.keywords:
             count = len(self.ops)
             argument = self._number(node.args[0])
@@ -433,7 +446,10 @@ class FormulaParser:
             raise self._error(
                 node.func,
                 f"unknown function '{name}'",
-                _did_you_mean(name, list(POINTWISE_FUNCTIONS) + list(REDUCTIONS)),
+                _did_you_mean(
+                    name,
+                    list(POINTWISE_FUNCTIONS) + list(REDUCTIONS) + list(NORMALIZATIONS),
+                ),
             )
         if node.keywords:
             raise self._error(node.keywords[0], f"{name}() takes no keyword arguments")
@@ -488,6 +504,34 @@ class FormulaParser:
         return self._lift(T.TensorLogSumExp(power.args[0], dims, keepdim), node)
 
     def _reduction(self, node: ast.Call, name: str):
+        operand, dims, keepdim = self._reduction_arguments(node, name)
+        if name == "logsumexp" and not dims:
+            raise self._error(
+                node,
+                "logsumexp() needs dim=",
+                "as torch.logsumexp, it reduces named dimensions",
+            )
+        op = REDUCTIONS[name](
+            operand, sp.Tuple(*dims), sp.true if keepdim else sp.false
+        )
+        return self._lift(op, node)
+
+    def _normalization(self, node: ast.Call, name: str):
+        """``log_softmax(e, dim=d)`` is ``e - logsumexp(e, dim=d,
+        keepdim=true)``, ``softmax`` its exp: stable at any magnitude, as
+        PyTorch's own, and differentiated through the logsumexp."""
+        operand, dims, keepdim = self._reduction_arguments(node, name)
+        if len(dims) != 1 or keepdim:
+            raise self._error(
+                node, f"{name}() takes an expression and one dim=, as torch.{name}"
+            )
+        lse = T.TensorLogSumExp(operand, sp.Tuple(*dims), sp.true)
+        lse = self._lift(lse, node, whole=False)
+        logs = operand - lse
+        return sp.exp(logs) if name == "softmax" else logs
+
+    def _reduction_arguments(self, node: ast.Call, name: str):
+        """(operand, dims, keepdim) of ``name(e, dim, keepdim=...)``."""
         if not 1 <= len(node.args) <= 2:
             raise self._error(
                 node,
@@ -513,10 +557,7 @@ class FormulaParser:
                     "expected dim= or keepdim=",
                 )
         dims = () if dims_node is None else self._dims(dims_node)
-        op = REDUCTIONS[name](
-            operand, sp.Tuple(*dims), sp.true if keepdim else sp.false
-        )
-        return self._lift(op, node)
+        return operand, dims, keepdim
 
     def _dims(self, node: ast.AST) -> tuple[int, ...]:
         items = node.elts if isinstance(node, ast.Tuple) else [node]
@@ -555,11 +596,12 @@ class FormulaParser:
                 node, f"{what} needs a tensor operand, got a scalar expression"
             )
 
-    def _lift(self, expr: sp.Expr, node: ast.AST) -> sp.Symbol:
+    def _lift(self, expr: sp.Expr, node: ast.AST, whole: bool = True) -> sp.Symbol:
         """Make the tensor operation `expr` a graph node with a leaf symbol,
-        named after its statement when it is the statement's whole value."""
+        named after its statement when it is the statement's whole value
+        (`whole`: `node` is all of `expr`, not a part of what it computes)."""
         statement, value = getattr(self, "statement", ("expr", None))
-        if node is value and statement not in self.taken:
+        if whole and node is value and statement not in self.taken:
             name = statement
         else:
             base = f"{statement}_{_OP_NAMES[type(expr)]}"
@@ -775,9 +817,6 @@ def _shortened(text: str, limit: int = 60) -> str:
 # write them: the written forms are recognised (log(sum(exp(u))) is one
 # stable logsumexp).
 WRITTEN_FORMS = {
-    "softmax": "exp(e)/sum(exp(e), dim=d, keepdim=True)",
-    "log_softmax": "e - log(sum(exp(e), dim=d, keepdim=True))",
-    "logsumexp": "log(sum(exp(e), dim=d))",
     "swish": "silu(x)",
     "softsign": "x/(1 + abs(x))",
     "celu": "max(0, x) + min(0, alpha*(exp(x/alpha) - 1))",

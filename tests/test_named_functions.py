@@ -103,9 +103,13 @@ def test_heaviside_takes_one_or_two_arguments():
 
 
 def test_a_name_fngen_lacks_points_to_its_written_form():
-    assert _error("y = softmax(x)") == (
-        "named.yaml:4:18: error: unknown function 'softmax' (write it out: "
-        "softmax(...) is exp(e)/sum(exp(e), dim=d, keepdim=True))"
+    assert _error("y = softplus2(x)") == (
+        "named.yaml:4:18: error: unknown function 'softplus2' "
+        "(did you mean 'softplus'?)"
+    )
+    assert _error("y = leaky_relu(x)") == (
+        "named.yaml:4:18: error: unknown function 'leaky_relu' (write it out: "
+        "leaky_relu(...) is where(x > 0, x, slope*x))"
     )
 
 
@@ -166,3 +170,54 @@ def test_the_cli_warns_of_an_unused_input_and_the_library_does_not(tmp_path, cap
         f"{path}:13:25: warning: input 'w' is not used by the formula "
         "(it is accepted and ignored; its gradient is None)",
     ]
+
+
+# -- softmax, log_softmax, logsumexp -----------------------------------------
+
+NORMALIZED = {
+    "softmax(x, dim=-1)": lambda x: torch.softmax(x, dim=-1),
+    "log_softmax(x, dim=0)": lambda x: torch.log_softmax(x, dim=0),
+    "logsumexp(x, dim=-1)": lambda x: torch.logsumexp(x, dim=-1),
+    "logsumexp(x, dim=(0, 1), keepdim=true)": lambda x: torch.logsumexp(
+        x, dim=(0, 1), keepdim=True
+    ),
+    "log_softmax(2*x, dim=1)*x": lambda x: torch.log_softmax(2 * x, dim=1) * x,
+}
+
+
+@pytest.mark.parametrize("formula", list(NORMALIZED))
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_softmax_family_agrees_with_torch(formula, scale, dtype):
+    function = one(f"y = {formula}")
+    generator = torch.Generator().manual_seed(3)
+    x = (scale * torch.randn(4, 6, generator=generator, dtype=torch.float64)).to(dtype)
+    x.requires_grad_()
+    seed = torch.randn(NORMALIZED[formula](x).shape, generator=generator).to(dtype)
+    got = function(x)
+    want = NORMALIZED[formula](x)
+    torch.testing.assert_close(got, want)
+    (grad,) = torch.autograd.grad(got, x, seed)
+    (want_grad,) = torch.autograd.grad(want, x, seed)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, want_grad)
+    if dtype == torch.float64 and scale == 1.0:
+        assert torch.autograd.gradcheck(
+            function, (x[:2, :3].detach().requires_grad_(),)
+        )
+        assert torch.autograd.gradgradcheck(
+            function, (x[:2, :3].detach().requires_grad_(),)
+        )
+
+
+def test_softmax_saves_only_its_output():
+    text = source("y = softmax(x, dim=-1)")
+    assert "ctx.save_for_backward(y)" in text
+
+
+def test_softmax_family_errors():
+    assert "logsumexp() needs dim=" in _error("y = logsumexp(x)")
+    assert "softmax() takes an expression and one dim=, as torch.softmax" in _error(
+        "y = softmax(x, dim=(0, 1))"
+    )
+    assert "is a function or constant" in _error("softmax = x*2")
