@@ -18,7 +18,7 @@ import sympy as sp
 from fngen import dag
 from fngen import tensorops as T
 from fngen.formula import is_condition
-from fngen.functions import Piecewise, has_zero_branch
+from fngen.functions import Piecewise, has_zero_branch, indicator
 from fngen.model import Formula, FunctionSpec, OpNode
 from fngen.stable import bottom_up, stabilize
 from fngen.schedule import Block, Step, schedule
@@ -343,6 +343,12 @@ class Deriver:
                 grad = T.Unsqueeze(grad, dims)
             grad = T.Expand(grad, self.shape_of(arg))
             return [(arg, grad, True)]
+        if isinstance(expr, T.EXTREMA):
+            # PyTorch's rule: the gradient split evenly among the ties.
+            grad, mask = self._extremum_mask(expr, upstream, op.result)
+            count = T.TensorSum(mask, expr.args[1], sp.true)
+            shape = self.shape_of(expr.args[0])
+            return [(expr.args[0], T.Expand(grad / count, shape) * mask, True)]
         if isinstance(expr, T.TensorLogSumExp):
             arg, dims, keepdim = expr.args
             grad, result = upstream, op.result
@@ -379,6 +385,17 @@ class Deriver:
             ]
         raise TypeError(f"no VJP rule for {type(expr).__name__}")
 
+    def _extremum_mask(self, expr, upstream, result):
+        """(upstream with the reduced dims kept, the 0/1 mask of the
+        elements equal to the extremum `result`) of an amax or amin."""
+        arg, dims, keepdim = expr.args
+        if not keepdim:
+            if len(dims):
+                upstream, result = T.Unsqueeze(upstream, dims), T.Unsqueeze(
+                    result, dims
+                )
+        return upstream, indicator(sp.Eq(arg, result))
+
     def jvp_rule(self, expr: sp.Expr, tangent_of, result_symbol=None) -> sp.Expr:
         """The tangent of a tensor op's result, given `tangent_of(arg)`;
         0 where the argument's is (``sum(floor(x))``)."""
@@ -386,6 +403,14 @@ class Deriver:
             arg, dims, keepdim = expr.args
             inner = tangent_of(arg)
             return type(expr)(inner, dims, keepdim) if inner != 0 else inner
+        if isinstance(expr, T.EXTREMA):
+            arg, dims, keepdim = expr.args
+            inner = tangent_of(arg)
+            if inner == 0:
+                return inner
+            _, mask = self._extremum_mask(expr, sp.S.One, result_symbol)
+            count = T.TensorSum(mask, dims, keepdim)
+            return T.TensorSum(inner * mask, dims, keepdim) / count
         if isinstance(expr, T.TensorLogSumExp):
             arg, dims, keepdim = expr.args
             inner = tangent_of(arg)

@@ -41,6 +41,8 @@ REDUCTIONS = {
     "sum": T.TensorSum,
     "mean": T.TensorMean,
     "logsumexp": T.TensorLogSumExp,
+    "amax": T.TensorAmax,
+    "amin": T.TensorAmin,
 }
 # softmax(e, dim=d) and log_softmax(e, dim=d), by the logsumexp of e.
 NORMALIZATIONS = ("softmax", "log_softmax")
@@ -620,6 +622,8 @@ _OP_NAMES = {
     T.TensorLogSumExp: "logsumexp",
     T.TensorSum: "sum",
     T.TensorMean: "mean",
+    T.TensorAmax: "amax",
+    T.TensorAmin: "amin",
     T.TensorMatmul: "matmul",
     T.TensorMT: "mT",
 }

@@ -897,6 +897,12 @@ class TorchPrinter(StrPrinter):
     def _print_TensorMean(self, expr):
         return self._reduction(expr, "mean")
 
+    def _print_TensorAmax(self, expr):
+        return self._reduction(expr, "amax")
+
+    def _print_TensorAmin(self, expr):
+        return self._reduction(expr, "amin")
+
     def _print_TensorLogSumExp(self, expr):
         arg, dims, keepdim = expr.args
         keep = ", keepdim=True" if keepdim else ""

@@ -153,6 +153,12 @@ class Interpreter:
                 if keepdim
                 else reduce(value)
             )
+        if isinstance(expr, T.EXTREMA):
+            arg, dims, keepdim = expr.args
+            reduce = torch.amax if isinstance(expr, T.TensorAmax) else torch.amin
+            return reduce(
+                self(arg), dim=tuple(int(d) for d in dims), keepdim=bool(keepdim)
+            )
         if isinstance(expr, T.TensorLogSumExp):
             arg, dims, keepdim = expr.args
             return torch.logsumexp(

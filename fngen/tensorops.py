@@ -44,8 +44,22 @@ class TensorLogSumExp(TensorOp):
     nargs = 3
 
 
+class TensorAmax(TensorOp):
+    """``e.amax(dim, keepdim)``: its gradient is split evenly among the
+    elements that tie for the maximum, as PyTorch's."""
+
+    nargs = 3
+
+
+class TensorAmin(TensorOp):
+    """``e.amin(dim, keepdim)``, the gradient split as TensorAmax's."""
+
+    nargs = 3
+
+
 # The reductions: results smaller than their argument, (e, dims, keepdim).
-REDUCTIONS = (TensorSum, TensorMean, TensorLogSumExp)
+REDUCTIONS = (TensorSum, TensorMean, TensorLogSumExp, TensorAmax, TensorAmin)
+EXTREMA = (TensorAmax, TensorAmin)
 
 
 class TensorMatmul(TensorOp):

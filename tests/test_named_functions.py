@@ -221,3 +221,44 @@ def test_softmax_family_errors():
         "y = softmax(x, dim=(0, 1))"
     )
     assert "is a function or constant" in _error("softmax = x*2")
+
+
+# -- amax and amin: PyTorch's split of the gradient among ties ---------------
+
+EXTREMA = {
+    "amax(x, dim=-1)": lambda x: torch.amax(x, dim=-1),
+    "amin(x, dim=0, keepdim=true)": lambda x: torch.amin(x, dim=0, keepdim=True),
+    "amax(x)": lambda x: torch.amax(x),
+    "amax(x, dim=(0, 1))*x": lambda x: torch.amax(x, dim=(0, 1)) * x,
+    "amin(2*x, dim=1) + 1": lambda x: torch.amin(2 * x, dim=1) + 1,
+}
+
+
+@pytest.mark.parametrize("formula", list(EXTREMA))
+def test_amax_and_amin_split_the_gradient_among_ties_as_torch(formula):
+    function = one(f"y = {formula}")
+    # Rows with two-way and three-way ties, and rows without.
+    x = torch.tensor(
+        [[1.0, 3.0, 3.0, 0.5], [2.0, 2.0, 2.0, -1.0], [0.0, -4.0, 1.0, -4.0]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    want = EXTREMA[formula](x)
+    got = function(x)
+    torch.testing.assert_close(got, want)
+    seed = torch.randn(want.shape, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(got, x, seed)
+    (want_grad,) = torch.autograd.grad(want, x, seed)
+    torch.testing.assert_close(grad, want_grad)
+    # The jvp: torch.func.jvp of torch's own amax splits the tangent too.
+    tangent = torch.randn_like(x)
+    _, got_t = torch.func.jvp(function, (x.detach(),), (tangent,))
+    _, want_t = torch.func.jvp(EXTREMA[formula], (x.detach(),), (tangent,))
+    torch.testing.assert_close(got_t, want_t)
+
+
+def test_amax_passes_gradcheck_without_ties():
+    function = one("y = amax(x*x, dim=1)")
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(function, (x,))
+    assert torch.autograd.gradgradcheck(function, (x,))
