@@ -289,7 +289,7 @@ class _Fused(sp.Function):
 
     @classmethod
     def eval(cls, u, *constants):
-        if u.is_Number:
+        if u.is_number:  # pi too: a constant is folded, never a kernel call
             return cls.formula(u, *constants)
         return None
 

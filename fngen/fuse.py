@@ -83,6 +83,8 @@ def _times(expr: sp.Mul, factor: sp.Expr, fused: sp.Expr, u: sp.Expr):
     """`expr` with `factor*u` replaced by `fused`, or None when `u` is not
     among the other factors (up to a rational constant)."""
     rest = sp.Mul(*[f for f in expr.args if f is not factor]) / u
+    if rest.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+        return None  # u a where with a 0 branch: 1/u is no factor to take out
     constant, _ = rest.as_independent(*rest.free_symbols, as_Add=False)
     if not constant.is_Rational or not sp.fraction(rest)[1].is_number:
         return None

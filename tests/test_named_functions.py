@@ -262,3 +262,29 @@ def test_amax_passes_gradcheck_without_ties():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(function, (x,))
     assert torch.autograd.gradgradcheck(function, (x,))
+
+
+@pytest.mark.parametrize(
+    "formula, want",
+    [
+        # Found by the long fuzz run: silu of a where of pi was a kernel
+        # call on a constant, with no value to print...
+        (
+            "out = (silu((x > 0.5) * (pi)) > 0.5) * (0.5) + x",
+            lambda x: (nnf.silu((x > 0.5) * torch.pi) > 0.5) * 0.5 + x,
+        ),
+        # ... and gelu of a where with a 0 branch was divided by that where
+        # (1/0), named or written out.
+        ("out = gelu((x > 0.5) * (0.5)) + x", lambda x: nnf.gelu((x > 0.5) * 0.5) + x),
+        (
+            "u = where(x > 0.5, 0.5, 0); out = u*(1 + erf(u/sqrt(2)))/2 + x",
+            lambda x: nnf.gelu(torch.where(x > 0.5, 0.5, 0.0)) + x,
+        ),
+    ],
+)
+def test_a_named_activation_of_a_where_of_constants(formula, want):
+    function = one(formula)
+    x = torch.linspace(-1, 2, 13, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(function(x), want(x).double())
+    (g,) = torch.autograd.grad(function(x).sum(), x)
+    torch.testing.assert_close(g, torch.ones_like(x))
