@@ -261,17 +261,8 @@ class FormulaParser:
             )
         if expr.free_symbols or is_condition(expr):
             return expr
-        if expr.is_Number:
-            try:
-                evaluate_constant(expr)  # an int, exact: only its magnitude
-            except ConstantTooLarge:
-                raise self._error(
-                    node,
-                    f"constant too large to evaluate: {_shortened(ast.unparse(node))}",
-                    f"its magnitude passes 2**{MAX_CONSTANT_BITS}",
-                ) from None
-            return expr
         try:
+            # A Number is exact (an int): evaluated for its magnitude only.
             value = evaluate_constant(expr)
         except ConstantTooLarge:
             raise self._error(
@@ -279,6 +270,8 @@ class FormulaParser:
                 f"constant too large to evaluate: {_shortened(ast.unparse(node))}",
                 f"its magnitude passes 2**{MAX_CONSTANT_BITS}",
             ) from None
+        if expr.is_Number:
+            return expr
         if value is None:
             raise self._error(
                 node, f"the constant {ast.unparse(node)} has no finite real value"
