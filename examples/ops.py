@@ -41,7 +41,6 @@ class ExpFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        (x,) = inputs
         y = output
         ctx.save_for_backward(y)
         ctx.save_for_forward(y)

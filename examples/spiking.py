@@ -219,7 +219,7 @@ class StraightThroughFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        v, alpha = inputs
+        pass
 
     @staticmethod
     def backward(ctx, grad):

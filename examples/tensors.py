@@ -505,7 +505,7 @@ class RoundSteFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        (x,) = inputs
+        pass
 
     @staticmethod
     def backward(ctx, grad):

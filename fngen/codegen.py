@@ -271,7 +271,10 @@ class FunctionWriter:
             return saves or ["pass"]
 
         body_lines = self.branches(body, in_ctx=False)
-        return lines + ([] if body_lines == ["pass"] else body_lines)
+        rest = lines[1:] + ([] if body_lines == ["pass"] else body_lines)
+        if not any(_reads(rest, i.name) for i in fn.inputs):
+            return rest or ["pass"]  # nothing of the inputs is kept
+        return lines[:1] + rest
 
     def _unpack(self, saved) -> list[str]:
         if not saved:
