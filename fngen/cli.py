@@ -25,23 +25,24 @@ Exit codes:
 """
 
 
-def _fail(message: str) -> None:
-    """One line on stderr, exit 2: a newline or another control character
-    in the message (a device string, a file name) is written as its escape."""
-    line = "".join(
+def _one_line(message: str) -> str:
+    """`message` with a newline or another control character (of a device
+    string, a file name) written as its escape."""
+    return "".join(
         ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message.strip()
     )
-    click.echo(line, err=True)
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, exit 2."""
+    click.echo(_one_line(message), err=True)
     sys.exit(EXIT_ERROR)
 
 
 def _warn(spec) -> None:
     """The spec's warnings on stderr, one line each, escaped as errors are."""
     for warning in spec.warnings:
-        line = "".join(
-            ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(warning)
-        )
-        click.echo(line, err=True)
+        click.echo(_one_line(str(warning)), err=True)
 
 
 class _Group(click.Group):

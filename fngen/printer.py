@@ -682,11 +682,7 @@ class TorchPrinter(StrPrinter):
             name = TORCH_FUNCTIONS[cls]
             if name.startswith("_"):
                 self.helpers.add(name)  # a function of the generated module
-            arg = expr.args[0]
-            text = (
-                self._scalar_tensor(arg) if self.is_scalar(expr) else self._print(arg)
-            )
-            return f"{name}({text})"
+            return f"{name}({self._argument(expr, expr.args[0])})"
         if cls in TORCH_BINARY:
             return self._print_binary(expr)
         raise PrintError(f"no torch translation for function {cls.__name__}")

@@ -528,20 +528,19 @@ class FunctionBuilder:
         for expr in grads.values():
             used |= expr.free_symbols
         for spec in inputs:
-            if symbols[spec.name] not in used and not declared:
-                raise SpecError(
-                    spec.location, f"input '{spec.name}' is not used by the formula"
+            if symbols[spec.name] in used:
+                continue
+            message = f"input '{spec.name}' is not used by the formula"
+            if not declared:
+                raise SpecError(spec.location, message)
+            # Kept, as an API may take an argument it ignores (norse's
+            # SuperSpike takes alpha); its gradient is None.
+            self.warnings.append(
+                SpecWarning(
+                    spec.location,
+                    f"{message} (it is accepted and ignored; its gradient is None)",
                 )
-            if symbols[spec.name] not in used:
-                # Kept, as an API may take an argument it ignores (norse's
-                # SuperSpike takes alpha); its gradient is None.
-                self.warnings.append(
-                    SpecWarning(
-                        spec.location,
-                        f"input '{spec.name}' is not used by the formula "
-                        "(it is accepted and ignored; its gradient is None)",
-                    )
-                )
+            )
 
     def _check(self, node: Node | None, inputs) -> CheckSpec:
         if node is None:

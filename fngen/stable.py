@@ -677,18 +677,7 @@ def guard_branch_domains(expr: sp.Basic) -> sp.Basic:
     taken is multiplied by 0, and ``0*nan`` is NaN, as the derivative of
     sqrt is at x < 0.  Only for conditions that are comparisons of one name
     with numbers."""
-
-    def walk(e):
-        if not isinstance(e, sp.Basic) or e.is_Atom:
-            return e
-        args = [walk(a) for a in e.args]
-        if any(a is not b for a, b in zip(args, e.args)):
-            e = e.func(*args)
-        if isinstance(e, sp.Piecewise):
-            e = _guarded(e)
-        return e
-
-    return walk(expr)
+    return bottom_up(expr, ((sp.Piecewise, _guarded),))
 
 
 def _guarded(piece: sp.Piecewise) -> sp.Expr:
