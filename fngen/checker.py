@@ -52,6 +52,7 @@ DEFAULT_SIZE = 3
 # Where an input on the default domain is also probed (each sign), in the
 # order tried: a formula that overflows in float32 does so by 100 (exp(89)).
 LARGE_MAGNITUDES = (5.0, 10.0, 20.0, 30.0, 50.0, 100.0)
+SPECIAL_VALUES = (0.0, 1.0)
 # Gradients computed at once by the `batched` check.
 BATCH = 3
 FINITE_DIFFERENCE_STEP = 1e-6
@@ -153,6 +154,15 @@ def resolve_device(device: str):
     return dev
 
 
+def _differentiable(value) -> bool:
+    """Whether an argument is a tensor the checks differentiate: a float
+    one, not a long tensor of class indices (passed as it is, like a
+    scalar)."""
+    import torch
+
+    return torch.is_tensor(value) and value.is_floating_point()
+
+
 def sample_inputs(
     fn: FunctionSpec, dtype, device, generator, batch: tuple[int, ...] = ()
 ):
@@ -173,6 +183,15 @@ def sample_inputs(
             shape = tuple(d if isinstance(d, int) else DEFAULT_SIZE for d in spec.param)
         else:
             shape = (3, 4)
+        if not spec.is_differentiable:
+            # Class indices, the same in every batch element (vmap's
+            # in_dims None).
+            args.append(
+                torch.randint(
+                    spec.classes, tuple(shape), generator=generator, device="cpu"
+                ).to(device)
+            )
+            continue
         lo, hi = spec.domain
         value = torch.rand(
             batch + tuple(shape), generator=generator, dtype=torch.float64
@@ -386,12 +405,14 @@ class FunctionChecker:
         ]
 
     def differentiable(self, args):
-        return [a for a in args if self.torch.is_tensor(a)]
+        return [a for a in args if _differentiable(a)]
 
     def tensor_names(self) -> list[str]:
         """The names of the tensor arguments present, in order."""
         return [
-            s.name for s in self.fn.inputs if s.is_tensor and s.name not in self.absent
+            s.name
+            for s in self.fn.inputs
+            if s.is_differentiable and s.name not in self.absent
         ]
 
     def output_names(self) -> list[str]:
@@ -451,7 +472,7 @@ class FunctionChecker:
             fn.symbol(spec.name): 0 if value is None else value
             for spec, value in zip(fn.inputs, args)
         }
-        like = next(a for a in args if self.torch.is_tensor(a))
+        like = next(a for a in args if _differentiable(a))
         interpret = Interpreter(env, like)
         for op in fn.formula.ops:
             env[op.result] = interpret(op.expr)
@@ -508,7 +529,7 @@ class FunctionChecker:
 
         torch = self.torch
         args = [
-            a.detach() if torch.is_tensor(a) else a for a in self.inputs(torch.float64)
+            a.detach() if _differentiable(a) else a for a in self.inputs(torch.float64)
         ]
         with torch.no_grad():
             env, interpret = self.reference_env(args)
@@ -535,7 +556,7 @@ class FunctionChecker:
         specs = [
             s
             for s in self.fn.inputs
-            if s.is_tensor
+            if s.is_differentiable
             and s.name not in self.absent
             and self.fn.symbol(s.name) in symbols
         ]
@@ -571,11 +592,15 @@ class FunctionChecker:
             text += f": set {hints} to where the formula is defined"
         return text
 
-    def probe_values(self, spec) -> list[float]:
+    @staticmethod
+    def probe_values(spec) -> list[float]:
         """The values an input is probed at: the ends of its domain, and on
         the default domain large magnitudes too."""
         lo, hi = spec.domain
         values = [lo, hi]
+        # Where formulas most often have a removable singularity: a base
+        # that is 0 there ((1 - exp(x))**g, x*log(x)) divided out.
+        values += [v for v in SPECIAL_VALUES if lo < v < hi]
         if spec.domain == DEFAULT_DOMAIN:
             values += [sign * m for m in LARGE_MAGNITUDES for sign in (1.0, -1.0)]
         return values
@@ -587,24 +612,24 @@ class FunctionChecker:
         one is not, as a sentence."""
         torch = self.torch
         base = [
-            a.detach().to(dtype) if torch.is_tensor(a) else a
+            a.detach().to(dtype) if _differentiable(a) else a
             for a in self.inputs(torch.float64)
         ]
         largest = torch.finfo(dtype).max
         names = self.tensor_names()
         outputs = self.output_names()
         for i, spec in enumerate(self.fn.inputs):
-            if not torch.is_tensor(base[i]):
+            if not _differentiable(base[i]):
                 continue
             for value in self.probe_values(spec):
                 narrow = list(base)
                 narrow[i] = torch.full_like(base[i], value)
                 narrow = [
-                    a.clone().requires_grad_() if torch.is_tensor(a) else a
+                    a.clone().requires_grad_() if _differentiable(a) else a
                     for a in narrow
                 ]
                 wide = [
-                    a.detach().double().requires_grad_() if torch.is_tensor(a) else a
+                    a.detach().double().requires_grad_() if _differentiable(a) else a
                     for a in narrow
                 ]
                 with torch.no_grad():
@@ -732,7 +757,7 @@ class FunctionChecker:
         def backward(*values):
             inputs, incoming = values[: len(tensors)], values[len(tensors) :]
             it = iter(inputs)
-            full = [next(it) if torch.is_tensor(a) else a for a in args]
+            full = [next(it) if _differentiable(a) else a for a in args]
             outs = [o for o in _outputs(self.func(*full)) if o.is_floating_point()]
             pairs = [(o, g) for o, g in zip(outs, incoming) if o.requires_grad]
             grads = torch.autograd.grad(
@@ -793,7 +818,7 @@ class FunctionChecker:
         def reference(*values):
             inputs, grads_in = values[: len(tensors)], values[len(tensors) :]
             it = iter(inputs)
-            full = [next(it) if torch.is_tensor(a) else a for a in args]
+            full = [next(it) if _differentiable(a) else a for a in args]
             env, interpret = self.reference_env(full)
             generated = _floating(self.func(*full))
             seeds = iter(grads_in)
@@ -899,14 +924,14 @@ class FunctionChecker:
         """Analytical (autograd) against numerical (central differences)
         Jacobians of `function`: the worst element, as a phrase."""
         torch = self.torch
-        tensors = [a for a in args if torch.is_tensor(a)]
+        tensors = [a for a in args if _differentiable(a)]
         in_names = self.tensor_names()
         if len(tensors) > len(in_names):  # the backward: gradients too
             in_names = in_names + [f"grad_{n}" for n in self.output_names()]
 
         def call(*values):
             it = iter(values)
-            full = [next(it) if torch.is_tensor(a) else a for a in args]
+            full = [next(it) if _differentiable(a) else a for a in args]
             return _floating(function(*full))
 
         strategy = "forward-mode" if forward else "reverse-mode"
@@ -997,10 +1022,10 @@ class FunctionChecker:
         with: the jvp must be the transpose of the overridden vjp."""
         torch = self.torch
         args = [
-            a.detach() if torch.is_tensor(a) else a for a in self.inputs(torch.float64)
+            a.detach() if _differentiable(a) else a for a in self.inputs(torch.float64)
         ]
         for i, arg in enumerate(args):
-            if not torch.is_tensor(arg):
+            if not _differentiable(arg):
                 continue
             along = self.along(args, i)
             forward = torch.autograd.functional.jacobian(
@@ -1093,8 +1118,8 @@ class FunctionChecker:
     def _batched_vjp(self, args, tensors, outputs, batches, generator, tol):
         torch = self.torch
         names = self.tensor_names()
-        detached = [a.detach() if torch.is_tensor(a) else a for a in args]
-        indices = [i for i, a in enumerate(detached) if torch.is_tensor(a)]
+        detached = [a.detach() if _differentiable(a) else a for a in args]
+        indices = [i for i, a in enumerate(detached) if _differentiable(a)]
 
         def of_tensors(*values):
             full = list(detached)
@@ -1129,8 +1154,8 @@ class FunctionChecker:
         torch = self.torch
         if self.nonlinear:
             return None  # no jvp
-        detached = [a.detach() if torch.is_tensor(a) else a for a in args]
-        indices = [i for i, a in enumerate(detached) if torch.is_tensor(a)]
+        detached = [a.detach() if _differentiable(a) else a for a in args]
+        indices = [i for i, a in enumerate(detached) if _differentiable(a)]
         for i in indices:
             along = self.along(detached, i)
             x = detached[i]
@@ -1165,12 +1190,12 @@ class FunctionChecker:
         torch = self.torch
         batch = 2
         args = self.inputs(batch=(batch,))
-        in_dims = tuple(0 if torch.is_tensor(a) else None for a in args)
-        detached = [a.detach() if torch.is_tensor(a) else a for a in args]
+        in_dims = tuple(0 if _differentiable(a) else None for a in args)
+        detached = [a.detach() if _differentiable(a) else a for a in args]
         mapped = _outputs(torch.func.vmap(self.func, in_dims=in_dims)(*detached))
         for i in range(batch):
             single = _outputs(
-                self.func(*[a[i] if torch.is_tensor(a) else a for a in detached])
+                self.func(*[a[i] if _differentiable(a) else a for a in detached])
             )
             for name, a, b in zip(self.output_names(), mapped, single):
                 problem = _compare(
@@ -1183,8 +1208,8 @@ class FunctionChecker:
                 if problem:
                     return problem
         # torch.func.grad and jacrev through the Function, against autograd.
-        first = [a[0] if torch.is_tensor(a) else a for a in detached]
-        tensors = [i for i, a in enumerate(first) if torch.is_tensor(a)]
+        first = [a[0] if _differentiable(a) else a for a in detached]
+        tensors = [i for i, a in enumerate(first) if _differentiable(a)]
         names = self.tensor_names()
 
         def total(*a):
@@ -1193,7 +1218,7 @@ class FunctionChecker:
         if any(o.requires_grad for o in _floating(self.func(*self.inputs()))):
             grads = torch.func.grad(total, argnums=tuple(tensors))(*first)
             leaves = [
-                a.clone().requires_grad_() if torch.is_tensor(a) else a for a in first
+                a.clone().requires_grad_() if _differentiable(a) else a for a in first
             ]
             expected = torch.autograd.grad(
                 total(*leaves), [leaves[i] for i in tensors], allow_unused=True
@@ -1259,7 +1284,7 @@ class FunctionChecker:
         torch = self.torch
         wide = self.inputs(torch.float64)
         narrow = [
-            a.detach().float().requires_grad_() if torch.is_tensor(a) else a
+            a.detach().float().requires_grad_() if _differentiable(a) else a
             for a in wide
         ]
         seeds = self.seeds(self.func(*wide))

@@ -116,7 +116,7 @@ class FunctionWriter:
         self.helpers: set[str] = set()
         # presence_variants, derived once per set of absent optional tensors.
         self._presence: dict[frozenset[str], list] = {}
-        self.first_tensor = next(i.name for i in fn.tensor_inputs if not i.optional)
+        self.first_tensor = next(i.name for i in fn.float_inputs if not i.optional)
 
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
         safe = {sp.Symbol(g.name, real=True) for g in self.d.grad_symbols}
@@ -825,6 +825,7 @@ def _literal(value) -> str:
 
 _ANNOTATIONS = {
     InputKind.TENSOR: "torch.Tensor",
+    InputKind.LONG: "torch.Tensor",
     InputKind.FLOAT: "float",
     InputKind.INT: "int",
     InputKind.BOOL: "bool",
@@ -1065,7 +1066,7 @@ def composed_source(fn: FunctionSpec) -> str:
     with each repeated subexpression computed once as a user would write it
     by hand: what `fngen bench` measures the generated Function against."""
     printer = TorchPrinter(
-        dtype_of=fn.symbol(fn.tensor_inputs[0].name).name,
+        dtype_of=fn.symbol(fn.float_inputs[0].name).name,
         scalars={fn.symbol(i.name) for i in fn.inputs if not i.is_tensor},
         fused_arithmetic=False,
     )

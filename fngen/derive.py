@@ -102,6 +102,12 @@ class Deriver:
         self.tensor_inputs = [
             fn.symbol(i.name) for i in fn.tensor_inputs if i.name not in absent
         ]
+        # Long inputs (class indices) are leaves, never differentiated.
+        self.indices = {
+            fn.symbol(i.name)
+            for i in fn.tensor_inputs
+            if not i.is_differentiable and i.name not in absent
+        }
         self.op_results = [op.result for op in self.formula.ops]
         self.leaves = set(self.tensor_inputs) | set(self.op_results)
         self.op_by_result = {op.result: op for op in self.formula.ops}
@@ -176,7 +182,16 @@ class Deriver:
         """The broadcast shape of the leaves of `expr`, leaving out a
         ``keepdim`` reduction of the others (``x - mu`` has x's shape)."""
         leaves = self.leaves_of(expr)
-        return T.ShapeOf(*[leaf for leaf in leaves if not self._within(leaf, leaves)])
+        shaped = []
+        for leaf in leaves:
+            if self._within(leaf, leaves):
+                continue
+            op = self.op_by_result.get(leaf)
+            if op is not None and isinstance(op.expr, T.TensorGather):
+                leaf = op.expr.args[2]  # a gather has its index's shape
+            if leaf not in shaped:
+                shaped.append(leaf)
+        return T.ShapeOf(*shaped)
 
     def _within(self, leaf: sp.Symbol, leaves: list[sp.Symbol]) -> bool:
         """Whether `leaf` is a ``keepdim=True`` reduction of an argument all
@@ -284,6 +299,8 @@ class Deriver:
     def pure_leaf_shape(self, leaf: sp.Symbol) -> sp.Expr:
         """`leaf_shape`, without noting the reduction it stands for."""
         op = self.op_by_result.get(leaf)
+        if op is not None and isinstance(op.expr, T.TensorGather):
+            return T.ShapeOf(op.expr.args[2])  # the index's
         if op is not None and isinstance(op.expr, T.REDUCTIONS):
             arg, dims, keepdim = op.expr.args
             signs = {int(d) < 0 for d in dims}
@@ -358,6 +375,11 @@ class Deriver:
             return [
                 (arg, T.Expand(grad, self.shape_of(arg)) * sp.exp(arg - result), True)
             ]
+        if isinstance(expr, T.TensorGather):
+            arg, dim, index = expr.args
+            return [(arg, T.ScatterAdd(upstream, dim, index, self.shape_of(arg)), True)]
+        if isinstance(expr, T.TensorOneHot):
+            return []
         if isinstance(expr, T.TensorMT):
             return [(expr.args[0], T.TensorMT(upstream), exact)]
         if isinstance(expr, T.TensorMatmul):
@@ -418,6 +440,17 @@ class Deriver:
                 return inner
             result = result_symbol if keepdim else T.Unsqueeze(result_symbol, dims)
             return T.TensorSum(sp.exp(arg - result) * inner, dims, keepdim)
+        if isinstance(expr, T.TensorGather):
+            arg, dim, index = expr.args
+            inner = tangent_of(arg)
+            if inner == 0:
+                return inner
+            if not self.covers(arg, inner):
+                # Gathered from the argument's shape, not the tangent's.
+                inner = T.Expand(inner, self.shape_of(arg))
+            return T.TensorGather(inner, dim, index)
+        if isinstance(expr, T.TensorOneHot):
+            return sp.Integer(0)
         if isinstance(expr, T.TensorMT):
             inner = tangent_of(expr.args[0])
             return T.TensorMT(inner) if inner != 0 else inner
@@ -461,6 +494,8 @@ class Deriver:
         self.op_grads: list[tuple[sp.Symbol, sp.Expr]] = []
         for op in reversed(self.formula.ops):
             terms = contributions.pop(op.result, [])
+            if isinstance(op.expr, T.TensorOneHot):
+                continue  # constant in every differentiable input
             exact = True
             if (
                 len(terms) == 1
@@ -485,7 +520,11 @@ class Deriver:
         # feeding two outputs gets grad_a*D + grad_b*D*cos(...), which is
         # D*(grad_a + grad_b*cos(...)), D printed as one fused kernel.
         grads = {
-            leaf: _sum_simplest(contributions.get(leaf, []))
+            leaf: (
+                _sum_simplest(contributions.get(leaf, []))
+                if leaf not in self.indices
+                else sp.Integer(0)
+            )
             for leaf in self.tensor_inputs
         }
         # An output that got no gradient (None) counts as zero in overrides.
@@ -510,7 +549,7 @@ class Deriver:
         # receiving a gradient reads at all (autograd's None too).
         reached = self.reached_inputs()
         for leaf in self.tensor_inputs:
-            if grads[leaf] == 0 and leaf in reached:
+            if grads[leaf] == 0 and leaf in reached and leaf not in self.indices:
                 grads[leaf] = T.Expand(sp.Integer(0), T.ShapeOf(leaf))
         return grads
 
@@ -715,7 +754,9 @@ class Deriver:
 
     def jvp_program(self):
         tangents = {
-            leaf: sp.Symbol(f"{leaf.name}_t", real=True) for leaf in self.tensor_inputs
+            leaf: sp.Symbol(f"{leaf.name}_t", real=True)
+            for leaf in self.tensor_inputs
+            if leaf not in self.indices
         }
         steps = []
 

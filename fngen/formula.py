@@ -46,6 +46,8 @@ REDUCTIONS = {
 }
 # softmax(e, dim=d) and log_softmax(e, dim=d), by the logsumexp of e.
 NORMALIZATIONS = ("softmax", "log_softmax")
+# Of a long input (class indices): gather(e, dim, index), one_hot(index, n).
+INDEXING = ("gather", "one_hot")
 CONSTANTS = {"pi": sp.pi}
 _BOOL_NAMES = {"true": True, "false": False, "True": True, "False": False}
 _BINARY = {
@@ -95,8 +97,11 @@ class FormulaParser:
         tensor_names: set[str] | None = None,
         extra_names: dict[str, sp.Expr] | None = None,
         bool_names: set[str] | None = None,
+        long_names: set[str] | None = None,
     ):
         self.locate = locate
+        # long inputs: the indices gather() and one_hot() take.
+        self.long_names = set(long_names or ())
         # bool inputs: a where() may test one as it is.
         self.bool_names = set(bool_names or ())
         self.declared = symbols is not None
@@ -194,7 +199,8 @@ class FormulaParser:
             name in POINTWISE_FUNCTIONS
             or name in REDUCTIONS
             or name in CONSTANTS
-            or (name in NORMALIZATIONS)
+            or name in NORMALIZATIONS
+            or name in INDEXING
         ):
             raise self._error(
                 target, f"'{name}' is a function or constant and cannot be assigned"
@@ -314,7 +320,12 @@ class FormulaParser:
             return self.extra_names[name]
         if name in CONSTANTS:
             return CONSTANTS[name]
-        if name in POINTWISE_FUNCTIONS or name in REDUCTIONS or name in NORMALIZATIONS:
+        if (
+            name in POINTWISE_FUNCTIONS
+            or name in REDUCTIONS
+            or name in NORMALIZATIONS
+            or name in INDEXING
+        ):
             raise self._error(node, f"'{name}' is a function: call it with arguments")
         if name in _BOOL_NAMES:
             raise self._error(node, f"'{name}' is only allowed as keepdim=")
@@ -429,6 +440,8 @@ class FormulaParser:
             return self._reduction(node, name)
         if name in NORMALIZATIONS:
             return self._normalization(node, name)
+        if name in INDEXING:
+            return self._indexing(node, name)
         if name == "log" and len(node.args) == 1 and not node.keywords:
             count = len(self.ops)
             argument = self._number(node.args[0])
@@ -443,7 +456,10 @@ class FormulaParser:
                 f"unknown function '{name}'",
                 _did_you_mean(
                     name,
-                    list(POINTWISE_FUNCTIONS) + list(REDUCTIONS) + list(NORMALIZATIONS),
+                    list(POINTWISE_FUNCTIONS)
+                    + list(REDUCTIONS)
+                    + list(NORMALIZATIONS)
+                    + list(INDEXING),
                 ),
             )
         if node.keywords:
@@ -524,6 +540,48 @@ class FormulaParser:
         lse = self._lift(lse, node, whole=False)
         logs = operand - lse
         return sp.exp(logs) if name == "softmax" else logs
+
+    def _indexing(self, node: ast.Call, name: str):
+        """``gather(e, dim, index)`` as torch.gather, ``one_hot(index, n)``
+        as torch.nn.functional.one_hot (in the formula's float dtype)."""
+        signature = "(e, dim, index)" if name == "gather" else "(index, n)"
+        if node.keywords or len(node.args) != len(signature.split(",")):
+            raise self._error(
+                node,
+                f"{name}() takes {signature}, positionally",
+                f"as torch.{'gather' if name == 'gather' else 'nn.functional.one_hot'}",
+            )
+        *_, index_node = node.args if name == "gather" else node.args[:1]
+        if not (isinstance(index_node, ast.Name) and index_node.id in self.long_names):
+            raise self._error(
+                index_node,
+                f"{name}()'s index must be a long input",
+                "declare it as {type: long, classes: n}",
+            )
+        index = self.symbols[index_node.id]
+        if name == "one_hot":
+            count = self._class_count(node.args[1])
+            return self._lift(T.TensorOneHot(index, count), node)
+        operand = self._number(node.args[0])
+        self._require_tensor(node.args[0], operand, "gather()")
+        if isinstance(node.args[1], ast.Tuple):
+            raise self._error(node.args[1], "gather()'s dim must be one int")
+        (dim,) = self._dims(node.args[1])
+        return self._lift(T.TensorGather(operand, sp.Integer(dim), index), node)
+
+    def _class_count(self, node: ast.AST) -> sp.Expr:
+        """one_hot's number of classes: a positive int, or an int input."""
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            if node.value < 1:
+                raise self._error(node, "one_hot() needs at least one class")
+            return sp.Integer(node.value)
+        if isinstance(node, ast.Name) and node.id in self.symbols:
+            symbol = self.symbols[node.id]
+            if symbol.is_integer and node.id not in self.tensor_names:
+                return symbol
+        raise self._error(
+            node, "one_hot()'s number of classes must be an int or an int input"
+        )
 
     def _reduction_arguments(self, node: ast.Call, name: str):
         """(operand, dims, keepdim) of ``name(e, dim, keepdim=...)``."""
@@ -619,6 +677,8 @@ _OP_NAMES = {
     T.TensorAmin: "amin",
     T.TensorMatmul: "matmul",
     T.TensorMT: "mT",
+    T.TensorGather: "gather",
+    T.TensorOneHot: "one_hot",
 }
 
 

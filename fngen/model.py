@@ -19,9 +19,16 @@ class InputKind(enum.Enum):
     FLOAT = "float"
     INT = "int"
     BOOL = "bool"
+    # An integer tensor (class indices): an argument of `gather` and
+    # `one_hot`, or compared; never differentiated (its gradient is None).
+    LONG = "long"
 
     @property
     def is_tensor(self) -> bool:
+        return self in (InputKind.TENSOR, InputKind.LONG)
+
+    @property
+    def is_differentiable(self) -> bool:
         return self is InputKind.TENSOR
 
 
@@ -41,10 +48,16 @@ class InputSpec:
     param: tuple[int | str, ...] | None = None
     init: str | None = None
     optional: bool = False
+    # For a long input: fngen check samples it in [0, classes).
+    classes: int | None = None
 
     @property
     def is_tensor(self) -> bool:
         return self.kind.is_tensor
+
+    @property
+    def is_differentiable(self) -> bool:
+        return self.kind.is_differentiable
 
     @property
     def is_param(self) -> bool:
@@ -113,6 +126,11 @@ class FunctionSpec:
     @property
     def tensor_inputs(self) -> tuple[InputSpec, ...]:
         return tuple(i for i in self.inputs if i.is_tensor)
+
+    @property
+    def float_inputs(self) -> tuple[InputSpec, ...]:
+        """The differentiable tensor inputs (not the long ones)."""
+        return tuple(i for i in self.inputs if i.is_differentiable)
 
     def symbol(self, name: str) -> sp.Symbol:
         return dict(self.symbols)[name]

@@ -904,6 +904,29 @@ class TorchPrinter(StrPrinter):
         keep = ", keepdim=True" if keepdim else ""
         return f"torch.logsumexp({self._print(arg)}, dim={self._dims(dims)}{keep})"
 
+    def _print_TensorGather(self, expr):
+        arg, dim, index = expr.args
+        return f"torch.gather({self._print(arg)}, {int(dim)}, {self._print(index)})"
+
+    def _print_ScatterAdd(self, expr):
+        grad, dim, index, shape = expr.args
+        text = self._postfix(grad)
+        return (
+            f"{text}.new_zeros({self._print(shape)})"
+            f".scatter_add({int(dim)}, {self._print(index)}, {self._print(grad)})"
+        )
+
+    def _print_TensorOneHot(self, expr):
+        index, count = expr.args
+        # Not torch.nn.functional.one_hot: that syncs with the device to
+        # check the indices, and refuses an ignore_index of -100; here an
+        # index outside 0 .. n - 1 gives a row of zeros.
+        text = self._print(index)
+        return (
+            f"({text}.unsqueeze(-1) == torch.arange({self._print(count)}, "
+            f"device={text}.device)).to({self.dtype_of}.dtype)"
+        )
+
     def _print_TensorMatmul(self, expr):
         a, b = expr.args
         level = PRECEDENCE["Mul"]

@@ -164,6 +164,14 @@ class Interpreter:
             return torch.logsumexp(
                 self(arg), dim=tuple(int(d) for d in dims), keepdim=bool(keepdim)
             )
+        if isinstance(expr, T.TensorGather):
+            arg, dim, index = expr.args
+            return torch.gather(self(arg), int(dim), self(index))
+        if isinstance(expr, T.TensorOneHot):
+            index, count = expr.args
+            index = self(index)
+            columns = [index == k for k in range(int(self(count)))]
+            return torch.stack(columns, dim=-1).to(self.like.dtype)
         if isinstance(expr, T.TensorMatmul):
             return torch.matmul(self(expr.args[0]), self(expr.args[1]))
         if isinstance(expr, T.TensorMT):
@@ -178,7 +186,7 @@ def reference_forward(fn: FunctionSpec, *args):
         fn.symbol(spec.name): 0 if value is None else value
         for spec, value in zip(fn.inputs, args)
     }
-    like = next(a for a in args if torch.is_tensor(a))
+    like = next(a for a in args if torch.is_tensor(a) and a.is_floating_point())
     interpret = Interpreter(env, like)
     for op in fn.formula.ops:
         env[op.result] = interpret(op.expr)

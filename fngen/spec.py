@@ -31,7 +31,14 @@ from fngen.model import (
     InputSpec,
     Spec,
 )
-from fngen.tensorops import REDUCTIONS, TensorLogSumExp, TensorMatmul, TensorMT
+from fngen.tensorops import (
+    REDUCTIONS,
+    TensorGather,
+    TensorLogSumExp,
+    TensorMatmul,
+    TensorMT,
+    TensorOneHot,
+)
 from fngen.yamlnodes import MAX_BYTES, Node, load_yaml
 
 # How an error names a tensor operation of the formula.
@@ -40,6 +47,7 @@ _OPERATION_NAMES = {
     TensorLogSumExp: "log(sum(exp()))",
     TensorMatmul: "'@'",
     TensorMT: "'.T'",
+    TensorGather: "gather()",
 }
 
 FORMAT_VERSION = 1
@@ -58,7 +66,7 @@ FUNCTION_KEYS = (
     "once_differentiable",
     "autocast",
 )
-INPUT_KEYS = ("type", "default", "domain", "param", "init", "optional")
+INPUT_KEYS = ("type", "default", "domain", "param", "init", "optional", "classes")
 SPEC_CHECK_KEYS = ("device", "dtype")
 FUNCTION_CHECK_KEYS = ("shapes", "atol", "rtol", "skip")
 CHECK_NAMES = (
@@ -241,7 +249,10 @@ class FunctionBuilder:
             {i.name for i in inputs if i.is_tensor} if inputs is not None else None
         )
         bools = {i.name for i in inputs or () if i.kind is InputKind.BOOL}
-        parser = FormulaParser(formula_node.locate, symbols, tensors, bool_names=bools)
+        longs = {i.name for i in inputs or () if i.kind is InputKind.LONG}
+        parser = FormulaParser(
+            formula_node.locate, symbols, tensors, bool_names=bools, long_names=longs
+        )
         formula = parser.parse_statements(text, formula_node.location, outputs)
         declared = inputs is not None
         if inputs is None:
@@ -259,9 +270,11 @@ class FunctionBuilder:
                     formula_node.location, f"output '{output.name}' is also an input"
                 )
         self._check_absent_operands(formula, inputs, symbols)
-        if not any(i.is_tensor and not i.optional for i in inputs):
+        if not any(i.is_differentiable and not i.optional for i in inputs):
             raise SpecError(
-                formula_node.location, f"function '{name}' has no tensor input"
+                formula_node.location,
+                f"function '{name}' has no tensor input"
+                + (" (a long input is not differentiated)" if longs else ""),
             )
         once = False
         if "once_differentiable" in fields:
@@ -331,12 +344,20 @@ class FunctionBuilder:
     def _input(self, name: str, node: Node, location: Location) -> InputSpec:
         if isinstance(node.value, str) or node.value is None:
             kind = _kind(node) if node.value is not None else InputKind.TENSOR
+            if kind is InputKind.LONG:
+                return self._long_input(name, {}, location)
             return InputSpec(name, kind, location)
         fields = _mapping(node, f"input '{name}'", INPUT_KEYS)
         param = fields.get("param")
         kind = _kind(fields["type"]) if "type" in fields else InputKind.TENSOR
         if param is not None and kind is not InputKind.TENSOR:
-            raise SpecError(param.location, "a param must be a tensor")
+            raise SpecError(param.location, "a param must be a float tensor")
+        if kind is InputKind.LONG:
+            return self._long_input(name, fields, location)
+        if "classes" in fields:
+            raise SpecError(
+                fields["classes"].location, "only long inputs take 'classes'"
+            )
         spec = dict(name=name, kind=kind, location=location)
         if "default" in fields:
             if kind.is_tensor:
@@ -372,6 +393,34 @@ class FunctionBuilder:
                 )
             spec["optional"] = optional
         return InputSpec(**spec)
+
+    @staticmethod
+    def _long_input(name: str, fields: dict[str, Node], location: Location):
+        """A tensor of class indices: ``{type: long, classes: 10}``."""
+        for key in ("default", "domain", "init", "optional"):
+            if key in fields:
+                raise SpecError(
+                    fields[key].location,
+                    f"a long input takes no '{key}'",
+                    (
+                        "'classes: n' says which values fngen check samples: 0 to n - 1"
+                        if key == "domain"
+                        else None
+                    ),
+                )
+        if "classes" not in fields:
+            raise SpecError(
+                location,
+                f"long input '{name}' needs 'classes: n'",
+                "fngen check samples it in 0 .. n - 1, as class indices",
+            )
+        node = fields["classes"]
+        classes = node.value
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise SpecError(node.location, "classes must be a positive integer")
+        if classes >= 2**63:
+            raise SpecError(node.location, "classes must be below 2**63")
+        return InputSpec(name, InputKind.LONG, location, classes=classes)
 
     def _outputs(self, node: Node | None) -> list[str] | None:
         if node is None:
@@ -409,8 +458,12 @@ class FunctionBuilder:
                 zero = {symbols[spec.name]: sp.Integer(0) for spec in absent}
                 for op in formula.ops:
                     expr = op.expr
+                    if isinstance(expr, TensorOneHot):
+                        continue  # of a long input, never absent
                     operands = (
-                        expr.args[:1] if isinstance(expr, REDUCTIONS) else expr.args
+                        expr.args[:1]
+                        if isinstance(expr, (*REDUCTIONS, TensorGather))
+                        else expr.args
                     )
                     if all(
                         arg.xreplace(zero).free_symbols & tensors for arg in operands
@@ -443,6 +496,7 @@ class FunctionBuilder:
         names.update({out.name: out for out in outputs})
         names.update(extra)
         tensors = {i.name for i in inputs if i.is_tensor}
+        floats = {i.name for i in inputs if i.is_differentiable}
         grads = {}
         for name, value in entries.items():
             key_location = node.keys[name]
@@ -452,10 +506,11 @@ class FunctionBuilder:
                     f"'{name}' is not an input",
                     _did_you_mean(name, list(symbols)),
                 )
-            if name not in tensors:
+            if name not in floats:
+                kind = "a float tensor" if name in tensors else "a tensor"
                 raise SpecError(
                     key_location,
-                    f"'{name}' is not a tensor input: its gradient is always None",
+                    f"'{name}' is not {kind} input: its gradient is always None",
                 )
             text = _str(value, "grad")
             expression = FormulaParser(
@@ -778,7 +833,7 @@ def check_init(name: str, args, kwargs, shape, location: Location) -> None:
 
 
 def _symbol(spec: InputSpec) -> sp.Symbol:
-    if spec.kind is InputKind.INT:
+    if spec.kind in (InputKind.INT, InputKind.LONG):
         return sp.Symbol(spec.name, integer=True)
     return sp.Symbol(spec.name, real=True)
 

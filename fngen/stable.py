@@ -156,6 +156,11 @@ def _rewrite_power_quotient(expr: sp.Mul) -> sp.Expr | None:
                 extra.append(1 - base)
             elif other_base == base and k.is_Integer and k.is_negative:
                 shift += k
+            elif other_base == -base and k.is_Integer and k.is_negative:
+                # SymPy holds 1/(-expm1(x)) as -1/expm1(x): (-b)**k is
+                # (-1)**k*b**k (the derivative of (1 - exp(x))**g).
+                shift += k
+                extra.append(sp.Integer(-1) ** k)
             else:
                 rest.append(other)
         if len(rest) == len(factors) - 1:

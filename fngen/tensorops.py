@@ -62,6 +62,31 @@ REDUCTIONS = (TensorSum, TensorMean, TensorLogSumExp, TensorAmax, TensorAmin)
 EXTREMA = (TensorAmax, TensorAmin)
 
 
+class TensorGather(TensorOp):
+    """``torch.gather(e, dim, index)``: args (e, dim, index), `dim` an
+    Integer and `index` a long input of e's number of dimensions; the
+    result has the shape of `index`."""
+
+    nargs = 3
+
+
+class ScatterAdd(TensorOp):
+    """The gradient of a gather: ``grad.new_zeros(shape).scatter_add(dim,
+    index, grad)``; args (grad, dim, index, shape)."""
+
+    nargs = 4
+
+
+class TensorOneHot(TensorOp):
+    """``one_hot(index, n)``: 1 where the position along a new last
+    dimension of size n equals `index`, as ``torch.nn.functional.one_hot``,
+    in the formula's dtype; an index outside 0 .. n - 1 (an ignore_index)
+    gives a row of zeros.  Args (index, n), `n` an Integer or an int input.
+    Constant in every differentiable input."""
+
+    nargs = 2
+
+
 class TensorMatmul(TensorOp):
     """``a @ b`` (batched like ``torch.matmul``)."""
 

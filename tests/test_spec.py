@@ -447,7 +447,7 @@ def input_spec(entry: str, formula: str = "y = x*a") -> str:
         (
             "{type: double}",
             "ops.yaml:7:17: error: unknown input type 'double' "
-            "(expected one of: tensor, float, int, bool)",
+            "(expected one of: tensor, float, int, bool, long)",
         ),
         ("{domain: [2, 1]}", "ops.yaml:7:19: error: domain must have lo < hi"),
         ("{domain: [1, 1]}", "ops.yaml:7:19: error: domain must have lo < hi"),
@@ -489,7 +489,7 @@ def input_spec(entry: str, formula: str = "y = x*a") -> str:
             "ops.yaml:7:19: error: dimension name 'ctx' is reserved "
             "(it would shadow a name the generated code uses)",
         ),
-        ("{type: float, param: [3]}", "ops.yaml:7:31: error: a param must be a tensor"),
+        ("{type: float, param: [3]}", "ops.yaml:7:31: error: a param must be a float tensor"),
         ("{init: zeros}", "ops.yaml:7:17: error: 'init' needs 'param'"),
         (
             "{param: [3], init: foo()}",

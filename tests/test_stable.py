@@ -111,6 +111,19 @@ def test_a_symbolic_power_is_differentiated_without_a_division_by_its_base():
     assert stabilize(sp.diff(x**y, x)) == y * x**exponent
 
 
+def test_a_power_of_a_base_sympy_negates_is_differentiated_without_division():
+    # A regression (the focal loss's (1 - p_t)**gamma, p_t = exp(logp_t)):
+    # 1 - exp(x) becomes -expm1(x), whose reciprocal SymPy holds as
+    # -1/expm1(x), a base that did not match; the quotient was then 0/0 at
+    # x = 0 (NaN in the backward, where the gradient is 0).
+    derivative = stabilize(sp.diff((1 - sp.exp(x)) ** g_, x))
+    assert not any(
+        p.exp.is_negative for p in derivative.atoms(sp.Pow) if p.exp.is_number
+    ), derivative
+    exponent = F.Piecewise((0, sp.Eq(g_, 0)), (g_ - 1, True))
+    assert derivative == -g_ * (-expm1(x)) ** exponent * sp.exp(x)
+
+
 @pytest.mark.parametrize(
     "expr, expected",
     [
