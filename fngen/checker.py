@@ -43,7 +43,7 @@ from fngen.api import load
 from fngen.derive import grad_symbols, nonlinear_overrides
 from fngen.formula import is_condition
 from fngen.model import DEFAULT_DOMAIN, FunctionSpec, InputKind, Spec
-from fngen.spec import CHECK_NAMES
+from fngen.spec import CHECK_NAMES, EXPORT_CHECKS
 
 FLOAT64_TOL = dict(rtol=1e-7, atol=1e-9)
 FLOAT32_TOL = dict(rtol=2e-3, atol=2e-4)
@@ -100,6 +100,8 @@ class Report:
     device: str
     dtype: str
     functions: list[FunctionReport]
+    # The checks run: CHECK_NAMES, and `export` for ``export: custom_op``.
+    columns: tuple[str, ...] = CHECK_NAMES
 
     @property
     def ok(self) -> bool:
@@ -109,12 +111,12 @@ class Report:
         """One row per function and a column per check; reasons below."""
         marks = {True: "✓", False: "✗", None: "-"}
         width = max([len("function")] + [len(f.name) for f in self.functions])
-        header = "function".ljust(width) + "  " + "  ".join(CHECK_NAMES)
+        header = "function".ljust(width) + "  " + "  ".join(self.columns)
         lines = [f"fngen check on {self.device} ({self.dtype})", header]
         for f in self.functions:
             cells = [
                 marks[f.outcomes[c].ok if c in f.outcomes else None].center(len(c))
-                for c in CHECK_NAMES
+                for c in self.columns
             ]
             lines.append(f.name.ljust(width) + "  " + "  ".join(cells).rstrip())
         notes = []
@@ -368,11 +370,13 @@ def _culprit(interpret, expr):
 
 
 class FunctionChecker:
-    def __init__(self, fn: FunctionSpec, module, device, dtype):
+    def __init__(self, fn: FunctionSpec, module, device, dtype, namespace=None):
         import torch
 
         self.torch = torch
         self.fn = fn
+        # Of ``export: custom_op``: the op is torch.ops.<namespace>.<name>.
+        self.namespace = namespace
         self.module = module
         self.device = device
         self.dtype = dtype
@@ -1261,20 +1265,83 @@ class FunctionChecker:
             fullgraph=True,
             backend="aot_eager" if self.device.type != "cuda" else "inductor",
         )
-        args = self.inputs()
+        return self._against_eager("compiled", compiled, self.inputs())
+
+    def _against_eager(self, what: str, function, args) -> str | None:
+        """Outputs and gradients of `function` against the eager ones."""
         seeds = self.seeds(self.func(*args))
         out_eager, grads_eager = self.grads(self.func, args, seeds)
-        out_comp, grads_comp = self.grads(compiled, args, seeds)
+        out_other, grads_other = self.grads(function, args, seeds)
         tol = self.run_tol
-        for name, a, b in zip(self.output_names(), out_comp, out_eager):
-            problem = _compare(a, b, tol, f"the compiled output {name}", other="eager")
+        for name, a, b in zip(self.output_names(), out_other, out_eager):
+            problem = _compare(a, b, tol, f"the {what} output {name}", other="eager")
             if problem:
                 return problem
         for name, a, b, x in zip(
-            self.tensor_names(), grads_comp, grads_eager, self.differentiable(args)
+            self.tensor_names(), grads_other, grads_eager, self.differentiable(args)
         ):
+            if (a is None) != (b is None):
+                return (
+                    f"the {what} gradient of {name} is "
+                    f"{'None' if a is None else 'a tensor'}, the eager one "
+                    f"{'None' if b is None else 'a tensor'}"
+                )
+            problem = a is not None and _compare(
+                a, b, tol, f"the {what} gradient of {name}", "eager", name, x
+            )
+            if problem:
+                return problem
+        return None
+
+    def check_export(self):
+        """With ``export: custom_op``: the op passes torch.library.opcheck;
+        torch.export keeps it, and the exported program's outputs and
+        gradients are the eager ones; with `DECOMPOSITIONS` run, the
+        program has no custom op left and its outputs are the same."""
+        torch = self.torch
+        op = getattr(getattr(torch.ops, self.namespace), self.fn.name)
+        args = self.inputs()
+        torch.library.opcheck(op, args)
+        positions = [i for i, a in enumerate(args) if torch.is_tensor(a)]
+
+        class Program(torch.nn.Module):
+            def forward(inner, *tensors):
+                full = list(args)
+                for i, tensor in zip(positions, tensors):
+                    full[i] = tensor
+                return self.func(*full)
+
+        tensors = tuple(args[i].detach() for i in positions)
+        exported = torch.export.export(Program(), tensors)
+        targets = {node.target for node in exported.graph.nodes}
+        if op.default not in targets:
+            return f"torch.export did not keep {self.namespace}::{self.fn.name}"
+        fresh = self.inputs()
+        program = exported.module()
+        problem = self._against_eager(
+            "exported", lambda *full: program(*[full[i] for i in positions]), fresh
+        )
+        if problem:
+            return problem
+        # Keyed by the ops registered now: a later import of the same spec
+        # (a test's) re-registers them, and this module's keys are stale.
+        table = {}
+        for key, forward in self.module.DECOMPOSITIONS.items():
+            namespace, name = key._schema.name.split("::")
+            table[getattr(getattr(torch.ops, namespace), name).default] = forward
+        inlined = exported.run_decompositions(table)
+        if op.default in {node.target for node in inlined.graph.nodes}:
+            return "DECOMPOSITIONS left the custom op in the exported program"
+        with torch.no_grad():
+            outputs = _outputs(inlined.module()(*[fresh[i] for i in positions]))
+            out_eager = _outputs(self.func(*fresh))
+        for name, a, b in zip(self.output_names(), outputs, out_eager):
             problem = _compare(
-                a, b, tol, f"the compiled gradient of {name}", "eager", name, x
+                a.detach(),
+                b,
+                self.run_tol,
+                f"the decomposed output {name}",
+                other="eager",
             )
             if problem:
                 return problem
@@ -1435,13 +1502,14 @@ def check_spec(
     if unknown:
         raise UnknownFunctionError(unknown_functions_message(unknown, known, spec.path))
     module = load(spec)
+    columns = CHECK_NAMES + (EXPORT_CHECKS if spec.export else ())
     reports = []
     for fn in spec.functions:
         if names and fn.name not in names:
             continue
-        checker = FunctionChecker(fn, module, dev, torch_dtype)
-        reports.append(checker.run(checks or list(CHECK_NAMES)))
-    return Report(device_name, dtype_name, reports)
+        checker = FunctionChecker(fn, module, dev, torch_dtype, spec.namespace)
+        reports.append(checker.run(checks or list(columns)))
+    return Report(device_name, dtype_name, reports, columns)
 
 
 __all__ = [

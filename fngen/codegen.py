@@ -34,7 +34,7 @@ from fngen.errors import SpecError
 from fngen.fuse import fuse_function
 from fngen.printer import PrintError, TorchPrinter, math_text
 from fngen.schedule import Block
-from fngen.spec import class_name, dimension_names, parse_init
+from fngen.spec import class_name, dimension_names, module_init_arguments, parse_init
 
 MAX_PRESENCE_OUTPUTS = 3
 BLACK_MODE = black.Mode(target_versions={black.TargetVersion.PY310}, line_length=88)
@@ -514,12 +514,13 @@ class FunctionWriter:
         ]
         return lines
 
-    def wrapper_body(self, classes: dict) -> list[str]:
+    def wrapper_body(self, classes: dict, op: str | None = None) -> list[str]:
         """The functional wrapper after its docstring: refuse complex
         tensors, pick the class (`classes`: ``eager``, ``compile``,
         ``trace`` and ``script``, each a class name and the indexing of
         its result that leaves the declared outputs, or None), cast under
-        autocast, apply."""
+        autocast, apply.  With a custom op `op`, exported and traced code
+        calls it instead."""
         fn = self.fn
         call = ", ".join(i.name for i in fn.inputs)
         tests = [
@@ -548,6 +549,12 @@ class FunctionWriter:
         else:
             lines.append(f"    return {apply('script')}")
         lines += self.autocast_lines()
+        if op is not None:
+            lines += [
+                "if torch.compiler.is_exporting() or torch.jit.is_tracing():",
+                f"    return {op}({call})",
+            ]
+            classes = dict(classes, trace=None)
         guard = []
         if fn.grads:
             self.helpers.add("_has_tangent")
@@ -560,7 +567,7 @@ class FunctionWriter:
                 f"    if _has_tangent({names}):",
                 f"        raise RuntimeError({message!r})",
             ]
-        if classes["trace"] == classes["compile"]:
+        if classes["trace"] == classes["compile"] and op is None:
             lines += [
                 "if torch.compiler.is_compiling() or torch.jit.is_tracing():",
                 *guard,
@@ -600,23 +607,27 @@ class FunctionWriter:
         scalars = [i for i in fn.inputs if not i.is_tensor]
         params = [i for i in fn.inputs if i.is_param]
         flags = [i for i in params if i.optional]
-        init_args = [f"{d}: int" for d in dim_names]
-        for spec in sorted(scalars, key=lambda i: i.has_default):
-            annotation = {
-                InputKind.FLOAT: "float",
-                InputKind.INT: "int",
-                InputKind.BOOL: "bool",
-            }[spec.kind]
+        arguments = {d: f"{d}: int" for d in dim_names}
+        for spec in scalars:
+            annotation = _ANNOTATIONS[spec.kind]
             default = f" = {_literal(spec.default)}" if spec.has_default else ""
-            init_args.append(f"{spec.name}: {annotation}{default}")
-        init_args += [f"{spec.name}: bool = True" for spec in flags]
+            arguments[spec.name] = f"{spec.name}: {annotation}{default}"
+        arguments.update({spec.name: f"{spec.name}: bool = True" for spec in flags})
+        order = list(fn.module_args)
+        order += [n for n in module_init_arguments(fn.inputs) if n not in order]
+        init_args = [arguments[name] for name in order]
+        if params:
+            # torch.nn's factory arguments: Linear(3, 4, device="meta").
+            init_args += ["device=None", "dtype=None"]
         body = [f"self.{d} = {d}" for d in dim_names] + [
             f"self.{s.name} = {s.name}" for s in scalars
         ]
         reset = []
         for spec in params:
             shape = ", ".join(str(d) for d in spec.param)
-            parameter = f"torch.nn.Parameter(torch.empty({shape}))"
+            parameter = (
+                f"torch.nn.Parameter(torch.empty({shape}, device=device, dtype=dtype))"
+            )
             if spec.optional:
                 body += [
                     f"if {spec.name}:",
@@ -641,8 +652,11 @@ class FunctionWriter:
             else:
                 call.append(spec.name)
                 forward.append(spec)
-        shown = [f"{n}={{self.{n}}}" for n in dim_names + [s.name for s in scalars]]
-        shown += [f"{s.name}={{self.{s.name} is not None}}" for s in flags]
+        flag_names = {s.name for s in flags}
+        shown = [
+            f"{n}={{self.{n} is not None}}" if n in flag_names else f"{n}={{self.{n}}}"
+            for n in order
+        ]
         extra = 'f"' + ", ".join(shown) + '"' if shown else None
         return dict(
             init_params="".join(f", {a}" for a in init_args),
@@ -750,6 +764,7 @@ class FunctionWriter:
             traceable_class=f"_{name}Traceable",
             traceable=None,  # a subclass without the jvp (see `traceable`)
             traced=None,  # the class for jit.trace and script, where it differs
+            custom_op=None,  # with export: custom_op, its registration
             module_class=name,
             forward_params=", ".join(i.name for i in fn.inputs),
             forward_body=self.forward(),
@@ -830,6 +845,25 @@ _ANNOTATIONS = {
     InputKind.INT: "int",
     InputKind.BOOL: "bool",
 }
+
+
+_SCHEMA_TYPES = {
+    InputKind.TENSOR: "Tensor",
+    InputKind.LONG: "Tensor",
+    InputKind.FLOAT: "float",
+    InputKind.INT: "int",
+    InputKind.BOOL: "bool",
+}
+
+
+def custom_op_schema(fn: FunctionSpec, outputs: int) -> str:
+    """The torch.library schema of `fn`: ``(Tensor x, float alpha) -> Tensor``."""
+    arguments = ", ".join(
+        f"{_SCHEMA_TYPES[i.kind]}{'?' if i.optional else ''} {i.name}"
+        for i in fn.inputs
+    )
+    results = "Tensor" if outputs == 1 else f"({', '.join(['Tensor'] * outputs)})"
+    return f"({arguments}) -> {results}"
 
 
 def _parameters(inputs, annotated: bool = False) -> str:
@@ -923,10 +957,13 @@ def traceable(
     )
 
 
-def render_function(fn: FunctionSpec) -> tuple[dict, list[FunctionWriter]]:
+def render_function(
+    fn: FunctionSpec, namespace: str | None = None
+) -> tuple[dict, list[FunctionWriter]]:
     """The template context of one function, and its writers (the eager
     class's, and those of the compiled and traced classes when it has
-    them)."""
+    them).  With a `namespace` (``export: custom_op``) the function is also
+    the custom op ``torch.ops.<namespace>.<name>``."""
     writers = []
     try:
         fused = fuse_function(fn)
@@ -961,8 +998,23 @@ def render_function(fn: FunctionSpec) -> tuple[dict, list[FunctionWriter]]:
             # The jvp-less subclass cannot be scripted; the eager class
             # can, when it returns only the declared output.
             script = traced or eager
+        op = None
+        if namespace is not None:
+            # The class whose outputs are the declared ones.
+            op_class, suffix = traced or eager
+            assert not suffix, suffix
+            op = f"torch.ops.{namespace}.{fn.name}"
+            context["custom_op"] = dict(
+                variable=f"_{fn.name}_op",
+                qualname=f"{namespace}::{fn.name}",
+                schema=custom_op_schema(fn, len(writer.declared_outputs)),
+                function_class=op_class,
+                pointwise=not fn.formula.ops,
+                call=op,
+            )
+            writer.helpers.update({"_custom_op", "_has_tangent"})
         context["wrapper_body"] = writer.wrapper_body(
-            dict(eager=eager, compile=compiled, trace=traced, script=script)
+            dict(eager=eager, compile=compiled, trace=traced, script=script), op
         )
     except PrintError as err:
         raise SpecError(fn.location, f"cannot generate '{fn.name}': {err}") from None
@@ -994,8 +1046,12 @@ def render(spec: Spec) -> str:
     took most of the time of a big spec, and its memory)."""
     chunks = []
     uses_math, helpers, all_names = False, set(), []
+    namespace = spec.namespace if spec.export == "custom_op" else None
+    decompositions = []
     for fn in spec.functions:
-        context, writers = render_function(fn)
+        context, writers = render_function(fn, namespace)
+        if namespace is not None:
+            decompositions.append(context["custom_op"])
         chunk = format_source(_macros().function_chunk(context))
         check_calls(chunk, fn)
         chunks.append(chunk.strip("\n"))
@@ -1007,6 +1063,8 @@ def render(spec: Spec) -> str:
             context["name"],
             context["module_class"],
         ]
+    if decompositions:
+        all_names.append("DECOMPOSITIONS")
     head = _macros().module_head(
         version=__version__,
         spec_file=comment_text(spec.path),
@@ -1017,6 +1075,10 @@ def render(spec: Spec) -> str:
         helpers=helpers,
         all_names=all_names,
     )
+    if decompositions:
+        chunks.append(
+            format_source(_macros().decompositions(decompositions)).strip("\n")
+        )
     # Black puts two blank lines between top-level definitions.
     return "\n\n\n".join([format_source(head).strip("\n")] + chunks) + "\n"
 

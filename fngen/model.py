@@ -117,6 +117,8 @@ class FunctionSpec:
     # declared outputs but intermediates the Function returns as well so
     # that its backward can keep them (see derive.keep_intermediate).
     kept: int = 0
+    # The first arguments of the Module's __init__, in this order.
+    module_args: tuple[str, ...] = ()
 
     def __post_init__(self):
         names = [i.name for i in self.inputs]
@@ -148,3 +150,7 @@ class Spec:
     check_dtype: str | None = None
     # `SpecWarning`s: what builds but may not be what was meant.
     warnings: tuple = ()
+    # "custom_op": each function is also a torch.library custom op
+    # ``torch.ops.<namespace>.<name>``, which torch.export keeps.
+    export: str | None = None
+    namespace: str | None = None

@@ -55,7 +55,12 @@ FORMAT_VERSION = 1
 # builtin's name they would change what the module's code (and the code of
 # whoever imports * from it) calls, as ``abs`` would for ``abs(c)``.
 PYTHON_BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
-TOP_KEYS = ("fngen", "doc", "check", "functions")
+TOP_KEYS = ("fngen", "doc", "check", "export", "namespace", "functions")
+EXPORT_MODES = ("custom_op",)
+FACTORY_ARGUMENTS = frozenset({"device", "dtype"})
+# Namespaces of PyTorch's own operators: torch.library refuses them, or
+# they would shadow them.
+RESERVED_NAMESPACES = frozenset({"aten", "prim", "prims", "torch", "quantized", "onnx"})
 FUNCTION_KEYS = (
     "doc",
     "formula",
@@ -65,6 +70,7 @@ FUNCTION_KEYS = (
     "check",
     "once_differentiable",
     "autocast",
+    "module_args",
 )
 INPUT_KEYS = ("type", "default", "domain", "param", "init", "optional", "classes")
 SPEC_CHECK_KEYS = ("device", "dtype")
@@ -79,6 +85,8 @@ CHECK_NAMES = (
     "compile",
     "float32",
 )
+# Run only for ``export: custom_op``, in a column of their own.
+EXPORT_CHECKS = ("export",)
 DTYPES = ("float64", "float32")
 AUTOCAST_DTYPES = ("float32",)
 INITS = {
@@ -177,6 +185,7 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
                 )
         if "dtype" in check:
             dtype = _choice(check["dtype"], "dtype", DTYPES)
+    export, namespace = _export(mapping)
     if "functions" not in mapping:
         raise SpecError(root.location, "missing key 'functions'")
     functions_node = mapping["functions"]
@@ -200,7 +209,52 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
                 )
             generated[generated_name] = name
         built.append(fn)
-    return Spec(filename, doc, tuple(built), device, dtype, tuple(warnings))
+    if export and "DECOMPOSITIONS" in generated:
+        raise SpecError(
+            functions_node.keys[generated["DECOMPOSITIONS"]],
+            "function generates 'DECOMPOSITIONS', the name of the module's "
+            "table of decompositions",
+        )
+    return Spec(
+        filename,
+        doc,
+        tuple(built),
+        device,
+        dtype,
+        tuple(warnings),
+        export=export,
+        namespace=namespace,
+    )
+
+
+def _export(mapping: dict[str, Node]) -> tuple[str | None, str | None]:
+    """``export: custom_op`` and its ``namespace:``, the torch.library
+    namespace of the ops (``torch.ops.<namespace>.<function>``)."""
+    if "export" not in mapping:
+        if "namespace" in mapping:
+            raise SpecError(
+                mapping["namespace"].location,
+                "'namespace' needs 'export: custom_op'",
+            )
+        return None, None
+    export = _choice(mapping["export"], "export mode", EXPORT_MODES)
+    if "namespace" not in mapping:
+        raise SpecError(
+            mapping["export"].location,
+            "'export: custom_op' needs 'namespace:'",
+            "the torch.library namespace of the ops, as in torch.ops.my_ops.f",
+        )
+    node = mapping["namespace"]
+    namespace = _str(node, "namespace")
+    if not (namespace.isidentifier() and namespace.isascii()):
+        raise SpecError(node.location, f"namespace '{namespace}' is not an identifier")
+    if namespace in RESERVED_NAMESPACES or namespace.startswith("_"):
+        raise SpecError(
+            node.location,
+            f"namespace '{namespace}' is PyTorch's own",
+            "choose a name of your project's",
+        )
+    return export, namespace
 
 
 def class_name(name: str) -> str:
@@ -283,6 +337,7 @@ class FunctionBuilder:
         if "autocast" in fields:
             autocast = _choice(fields["autocast"], "autocast", AUTOCAST_DTYPES)
         check = self._check(fields.get("check"), inputs)
+        module_args = self._module_args(fields.get("module_args"), inputs)
         return FunctionSpec(
             name=name,
             location=location,
@@ -294,7 +349,41 @@ class FunctionBuilder:
             check=check,
             once_differentiable=once,
             autocast=autocast,
+            module_args=module_args,
         )
+
+    @staticmethod
+    def _module_args(node: Node | None, inputs) -> tuple[str, ...]:
+        """``module_args: [in_features, out_features]``: the first arguments
+        of the Module's __init__, in this order (the others follow, as
+        without it)."""
+        if node is None:
+            return ()
+        if not isinstance(node.value, list) or not node.value:
+            raise SpecError(node.location, "module_args must be a list of names")
+        takes = module_init_arguments(inputs)
+        names = []
+        for item in node.value:
+            name = item.value
+            if not isinstance(name, str) or name not in takes:
+                raise SpecError(
+                    item.location,
+                    f"'{item.value}' is not an argument of the Module's __init__",
+                    f"it takes {', '.join(takes)}" if takes else "it takes none",
+                )
+            if name in names:
+                raise SpecError(item.location, f"'{name}' is listed twice")
+            names.append(name)
+        order = names + [n for n in takes if n not in names]
+        defaults = [takes[n] for n in order]
+        for name, has_default, before in zip(order[1:], defaults[1:], defaults):
+            if before and not has_default:
+                raise SpecError(
+                    node.location,
+                    f"'{name}' has no default but follows an argument with one",
+                    "list the arguments without a default first",
+                )
+        return tuple(names)
 
     # -- inputs -------------------------------------------------------------
 
@@ -338,6 +427,15 @@ class FunctionBuilder:
             if dim in names:
                 raise SpecError(
                     node.location, f"dimension name '{dim}' is also an input name"
+                )
+        if any(i.is_param for i in inputs):
+            # The Module takes them as torch.nn.Linear does (device="meta").
+            for name in FACTORY_ARGUMENTS & (names | set(dims)):
+                raise SpecError(
+                    node.location,
+                    f"'{name}' is the factory argument of the Module's __init__, "
+                    "as in torch.nn.Linear(3, 4, device=..., dtype=...)",
+                    "rename the input or dimension",
                 )
         return tuple(inputs)
 
@@ -619,7 +717,9 @@ class FunctionBuilder:
                 tolerances[key] = _positive(fields[key], key)
         skips = []
         if "skip" in fields:
-            for name, reason in _mapping(fields["skip"], "skip", CHECK_NAMES).items():
+            for name, reason in _mapping(
+                fields["skip"], "skip", CHECK_NAMES + EXPORT_CHECKS
+            ).items():
                 skips.append((name, _str(reason, "skip reason")))
         return CheckSpec(
             tuple(shapes), tolerances.get("atol"), tolerances.get("rtol"), tuple(skips)
@@ -740,6 +840,21 @@ def _dims(node: Node) -> tuple[int | str, ...]:
         else:
             raise SpecError(item.location, "a size must be an integer or a name")
     return tuple(dims)
+
+
+def module_init_arguments(inputs) -> dict[str, bool]:
+    """The arguments of a function's Module's __init__ (before ``device``
+    and ``dtype``) in their default order, each to whether it has a default:
+    the dimension names, the non-tensor inputs (those without a default
+    first), the flags of optional params."""
+    takes = {d: False for d in dimension_names(inputs)}
+    scalars = [i for i in inputs if not i.is_tensor]
+    for spec in sorted(scalars, key=lambda i: i.has_default):
+        takes[spec.name] = spec.has_default
+    for spec in inputs:
+        if spec.is_param and spec.optional:
+            takes[spec.name] = True
+    return takes
 
 
 def dimension_names(inputs) -> list[str]:

@@ -524,3 +524,23 @@ def test_a_bare_fngen_shows_the_help(workdir):
     result = run()
     assert result.exit_code == 2
     assert "Commands:" in result.stdout
+
+
+def test_version_and_help_load_neither_sympy_nor_black():
+    # `fngen --version` in well under 0.2 s: fngen imports its API lazily.
+    code = (
+        "import sys\n"
+        "from fngen.cli import main\n"
+        "for args in (['--version'], ['--help']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0, exit.code\n"
+        "heavy = sorted(m for m in ('sympy', 'black', 'torch', 'jinja2') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fngen, version" in result.stdout

@@ -152,7 +152,8 @@ def test_every_example_passes_check_on_cpu(spec_path, name, in_root):
     rows = {f.name: f for f in report.functions}
     assert set(rows) == {f.name for f in fngen.load_spec(spec_path).functions}
     row = rows[name]
-    assert set(row.outcomes) == set(CHECK_NAMES), row.outcomes
+    assert set(row.outcomes) == set(report.columns), row.outcomes
+    assert set(CHECK_NAMES) <= set(report.columns)
     assert row.ok, "\n" + report.table()
 
 
@@ -318,3 +319,28 @@ def test_prelu_module_has_a_trainable_slope(ops):
     torch.testing.assert_close(a.grad, torch.tensor([-7.5]))
     optimizer.step()
     torch.testing.assert_close(a.detach(), torch.tensor([0.25 + 0.75]))
+
+
+def test_modules_with_params_take_torch_nn_factory_arguments(in_root):
+    tensors = fngen.load("examples/tensors.yaml")
+    meta = tensors.Linear(4, 3, device="meta")
+    assert meta.weight.device.type == "meta" and meta.weight.shape == (4, 3)
+    double = tensors.Linear(4, 3, dtype=torch.float64)
+    assert double.weight.dtype == torch.float64 and double.bias.dtype == torch.float64
+    skipped = torch.nn.utils.skip_init(tensors.Linear, 4, 3)
+    assert skipped.weight.shape == (4, 3)
+    # A Module without parameters has neither, nor an empty __init__.
+    assert "__init__" not in vars(tensors.SimpleFunc)
+    source = (ROOT / "examples" / "tensors.py").read_text(encoding="utf-8")
+    assert "super().__init__()\n\n" not in source
+
+
+def test_a_factory_argument_name_is_refused_beside_params():
+    from fngen.spec import parse_spec
+
+    text = (
+        "fngen: 1\nfunctions:\n  f:\n    formula: y = x * w\n    inputs:\n"
+        "      x: tensor\n      w: {param: [device]}\n"
+    )
+    with pytest.raises(fngen.SpecError, match="'device' is the factory argument"):
+        parse_spec(text)

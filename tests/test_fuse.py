@@ -228,12 +228,28 @@ def test_mish_on_a_cpu_agrees_with_the_kernels(module, dtype):
 
 
 def test_mish_helpers_read_the_device(module):
+    test = (
+        '    if (\n        x.device.type != "cpu"\n'
+        "        or x.dtype not in (torch.float32, torch.float64)\n"
+        "        or type(x) is not torch.Tensor\n    ):\n"
+    )
     source = inspect.getsource(module._mish)
-    test = 'if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):'
-    assert f"{test}\n        return torch.nn.functional.mish(x)" in source
+    assert f"{test}        return torch.nn.functional.mish(x)" in source
     source = inspect.getsource(module._mish_backward)
-    assert f"{test}\n        return torch.ops.aten.mish_backward(grad, x)" in source
-    assert "return torch.ops.aten.mish_backward(grad, x)" in source
+    assert f"{test}        return torch.ops.aten.mish_backward(grad, x)" in source
+
+
+def test_mish_helpers_trace_to_graphs_of_no_in_place_op(module):
+    # Fake tensors (a custom op's backward under aot_autograd) take the
+    # kernels: aot_autograd refuses a graph with in-place ops.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = torch.randn(5)
+    for helper, args in ((module._mish, (x,)), (module._mish_backward, (x, x))):
+        with torch.no_grad():
+            graph = make_fx(helper, tracing_mode="fake")(*args).graph
+        targets = [n.target for n in graph.nodes if n.op == "call_function"]
+        assert targets and not any(t._schema.is_mutable for t in targets), targets
 
 
 def test_no_helper_without_a_caller():

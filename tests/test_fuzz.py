@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fngen
+import fngen.api  # noqa: F401  (fngen imports lazily; importing compiles code)
 import fngen.spec
 from fngen import SpecError
 from fngen.spec import parse_spec
@@ -193,6 +194,9 @@ def check_generated(spec, source: str) -> None:
     # The module's helpers (templates/module.py.j2) and the generated names.
     expected = {"torch", "math", "_silu_backward", "_mish", "_mish_backward"}
     expected |= {"_matmul_grad_a", "_matmul_grad_b", "_autocast_cast", "_has_tangent"}
+    if spec.export == "custom_op":
+        expected |= {"_custom_op", "_unaliased", "_pointwise_vmap", "_looped_vmap"}
+        expected |= {"DECOMPOSITIONS"} | {f"_{fn.name}_op" for fn in spec.functions}
     for fn in spec.functions:
         cls = fngen.spec.class_name(fn.name)
         expected |= {

@@ -279,7 +279,7 @@ def test_generated_names():
         (
             "fngen: 1\nfoo: 1\nfunctions:\n  f:\n    formula: y = x\n",
             "ops.yaml:2:1: error: unknown key 'foo' in the spec "
-            "(expected one of: fngen, doc, check, functions)",
+            "(expected one of: fngen, doc, check, export, namespace, functions)",
         ),
         ("fngen: 1\n", "ops.yaml:1:1: error: missing key 'functions'"),
         ("fngen: 1\nfunctions: {}\n", "ops.yaml:2:12: error: 'functions' is empty"),
@@ -489,7 +489,10 @@ def input_spec(entry: str, formula: str = "y = x*a") -> str:
             "ops.yaml:7:19: error: dimension name 'ctx' is reserved "
             "(it would shadow a name the generated code uses)",
         ),
-        ("{type: float, param: [3]}", "ops.yaml:7:31: error: a param must be a float tensor"),
+        (
+            "{type: float, param: [3]}",
+            "ops.yaml:7:31: error: a param must be a float tensor",
+        ),
         ("{init: zeros}", "ops.yaml:7:17: error: 'init' needs 'param'"),
         (
             "{param: [3], init: foo()}",
@@ -620,7 +623,7 @@ def test_unused_and_unknown_inputs():
         (
             "formula: y = x\ncheck:\n  skip: {foo: nope}\n",
             "ops.yaml:6:14: error: unknown key 'foo' in skip (expected one of: reference, "
-            "gradcheck, double_backward, forward_ad, batched, vmap, compile, float32)",
+            "gradcheck, double_backward, forward_ad, batched, vmap, compile, float32, export)",
         ),
         (
             "formula: y = x\ncheck:\n  skip: {vmap: 3}\n",
