@@ -78,10 +78,10 @@ def make_model(seed: int = 0) -> torch.nn.Sequential:
     order of its weight's shape in tensors.yaml."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
-        Linear(HIDDEN, IN_FEATURES),
+        Linear(IN_FEATURES, HIDDEN),
         RmsNorm(HIDDEN),
         Prelu(),
-        Linear(1, HIDDEN),
+        Linear(HIDDEN, 1),
     )
     return model.to(DTYPE)
 

@@ -21,14 +21,13 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, target, classes, smoothing, ignore_index):
-        logp_logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
+        logp = torch.log_softmax(logits, dim=-1)
         q_one_hot = (
             target.unsqueeze(-1) == torch.arange(classes, device=target.device)
         ).to(logits.dtype)
-        loss_sum = (
-            (logits - logp_logsumexp)
-            * (q_one_hot * (1 - smoothing) + smoothing / classes)
-        ).sum(dim=-1)
+        loss_sum = (logp * (q_one_hot * (1 - smoothing) + smoothing / classes)).sum(
+            dim=-1
+        )
         t0 = (ignore_index != target).to(logits.dtype)
         loss_sum1 = (loss_sum * t0).sum()
         loss_sum2 = t0.sum()
@@ -52,33 +51,35 @@ class CrossEntropyFunction(torch.autograd.Function):
         ignore_index = ctx.ignore_index
         needs_logits, _, _, _, _ = ctx.needs_input_grad
         grad_logits = None
-        logp_logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
+        logp = torch.log_softmax(logits, dim=-1)
         q_one_hot = (
             target.unsqueeze(-1) == torch.arange(classes, device=target.device)
         ).to(grad.dtype)
-        t0 = logits - logp_logsumexp
-        t1 = q_one_hot * (1 - smoothing) + smoothing / classes
-        loss_sum = (t0 * t1).sum(dim=-1)
-        t2 = (ignore_index != target).to(grad.dtype)
-        loss_sum1 = (loss_sum * t2).sum()
-        loss_sum2 = t2.sum()
+        t0 = q_one_hot * (1 - smoothing) + smoothing / classes
+        loss_sum = (logp * t0).sum(dim=-1)
+        t1 = (ignore_index != target).to(grad.dtype)
+        loss_sum1 = (loss_sum * t1).sum()
+        loss_sum2 = t1.sum()
         grad_loss_sum2 = (grad * loss_sum1 / loss_sum2**2).sum_to_size(loss_sum2.shape)
         grad_loss_sum1 = (-grad / loss_sum2).sum_to_size(loss_sum1.shape)
         grad_loss_sum = (
-            t2
+            t1
             * grad_loss_sum1.expand(
                 torch.broadcast_shapes(loss_sum.shape, target.shape)
             )
         ).sum_to_size(loss_sum.shape)
-        t3 = grad_loss_sum.unsqueeze(-1).expand(
-            torch.broadcast_shapes(logits.shape, q_one_hot.shape)
-        )
-        grad_logp_logsumexp = (-t1 * t3).sum_to_size(logp_logsumexp.shape)
+        grad_logp = (
+            t0
+            * grad_loss_sum.unsqueeze(-1).expand(
+                torch.broadcast_shapes(logp.shape, q_one_hot.shape)
+            )
+        ).sum_to_size(logits.shape)
         if needs_logits:
             grad_logits = torch.addcmul(
-                (t1 * t3).sum_to_size(logits.shape),
-                grad_logp_logsumexp.expand(logits.shape),
-                torch.exp(t0),
+                grad_logp,
+                grad_logp.sum(dim=-1, keepdim=True),
+                torch.exp(logp),
+                value=-1,
             )
         return grad_logits, None, None, None, None
 
@@ -88,19 +89,16 @@ class CrossEntropyFunction(torch.autograd.Function):
         classes = ctx.classes
         smoothing = ctx.smoothing
         ignore_index = ctx.ignore_index
-        logp_logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
+        logp = torch.log_softmax(logits, dim=-1)
         q_one_hot = (
             target.unsqueeze(-1) == torch.arange(classes, device=target.device)
         ).to(logits_t.dtype)
         t0 = (ignore_index != target).to(logits_t.dtype)
         loss_sum2 = t0.sum()
-        logp_logsumexp_t = (logits_t * torch.exp(logits - logp_logsumexp)).sum(
-            dim=-1, keepdim=True
+        logp_t = logits_t - (logits_t * torch.exp(logp)).sum(dim=-1, keepdim=True)
+        loss_sum_t = (logp_t * (q_one_hot * (1 - smoothing) + smoothing / classes)).sum(
+            dim=-1
         )
-        loss_sum_t = (
-            (logits_t - logp_logsumexp_t)
-            * (q_one_hot * (1 - smoothing) + smoothing / classes)
-        ).sum(dim=-1)
         loss_sum1_t = (loss_sum_t * t0).sum()
         loss_t = -loss_sum1_t / loss_sum2
         return loss_t
@@ -171,8 +169,8 @@ class FocalLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, target, gamma):
-        logpt_logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
-        logpt = torch.gather(logits - logpt_logsumexp, -1, target)
+        logpt_log_softmax = torch.log_softmax(logits, dim=-1)
+        logpt = torch.gather(logpt_log_softmax, -1, target)
         loss_mean = (logpt * (-torch.expm1(logpt)) ** gamma).mean()
         loss = -loss_mean
         return loss
@@ -190,23 +188,24 @@ class FocalLossFunction(torch.autograd.Function):
         gamma = ctx.gamma
         needs_logits, _, _ = ctx.needs_input_grad
         grad_logits = None
-        logpt_logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
-        t0 = logits - logpt_logsumexp
-        logpt = torch.gather(t0, -1, target)
+        logpt_log_softmax = torch.log_softmax(logits, dim=-1)
+        logpt = torch.gather(logpt_log_softmax, -1, target)
         grad_loss_mean = -grad
-        t1 = -torch.expm1(logpt)
+        t0 = -torch.expm1(logpt)
         grad_logpt = torch.addcmul(
-            t1**gamma,
-            -gamma * logpt * t1 ** (0 if gamma == 0 else gamma - 1),
+            t0**gamma,
+            -gamma * logpt * t0 ** (0 if gamma == 0 else gamma - 1),
             torch.exp(logpt),
         ) * (grad_loss_mean / target.shape.numel()).expand(target.shape)
-        t2 = grad_logpt.new_zeros(logits.shape).scatter_add(-1, target, grad_logpt)
-        grad_logpt_logsumexp = -t2.sum_to_size(logpt_logsumexp.shape)
+        grad_logpt_log_softmax = grad_logpt.new_zeros(
+            logpt_log_softmax.shape
+        ).scatter_add(-1, target, grad_logpt)
         if needs_logits:
             grad_logits = torch.addcmul(
-                t2.sum_to_size(logits.shape),
-                grad_logpt_logsumexp.expand(logits.shape),
-                torch.exp(t0),
+                grad_logpt_log_softmax,
+                grad_logpt_log_softmax.sum(dim=-1, keepdim=True),
+                torch.exp(logpt_log_softmax),
+                value=-1,
             )
         return grad_logits, None, None
 
@@ -214,17 +213,18 @@ class FocalLossFunction(torch.autograd.Function):
     def jvp(ctx, logits_t, _target, _gamma):
         logits, target = ctx.saved_tensors
         gamma = ctx.gamma
-        logpt_logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
-        t0 = logits - logpt_logsumexp
-        logpt = torch.gather(t0, -1, target)
-        logpt_logsumexp_t = (logits_t * torch.exp(t0)).sum(dim=-1, keepdim=True)
-        logpt_t = torch.gather(logits_t - logpt_logsumexp_t, -1, target)
-        t1 = -torch.expm1(logpt)
+        logpt_log_softmax = torch.log_softmax(logits, dim=-1)
+        logpt = torch.gather(logpt_log_softmax, -1, target)
+        logpt_log_softmax_t = logits_t - (logits_t * torch.exp(logpt_log_softmax)).sum(
+            dim=-1, keepdim=True
+        )
+        logpt_t = torch.gather(logpt_log_softmax_t, -1, target)
+        t0 = -torch.expm1(logpt)
         loss_mean_t = (
             logpt_t
             * torch.addcmul(
-                t1**gamma,
-                -gamma * logpt * t1 ** (0 if gamma == 0 else gamma - 1),
+                t0**gamma,
+                -gamma * logpt * t0 ** (0 if gamma == 0 else gamma - 1),
                 torch.exp(logpt),
             )
         ).mean()

@@ -456,13 +456,15 @@ class Legendre3(torch.nn.Module):
 
 
 class PreluFunction(torch.autograd.Function):
-    """Autograd Function of :func:`prelu`: y = max(x, 0) + a*min(x, 0)"""
+    """Autograd Function of :func:`prelu`: y = where(x > 0, x, a*x)"""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, a):
-        y = torch.addcmul(torch.clamp(x, min=0), a, torch.clamp(x, max=0))
+        y = torch.where(x > 0, x, a * x)
+        if y is x:  # an input
+            y = y.clone()
         return y
 
     @staticmethod
@@ -476,22 +478,17 @@ class PreluFunction(torch.autograd.Function):
         x, a = ctx.saved_tensors
         needs_x, needs_a = ctx.needs_input_grad
         grad_x = grad_a = None
+        t0 = x > 0
         if needs_x:
-            grad_x = (
-                grad * torch.where(x < 0, a, torch.where(x == 0, a / 2 + 0.5, 1))
-            ).sum_to_size(x.shape)
+            grad_x = (grad * torch.where(t0, 1, a)).sum_to_size(x.shape)
         if needs_a:
-            grad_a = (grad * torch.clamp(x, max=0)).sum_to_size(a.shape)
+            grad_a = torch.where(t0, 0, grad * x).sum_to_size(a.shape)
         return grad_x, grad_a
 
     @staticmethod
     def jvp(ctx, x_t, a_t):
         x, a = ctx.saved_tensors
-        y_t = torch.addcmul(
-            x_t * torch.where(x < 0, a, torch.where(x == 0, a / 2 + 0.5, 1)),
-            a_t,
-            torch.clamp(x, max=0),
-        )
+        y_t = torch.where(x > 0, x_t, torch.addcmul(a_t * x, a, x_t))
         return y_t
 
 
@@ -504,17 +501,16 @@ class _PreluTraceable(PreluFunction):
 
 
 def prelu(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """PReLU with a trainable slope for negative inputs.
+    """PReLU with a trainable slope for negative inputs, written as PyTorch's prelu is defined (its gradient at 0 is a's, where max(x, 0) + a*min(x, 0) would split it).
 
     Formula::
 
-        y = max(x, 0) + a*min(x, 0)
+        y = where(x > 0, x, a*x)
 
     Derivatives::
 
-        dy/da = min(x, 0)
-        dy/dx = a*where(x < 0, 1, where(x == 0, 1/2, 0)) + where(x > 0, 1, where(x == 0, 1/2, 0))
-    """
+        dy/da = where(x > 0, 0, x)
+        dy/dx = where(x > 0, 1, a)"""
     if x.is_complex() or a.is_complex():
         raise TypeError("prelu is a real function: complex tensors are not supported")
     if torch.jit.is_scripting():

@@ -280,8 +280,8 @@ class Linear(torch.nn.Module):
 
     def __init__(
         self,
-        out_features: int,
         in_features: int,
+        out_features: int,
         bias: bool = True,
         device=None,
         dtype=None,
@@ -317,7 +317,7 @@ class Linear(torch.nn.Module):
         return linear(input, self.weight, self.bias)
 
     def extra_repr(self):
-        return f"out_features={self.out_features}, in_features={self.in_features}, bias={self.bias is not None}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class SimpleFuncFunction(torch.autograd.Function):

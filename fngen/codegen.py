@@ -442,7 +442,7 @@ class FunctionWriter:
         input without a tangent, and the jvp makes it zeros."""
         if not self.presence_variants(self.d):
             return []
-        tensors = list(self.fn.tensor_inputs)
+        tensors = list(self.fn.float_inputs)  # a long input has no tangent
         return tensors if len(tensors) > 1 else []
 
     def _fill_tangents(self) -> list[str]:

@@ -301,6 +301,8 @@ class Deriver:
         op = self.op_by_result.get(leaf)
         if op is not None and isinstance(op.expr, T.TensorGather):
             return T.ShapeOf(op.expr.args[2])  # the index's
+        if op is not None and isinstance(op.expr, T.NORMALIZATIONS):
+            return self.shape_of(op.expr.args[0])  # its argument's
         if op is not None and isinstance(op.expr, T.REDUCTIONS):
             arg, dims, keepdim = op.expr.args
             signs = {int(d) < 0 for d in dims}
@@ -375,6 +377,18 @@ class Deriver:
             return [
                 (arg, T.Expand(grad, self.shape_of(arg)) * sp.exp(arg - result), True)
             ]
+        if isinstance(expr, T.NORMALIZATIONS):
+            arg, dims = expr.args
+            result, total = op.result, T.TensorSum(upstream, dims, sp.true)
+            if isinstance(expr, T.TensorLogSoftmax):
+                # grad - softmax * sum(grad), softmax = exp(result)
+                grad = upstream - sp.exp(result) * total
+            else:
+                # softmax * (grad - sum(grad * softmax))
+                grad = result * (
+                    upstream - T.TensorSum(upstream * result, dims, sp.true)
+                )
+            return [(arg, grad, True)]
         if isinstance(expr, T.TensorGather):
             arg, dim, index = expr.args
             return [(arg, T.ScatterAdd(upstream, dim, index, self.shape_of(arg)), True)]
@@ -440,6 +454,17 @@ class Deriver:
                 return inner
             result = result_symbol if keepdim else T.Unsqueeze(result_symbol, dims)
             return T.TensorSum(sp.exp(arg - result) * inner, dims, keepdim)
+        if isinstance(expr, T.NORMALIZATIONS):
+            arg, dims = expr.args
+            inner = tangent_of(arg)
+            if inner == 0:
+                return inner
+            if not self.covers(arg, inner):
+                inner = T.Expand(inner, self.shape_of(arg))
+            result = result_symbol
+            if isinstance(expr, T.TensorLogSoftmax):
+                return inner - T.TensorSum(sp.exp(result) * inner, dims, sp.true)
+            return result * (inner - T.TensorSum(result * inner, dims, sp.true))
         if isinstance(expr, T.TensorGather):
             arg, dim, index = expr.args
             inner = tangent_of(arg)

@@ -528,18 +528,16 @@ class FormulaParser:
         return self._lift(op, node)
 
     def _normalization(self, node: ast.Call, name: str):
-        """``log_softmax(e, dim=d)`` is ``e - logsumexp(e, dim=d,
-        keepdim=true)``, ``softmax`` its exp: stable at any magnitude, as
-        PyTorch's own, and differentiated through the logsumexp."""
+        """``softmax(e, dim=d)`` and ``log_softmax(e, dim=d)``: PyTorch's
+        fused kernels, differentiated by their rules through the result
+        (the backward of an output keeps only the output)."""
         operand, dims, keepdim = self._reduction_arguments(node, name)
         if len(dims) != 1 or keepdim:
             raise self._error(
                 node, f"{name}() takes an expression and one dim=, as torch.{name}"
             )
-        lse = T.TensorLogSumExp(operand, sp.Tuple(*dims), sp.true)
-        lse = self._lift(lse, node, whole=False)
-        logs = operand - lse
-        return sp.exp(logs) if name == "softmax" else logs
+        op = T.TensorSoftmax if name == "softmax" else T.TensorLogSoftmax
+        return self._lift(op(operand, sp.Tuple(*dims)), node)
 
     def _indexing(self, node: ast.Call, name: str):
         """``gather(e, dim, index)`` as torch.gather, ``one_hot(index, n)``
@@ -678,6 +676,8 @@ _OP_NAMES = {
     T.TensorMatmul: "matmul",
     T.TensorMT: "mT",
     T.TensorGather: "gather",
+    T.TensorSoftmax: "softmax",
+    T.TensorLogSoftmax: "log_softmax",
     T.TensorOneHot: "one_hot",
 }
 

@@ -904,6 +904,14 @@ class TorchPrinter(StrPrinter):
         keep = ", keepdim=True" if keepdim else ""
         return f"torch.logsumexp({self._print(arg)}, dim={self._dims(dims)}{keep})"
 
+    def _print_TensorSoftmax(self, expr):
+        arg, dims = expr.args
+        return f"torch.softmax({self._print(arg)}, dim={self._dims(dims)})"
+
+    def _print_TensorLogSoftmax(self, expr):
+        arg, dims = expr.args
+        return f"torch.log_softmax({self._print(arg)}, dim={self._dims(dims)})"
+
     def _print_TensorGather(self, expr):
         arg, dim, index = expr.args
         return f"torch.gather({self._print(arg)}, {int(dim)}, {self._print(index)})"
@@ -991,7 +999,11 @@ class TorchPrinter(StrPrinter):
         if arg == 0:
             tensors = shape.args if isinstance(shape, T.ShapeOf) else ()
             tensor = tensors[0] if len(tensors) == 1 else None
-            if isinstance(tensor, sp.Symbol) and tensor not in self.shape_names:
+            if (
+                isinstance(tensor, sp.Symbol)
+                and tensor not in self.shape_names
+                and not tensor.is_integer  # a long input: zeros of a float dtype
+            ):
                 # Its layout too: the tangent of a transposed output must
                 # have the output's strides.
                 return f"torch.zeros_like({self._print(tensor)})"

@@ -164,6 +164,15 @@ class Interpreter:
             return torch.logsumexp(
                 self(arg), dim=tuple(int(d) for d in dims), keepdim=bool(keepdim)
             )
+        if isinstance(expr, T.NORMALIZATIONS):
+            # The definition, not PyTorch's kernel: the reference shares
+            # nothing with the generated code.
+            arg, dims = expr.args
+            value = self(arg)
+            dim = int(dims[0])
+            shifted = value - value.amax(dim=dim, keepdim=True).detach()
+            logs = shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
+            return logs.exp() if isinstance(expr, T.TensorSoftmax) else logs
         if isinstance(expr, T.TensorGather):
             arg, dim, index = expr.args
             return torch.gather(self(arg), int(dim), self(index))

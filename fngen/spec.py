@@ -32,7 +32,10 @@ from fngen.model import (
     Spec,
 )
 from fngen.tensorops import (
+    NORMALIZATIONS,
     REDUCTIONS,
+    TensorLogSoftmax,
+    TensorSoftmax,
     TensorGather,
     TensorLogSumExp,
     TensorMatmul,
@@ -48,6 +51,8 @@ _OPERATION_NAMES = {
     TensorMatmul: "'@'",
     TensorMT: "'.T'",
     TensorGather: "gather()",
+    TensorSoftmax: "softmax()",
+    TensorLogSoftmax: "log_softmax()",
 }
 
 FORMAT_VERSION = 1
@@ -560,7 +565,9 @@ class FunctionBuilder:
                         continue  # of a long input, never absent
                     operands = (
                         expr.args[:1]
-                        if isinstance(expr, (*REDUCTIONS, TensorGather))
+                        if isinstance(
+                            expr, (*REDUCTIONS, *NORMALIZATIONS, TensorGather)
+                        )
                         else expr.args
                     )
                     if all(

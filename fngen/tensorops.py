@@ -62,6 +62,23 @@ REDUCTIONS = (TensorSum, TensorMean, TensorLogSumExp, TensorAmax, TensorAmin)
 EXTREMA = (TensorAmax, TensorAmin)
 
 
+class TensorSoftmax(TensorOp):
+    """``torch.softmax(e, dim)``, PyTorch's fused kernel; args (e, dims),
+    dims a Tuple of one dim.  The result has e's shape."""
+
+    nargs = 2
+
+
+class TensorLogSoftmax(TensorOp):
+    """``torch.log_softmax(e, dim)``; args as TensorSoftmax."""
+
+    nargs = 2
+
+
+# Normalizations along one dim: results of their argument's shape.
+NORMALIZATIONS = (TensorSoftmax, TensorLogSoftmax)
+
+
 class TensorGather(TensorOp):
     """``torch.gather(e, dim, index)``: args (e, dim, index), `dim` an
     Integer and `index` a long input of e's number of dimensions; the

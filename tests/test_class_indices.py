@@ -330,3 +330,34 @@ def test_a_function_of_long_inputs_alone_is_refused():
         "idx.yaml:4:14: error: function 'f' has no tensor input "
         "(a long input is not differentiated)"
     )
+
+
+def test_several_outputs_beside_a_long_input_have_tangents():
+    # A regression (found by tests/test_tensor_differential.py): with
+    # several outputs the jvp fills absent tangents of the tensor inputs
+    # with zeros, and took the long input for one (no tangent: a crash).
+    text = (
+        "fngen: 1\nfunctions:\n  f:\n    formula: |\n      a = x * one_hot(t, 4)\n"
+        "      b = abs(x)\n    inputs:\n      x: tensor\n"
+        "      t: {type: long, classes: 4}\n    outputs: [a, b]\n"
+        "    check:\n      shapes: {x: [3, 4], t: [3]}\n"
+    )
+    report = fngen.check(parse_spec(text, "idx.yaml"))
+    assert report.ok, report.table()
+
+
+def test_a_zero_tangent_of_the_shape_of_a_long_input_is_float():
+    # A regression (tests/test_tensor_differential.py): floor(gather(...))
+    # has a zero tangent of the index's shape, made as zeros_like(index):
+    # a long tangent, which forward-mode AD refuses.
+    fn = fngen.load(
+        spec_of(
+            "y = floor(gather(x, 0, t))",
+            "      x: tensor\n" "      t: {type: long, classes: 3}\n",
+        )
+    ).f
+    x = _logits(3, 4).detach()
+    t = torch.randint(3, (2, 4), generator=torch.Generator().manual_seed(0))
+    _, tangent = torch.func.jvp(lambda x: fn(x, t), (x,), (torch.ones_like(x),))
+    assert tangent.dtype == torch.float64 and tangent.shape == (2, 4)
+    assert not tangent.any()

@@ -317,18 +317,26 @@ def test_prelu_module_has_a_trainable_slope(ops):
     y.sum().backward()
     # d(sum y)/da = sum(min(x, 0)) = -7.5
     torch.testing.assert_close(a.grad, torch.tensor([-7.5]))
+    # At 0 the gradient is PyTorch's: a (x > 0 is false there).
+    x = torch.tensor([0.0, 1.0, -1.0], requires_grad=True)
+    (got,) = torch.autograd.grad(ops.prelu(x, a.detach()).sum(), x)
+    (want,) = torch.autograd.grad(torch.nn.functional.prelu(x, a.detach()).sum(), x)
+    torch.testing.assert_close(got, want)
     optimizer.step()
     torch.testing.assert_close(a.detach(), torch.tensor([0.25 + 0.75]))
 
 
 def test_modules_with_params_take_torch_nn_factory_arguments(in_root):
     tensors = fngen.load("examples/tensors.yaml")
+    # (in_features, out_features), as torch.nn.Linear: module_args.
+    reference = torch.nn.Linear(4, 3)
     meta = tensors.Linear(4, 3, device="meta")
-    assert meta.weight.device.type == "meta" and meta.weight.shape == (4, 3)
+    assert meta.weight.device.type == "meta" and meta.weight.shape == (3, 4)
+    assert repr(meta) == repr(reference)
     double = tensors.Linear(4, 3, dtype=torch.float64)
     assert double.weight.dtype == torch.float64 and double.bias.dtype == torch.float64
     skipped = torch.nn.utils.skip_init(tensors.Linear, 4, 3)
-    assert skipped.weight.shape == (4, 3)
+    assert skipped.weight.shape == reference.weight.shape
     # A Module without parameters has neither, nor an empty __init__.
     assert "__init__" not in vars(tensors.SimpleFunc)
     source = (ROOT / "examples" / "tensors.py").read_text(encoding="utf-8")
@@ -344,3 +352,38 @@ def test_a_factory_argument_name_is_refused_beside_params():
     )
     with pytest.raises(fngen.SpecError, match="'device' is the factory argument"):
         parse_spec(text)
+
+
+@pytest.mark.parametrize(
+    "order, message",
+    [
+        (
+            "[in_feature]",
+            "x.yaml:9:19: error: 'in_feature' is not an argument of the Module's "
+            "__init__ (it takes out_features, in_features, bias)",
+        ),
+        (
+            "[bias, in_features]",
+            "x.yaml:9:18: error: 'in_features' has no default but follows an "
+            "argument with one (list the arguments without a default first)",
+        ),
+        (
+            "[in_features, in_features]",
+            "x.yaml:9:32: error: 'in_features' is listed twice",
+        ),
+        ("in_features", "x.yaml:9:18: error: module_args must be a list of names"),
+    ],
+)
+def test_module_args_name_the_modules_arguments(order, message):
+    from fngen.spec import parse_spec
+
+    text = (
+        "fngen: 1\nfunctions:\n  linear:\n    formula: y = input @ weight.T + bias\n"
+        "    inputs:\n      input: tensor\n"
+        "      weight: {param: [out_features, in_features]}\n"
+        "      bias: {param: [out_features], optional: true}\n"
+        f"    module_args: {order}\n"
+    )
+    with pytest.raises(fngen.SpecError) as info:
+        parse_spec(text, "x.yaml")
+    assert str(info.value) == message

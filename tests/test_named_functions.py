@@ -215,6 +215,22 @@ def test_softmax_saves_only_its_output():
     assert "ctx.save_for_backward(y)" in text
 
 
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_family_is_pytorchs_fused_kernel(name):
+    text = source(f"y = {name}(x, dim=1)")
+    forward = text.split("def forward")[1].split("def setup_context")[0]
+    assert f"y = torch.{name}(x, dim=1)" in forward
+    assert "logsumexp" not in text and "ctx.save_for_backward(y)" in text
+    # Inside a formula, with an optional tensor that may be absent.
+    inputs = "    inputs: {x: tensor, b: {optional: true}}\n"
+    function = one(f"y = {name}(x + b, dim=0) * x", inputs)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(function, (x, b))
+    torch.autograd.gradcheck(function, (x, None))
+    torch.autograd.gradgradcheck(function, (x, b))
+
+
 def test_softmax_family_errors():
     assert "logsumexp() needs dim=" in _error("y = logsumexp(x)")
     assert "softmax() takes an expression and one dim=, as torch.softmax" in _error(

@@ -3,7 +3,8 @@
 Hypothesis draws formulas bottom-up, each step an operation on what is
 already drawn whose shapes fit: pointwise functions and arithmetic
 broadcasting between [3, 4], [4], [3, 1] and [1, 4], reductions (`sum`,
-`mean`, with `dim` and `keepdim`), matrix products and `.T`, a float
+`mean`, with `dim` and `keepdim`), `softmax` and `log_softmax`, `gather`
+and `one_hot` of long inputs, matrix products and `.T`, a float
 argument, an optional tensor (given, and left out), intermediate statements,
 one to three outputs and sometimes a boolean one (``m = e > 0.5``).  Each
 formula is drawn together with a torch function computing the same thing
@@ -50,6 +51,9 @@ META = torch.device("meta")
 # Every tensor input's shape is one of these: they all broadcast to [3, 4].
 SHAPES = [(3, 4), (4,), (3, 1), (1, 4)]
 TENSOR_NAMES = ["x", "y", "z"]
+# Long inputs (class indices): their shapes and classes.  t indexes a
+# [3, 4] term along either dimension (gather), c is one_hot's [3] index.
+LONG_INPUTS = {"t": ((3, 4), 3), "c": ((3,), 4)}
 CONSTANTS = ["0.5", "2", "1.5", "3"]
 
 
@@ -160,7 +164,18 @@ def formulas(draw):
     for _ in range(draw(st.integers(2, 6))):
         kind = draw(
             st.sampled_from(
-                ["unary", "binary", "binary", "reduce", "matmul", "T", "optional"]
+                [
+                    "unary",
+                    "binary",
+                    "binary",
+                    "reduce",
+                    "matmul",
+                    "T",
+                    "optional",
+                    "gather",
+                    "one_hot",
+                    "softmax",
+                ]
             )
         )
         a = draw(st.sampled_from(tensors()))
@@ -233,6 +248,43 @@ def formulas(draw):
                     a.smooth,
                 )
             )
+        elif kind == "gather":
+            if a.shape != (3, 4):
+                continue  # torch.gather does not broadcast its input
+            dim = draw(st.sampled_from([0, 1, -1, -2]))
+            add(
+                Term(
+                    f"gather({a.text}, {dim}, t)",
+                    (3, 4),
+                    lambda env, a=a, dim=dim: torch.gather(a.value(env), dim, env["t"]),
+                    a.smooth,
+                )
+            )
+        elif kind == "softmax":
+            if not a.shape:
+                continue
+            name = draw(st.sampled_from(["softmax", "log_softmax"]))
+            dim = draw(st.sampled_from([-1, 0] if len(a.shape) == 2 else [0, -1]))
+            function = torch.softmax if name == "softmax" else torch.log_softmax
+            add(
+                Term(
+                    f"{name}({a.text}, dim={dim})",
+                    a.shape,
+                    lambda env, a=a, f=function, dim=dim: f(a.value(env), dim=dim),
+                    a.smooth,
+                )
+            )
+        elif kind == "one_hot":
+            if _broadcast(a.shape, (3, 4)) != (3, 4):
+                continue
+            add(
+                Term(
+                    f"({a.text}) * one_hot(c, 4)",
+                    (3, 4),
+                    lambda env, a=a: a.value(env) * nnf.one_hot(env["c"], 4).to(D),
+                    a.smooth,
+                )
+            )
         elif kind == "optional" and optional is not None:
             shape = _broadcast(a.shape, optional)
             if shape != a.shape:
@@ -275,7 +327,9 @@ def formulas(draw):
         inputs[name] = ("tensor", shape)
     if optional is not None:
         inputs["b"] = ("optional", optional)
-    if use_s:
+    for name, (shape, _) in LONG_INPUTS.items():
+        inputs[name] = ("long", shape)
+    if use_s:  # last: it has a default
         inputs["s"] = ("float", None)
     # Declare only what the formula reads (an unused input is an error).
     words = set(re.findall(r"[A-Za-z_]\w*", text))
@@ -292,6 +346,9 @@ def build(text: str, inputs: dict, outputs: list[str]):
             declared.append(f"      {name}: tensor\n")
         elif kind == "optional":
             declared.append(f"      {name}: {{optional: true}}\n")
+        elif kind == "long":
+            classes = LONG_INPUTS[name][1]
+            declared.append(f"      {name}: {{type: long, classes: {classes}}}\n")
         else:
             declared.append(f"      {name}: {{type: float, default: 0.5}}\n")
     spec_text = (
@@ -346,6 +403,10 @@ def check_formula(text, inputs, outputs, reference, smooth, seed, give_optional)
         elif kind == "optional" and not give_optional:
             value = None
             env[name] = 0.0
+        elif kind == "long":
+            classes = LONG_INPUTS[name][1]
+            value = torch.randint(classes, shape, generator=generator)
+            env[name] = value
         else:
             value = 4 * torch.rand(shape, generator=generator, dtype=D) - 2
             value.requires_grad_()
@@ -423,7 +484,10 @@ def check_formula(text, inputs, outputs, reference, smooth, seed, give_optional)
 
         def differentiable_outputs(*values):
             it = iter(values)
-            full = [next(it) if torch.is_tensor(a) else a for a in args]
+            full = [
+                next(it) if torch.is_tensor(a) and a.is_floating_point() else a
+                for a in args
+            ]
             out = function(*full)
             out = out if isinstance(out, tuple) else (out,)
             return tuple(out[i] for i in differentiable)

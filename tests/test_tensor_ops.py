@@ -113,7 +113,7 @@ def test_linear_module_params_like_nn_linear(mod):
 
 
 def test_linear_module_without_bias(mod):
-    m = mod.Linear(3, 4, bias=False)
+    m = mod.Linear(4, 3, bias=False)
     assert m.bias is None
     assert [n for n, _ in m.named_parameters()] == ["weight"]
     assert m.weight.shape == (3, 4)

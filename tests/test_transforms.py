@@ -80,8 +80,8 @@ def test_compiled_module_equals_eager(ops, module_name):
 
 def test_compiled_linear_module_trains_like_eager(tensors):
     torch.manual_seed(0)
-    eager = tensors.Linear(3, 4)
-    compiled_module = tensors.Linear(3, 4)
+    eager = tensors.Linear(4, 3)
+    compiled_module = tensors.Linear(4, 3)
     compiled_module.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_module, fullgraph=True, backend="aot_eager")
     x = torch.randn(5, 4)

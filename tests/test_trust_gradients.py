@@ -242,7 +242,7 @@ def exported():
     class Model(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.linear = tensors.Linear(3, 4)
+            self.linear = tensors.Linear(4, 3)
 
         def forward(self, x, y):
             return ops.sqrt_and_inverse(self.linear(x).abs() + 1, y)

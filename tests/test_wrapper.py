@@ -128,7 +128,7 @@ def test_jit_script_of_models_using_generated_modules(tensors):
     class Model(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.linear = tensors.Linear(3, 4)
+            self.linear = tensors.Linear(4, 3)
             self.no_bias = tensors.Linear(3, 3, bias=False)
             self.norm = tensors.LayerNorm()
             self.rms = tensors.RmsNorm(3)
@@ -288,7 +288,7 @@ def test_autocast_still_casts_float32_and_half(tensors):
 @pytest.mark.parametrize(
     "make, args",
     [
-        (lambda t: t.Linear(3, 4), [(5, 4)]),
+        (lambda t: t.Linear(4, 3), [(5, 4)]),
         (lambda t: t.MseLoss(), [(5, 4), (5, 4)]),
         (lambda t: t.LayerNorm(), [(5, 4)]),
         (lambda t: t.RmsNorm(4), [(5, 4)]),

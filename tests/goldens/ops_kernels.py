@@ -602,7 +602,7 @@ def prelu_forward_kernel(
     BLOCK_SIZE: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    """Forward of prelu: y = a*min(x, 0) + max(x, 0).
+    """Forward of prelu: y = where(x > 0, x, a*x).
 
     Reads x and a and writes y, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -611,14 +611,12 @@ def prelu_forward_kernel(
     mask = offsets < n_elements
     x = tl.load(x_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
     a = tl.load(a_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
-    y = a * tl.minimum(x, 0, propagate_nan=tl.PropagateNan.ALL) + tl.maximum(
-        x, 0, propagate_nan=tl.PropagateNan.ALL
-    )
+    y = tl.where(x > 0, x, a * x)
     tl.store(y_ptr + offsets, y, mask=mask)
 
 
 def prelu_forward(x, a):
-    """Forward of prelu: y = a*min(x, 0) + max(x, 0).
+    """Forward of prelu: y = where(x > 0, x, a*x).
 
     Launches prelu_forward_kernel on contiguous tensors of one shape, dtype and
     device (`_can_launch`); broadcasting is the torch path's.
@@ -647,7 +645,7 @@ def prelu_backward_kernel(
     NEEDS_X: tl.constexpr,
     NEEDS_A: tl.constexpr,
 ):
-    """Backward of prelu: y = a*min(x, 0) + max(x, 0).
+    """Backward of prelu: y = where(x > 0, x, a*x).
 
     Reads grad, x and a and writes grad_x (if NEEDS_X) and grad_a (if NEEDS_A),
     BLOCK_SIZE elements a program, computed in COMPUTE_DTYPE and stored in the
@@ -655,19 +653,20 @@ def prelu_backward_kernel(
     """
     offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offsets < n_elements
-    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
     x = tl.load(x_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+    t0 = x > 0
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
     if NEEDS_X:
         a = tl.load(a_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
-        grad_x = grad * tl.where(x < 0, a, tl.where(x == 0, 0.5 * a + 0.5, 1.0))
+        grad_x = grad * tl.where(t0, 1.0, a)
         tl.store(grad_x_ptr + offsets, grad_x, mask=mask)
     if NEEDS_A:
-        grad_a = grad * tl.minimum(x, 0, propagate_nan=tl.PropagateNan.ALL)
+        grad_a = tl.where(t0, 0.0, grad * x)
         tl.store(grad_a_ptr + offsets, grad_a, mask=mask)
 
 
 def prelu_backward(grad, x, a, needs_x=True, needs_a=True):
-    """Backward of prelu: y = a*min(x, 0) + max(x, 0).
+    """Backward of prelu: y = where(x > 0, x, a*x).
 
     Launches prelu_backward_kernel on contiguous tensors of one shape, dtype and
     device (`_can_launch`); broadcasting is the torch path's. Returns (grad_x,
