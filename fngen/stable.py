@@ -520,6 +520,15 @@ def _select_in(piece: sp.Piecewise, value_of) -> sp.Expr:
     return Piecewise(*[(value_of(value), c) for value, c in piece.args])
 
 
+def _as_indicator(factor: sp.Basic) -> sp.Basic:
+    """``heaviside(u)``, or a positive power of it, as ``where(u > 0, 1, 0)``."""
+    base, exponent = factor.as_base_exp()
+    if isinstance(base, HeavisideStep) and len(base.args) == 1:
+        if factor is base or exponent.is_positive:
+            return indicator(base.args[0] > 0)
+    return factor
+
+
 def select_zero_branches(expr: sp.Basic) -> sp.Basic:
     """`expr` with every factor that multiplies a where with a 0 branch (a
     derivative of max, min, clamp, relu, or a where of 0) taken into that
@@ -554,11 +563,9 @@ def select_zero_branches(expr: sp.Basic) -> sp.Basic:
         return new
 
     def _mul(e: sp.Mul) -> sp.Expr:
-        # heaviside(u) is the where ``where(u > 0, 1, 0)``.
-        factors = [
-            indicator(f.args[0] > 0) if isinstance(f, HeavisideStep) else f
-            for f in e.args
-        ]
+        # heaviside(u) is the where ``where(u > 0, 1, 0)``, and so is a
+        # positive power of it (SymPy's (heaviside(u)*exp(x))**2).
+        factors = [_as_indicator(f) for f in e.args]
         inside = [f for f in factors if not _safe_outside(f)]
         piece = next((f for f in factors if has_zero_branch(f)), None)
         if piece is not None:

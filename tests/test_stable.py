@@ -250,3 +250,30 @@ def test_rewrites_through_sigmoid_keep_the_value(expr):
     assert not rewritten.has(sp.exp)
     for at in (-3.1, -0.4, 0.0, 1.3, 7.0):
         assert _value(rewritten, at) == pytest.approx(_value(expr, at), rel=1e-12)
+
+
+def test_a_power_of_a_step_selects_its_zero_branch():
+    # A regression (FNGEN_FUZZ): SymPy writes (heaviside(-x)*exp(x))**2 as
+    # heaviside(-x)**2*exp(2*x), whose step as a power was multiplied, not
+    # selected: 0*inf = NaN at x = 200 in float32.
+    step = F.HeavisideStep(-x)
+    selected = select_zero_branches(step**2 * sp.exp(2 * x))
+    assert selected == F.Piecewise((sp.exp(2 * x), -x > 0), (0, True))
+
+
+def test_a_power_of_a_step_times_an_exp_is_finite_in_float32():
+    import torch
+
+    import fngen
+    from fngen.spec import parse_spec
+
+    text = (
+        "fngen: 1\nfunctions:\n  f:\n"
+        "    formula: y = (heaviside(-x)*exp(x))**2 + x\n"
+    )
+    f = fngen.load(parse_spec(text, "step.yaml")).f
+    x = torch.tensor([200.0, -3.0], requires_grad=True)
+    y = f(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(y).all() and torch.isfinite(g).all()
+    torch.testing.assert_close(y.detach(), torch.tensor([200.0, -3.0 + 2.4787522e-3]))
