@@ -1272,11 +1272,10 @@ class FunctionChecker:
         seeds = self.seeds(self.func(*args))
         out_eager, grads_eager = self.grads(self.func, args, seeds)
         out_other, grads_other = self.grads(function, args, seeds)
+        problem = self._outputs_against_eager(what, out_other, out_eager)
+        if problem:
+            return problem
         tol = self.run_tol
-        for name, a, b in zip(self.output_names(), out_other, out_eager):
-            problem = _compare(a, b, tol, f"the {what} output {name}", other="eager")
-            if problem:
-                return problem
         for name, a, b, x in zip(
             self.tensor_names(), grads_other, grads_eager, self.differentiable(args)
         ):
@@ -1288,6 +1287,15 @@ class FunctionChecker:
                 )
             problem = a is not None and _compare(
                 a, b, tol, f"the {what} gradient of {name}", "eager", name, x
+            )
+            if problem:
+                return problem
+        return None
+
+    def _outputs_against_eager(self, what: str, outputs, eager) -> str | None:
+        for name, a, b in zip(self.output_names(), outputs, eager):
+            problem = _compare(
+                a, b, self.run_tol, f"the {what} output {name}", other="eager"
             )
             if problem:
                 return problem
@@ -1335,17 +1343,7 @@ class FunctionChecker:
         with torch.no_grad():
             outputs = _outputs(inlined.module()(*[fresh[i] for i in positions]))
             out_eager = _outputs(self.func(*fresh))
-        for name, a, b in zip(self.output_names(), outputs, out_eager):
-            problem = _compare(
-                a.detach(),
-                b,
-                self.run_tol,
-                f"the decomposed output {name}",
-                other="eager",
-            )
-            if problem:
-                return problem
-        return None
+        return self._outputs_against_eager("decomposed", outputs, out_eager)
 
     def check_float32(self):
         torch = self.torch

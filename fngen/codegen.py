@@ -567,7 +567,7 @@ class FunctionWriter:
                 f"    if _has_tangent({names}):",
                 f"        raise RuntimeError({message!r})",
             ]
-        if classes["trace"] == classes["compile"] and op is None:
+        if classes["trace"] == classes["compile"]:
             lines += [
                 "if torch.compiler.is_compiling() or torch.jit.is_tracing():",
                 *guard,

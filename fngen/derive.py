@@ -459,8 +459,7 @@ class Deriver:
             inner = tangent_of(arg)
             if inner == 0:
                 return inner
-            if not self.covers(arg, inner):
-                inner = T.Expand(inner, self.shape_of(arg))
+            inner = self.full_tangent(arg, inner)
             result = result_symbol
             if isinstance(expr, T.TensorLogSoftmax):
                 return inner - T.TensorSum(sp.exp(result) * inner, dims, sp.true)
@@ -470,10 +469,8 @@ class Deriver:
             inner = tangent_of(arg)
             if inner == 0:
                 return inner
-            if not self.covers(arg, inner):
-                # Gathered from the argument's shape, not the tangent's.
-                inner = T.Expand(inner, self.shape_of(arg))
-            return T.TensorGather(inner, dim, index)
+            # Gathered from the argument's shape, not the tangent's.
+            return T.TensorGather(self.full_tangent(arg, inner), dim, index)
         if isinstance(expr, T.TensorOneHot):
             return sp.Integer(0)
         if isinstance(expr, T.TensorMT):
@@ -488,6 +485,13 @@ class Deriver:
             ]
             return sp.Add(*terms)
         raise TypeError(f"no JVP rule for {type(expr).__name__}")
+
+    def full_tangent(self, expr: sp.Expr, tangent: sp.Expr) -> sp.Expr:
+        """`tangent`, the tangent of `expr`, expanded to expr's shape where
+        its terms do not have it already."""
+        if self.covers(expr, tangent):
+            return tangent
+        return T.Expand(tangent, self.shape_of(expr))
 
     def covers(self, expr: sp.Expr, tangent: sp.Expr) -> bool:
         """Whether `tangent`, a sum of terms, has the broadcast shape of
@@ -860,8 +864,7 @@ class Deriver:
                     ]
             else:
                 tangent = tangent_of(expr) + extra
-                if not self.covers(expr, tangent):
-                    tangent = T.Expand(tangent, self.shape_of(expr))
+                tangent = self.full_tangent(expr, tangent)
                 steps.append(Step(symbol, tangent, frozenset()))
             output_tangents.append(symbol)
         exprs = self.substitute_outputs([self.through_kept(s.expr) for s in steps])

@@ -48,6 +48,8 @@ REDUCTIONS = {
 NORMALIZATIONS = ("softmax", "log_softmax")
 # Of a long input (class indices): gather(e, dim, index), one_hot(index, n).
 INDEXING = ("gather", "one_hot")
+# Every name a formula calls, in the order "did you mean" offers them.
+FUNCTION_NAMES = (*POINTWISE_FUNCTIONS, *REDUCTIONS, *NORMALIZATIONS, *INDEXING)
 CONSTANTS = {"pi": sp.pi}
 _BOOL_NAMES = {"true": True, "false": False, "True": True, "False": False}
 _BINARY = {
@@ -195,13 +197,7 @@ class FormulaParser:
             )
         if name in self.symbols or name in self.extra_names:
             raise self._error(target, f"'{name}' is an input and cannot be assigned")
-        if (
-            name in POINTWISE_FUNCTIONS
-            or name in REDUCTIONS
-            or name in CONSTANTS
-            or name in NORMALIZATIONS
-            or name in INDEXING
-        ):
+        if name in FUNCTION_NAMES or name in CONSTANTS:
             raise self._error(
                 target, f"'{name}' is a function or constant and cannot be assigned"
             )
@@ -320,12 +316,7 @@ class FormulaParser:
             return self.extra_names[name]
         if name in CONSTANTS:
             return CONSTANTS[name]
-        if (
-            name in POINTWISE_FUNCTIONS
-            or name in REDUCTIONS
-            or name in NORMALIZATIONS
-            or name in INDEXING
-        ):
+        if name in FUNCTION_NAMES:
             raise self._error(node, f"'{name}' is a function: call it with arguments")
         if name in _BOOL_NAMES:
             raise self._error(node, f"'{name}' is only allowed as keepdim=")
@@ -454,13 +445,7 @@ class FormulaParser:
             raise self._error(
                 node.func,
                 f"unknown function '{name}'",
-                _did_you_mean(
-                    name,
-                    list(POINTWISE_FUNCTIONS)
-                    + list(REDUCTIONS)
-                    + list(NORMALIZATIONS)
-                    + list(INDEXING),
-                ),
+                _did_you_mean(name, list(FUNCTION_NAMES)),
             )
         if node.keywords:
             raise self._error(node.keywords[0], f"{name}() takes no keyword arguments")

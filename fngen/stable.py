@@ -523,9 +523,8 @@ def _select_in(piece: sp.Piecewise, value_of) -> sp.Expr:
 def _as_indicator(factor: sp.Basic) -> sp.Basic:
     """``heaviside(u)``, or a positive power of it, as ``where(u > 0, 1, 0)``."""
     base, exponent = factor.as_base_exp()
-    if isinstance(base, HeavisideStep) and len(base.args) == 1:
-        if factor is base or exponent.is_positive:
-            return indicator(base.args[0] > 0)
+    if isinstance(base, HeavisideStep) and exponent.is_positive:
+        return indicator(base.args[0] > 0)
     return factor
 
 
