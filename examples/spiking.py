@@ -4,6 +4,14 @@
 
 import torch
 
+try:
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
+except ImportError:  # without Triton, every function runs its torch code
+    triton = None
+
+
 __all__ = [
     "AtanSpikeFunction",
     "atan_spike",
@@ -28,6 +36,308 @@ def _has_tangent(*tensors):
     return False
 
 
+# The device type the Triton kernels run on; None turns them off.
+_KERNEL_DEVICE = "cuda"
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_BLOCK_SIZE = 1024
+
+
+def _kernels_take(*tensors):
+    """Whether a Function runs its Triton kernel on `tensors` rather than its
+    torch code: Triton is installed; nothing compiles or traces (compiled,
+    inductor fuses the torch code with its neighbours); the tensors are
+    plain ones (not fake, nor a torch.func transform's) on the current
+    `_KERNEL_DEVICE`, contiguous, of one shape and one floating dtype.
+    Broadcasting is the torch code's."""
+    first = tensors[0]
+    device = first.device
+    if triton is None or device.type != _KERNEL_DEVICE:
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return (
+        (device.index is None or device.index == torch.cuda.current_device())
+        and first.dtype in _KERNEL_DTYPES
+        and all(
+            type(t) in (torch.Tensor, torch.nn.Parameter)
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+            and t.shape == first.shape
+            and t.dtype == first.dtype
+            and t.device == device
+            and t.is_contiguous()
+            for t in tensors
+        )
+    )
+
+
+if triton is not None:
+
+    def _compute_dtype(tensor):
+        """float64 computes in float64; float32, float16 and bfloat16 in float32."""
+        return tl.float64 if tensor.dtype == torch.float64 else tl.float32
+
+    @triton.jit
+    def _atan_spike_fwd_kernel(
+        v_ptr,
+        s_ptr,
+        threshold: tl.float64,
+        n_elements,
+        BLOCK_SIZE: tl.constexpr,
+        COMPUTE_DTYPE: tl.constexpr,
+    ):
+        """Forward of atan_spike: s = heaviside(v - threshold, 1).
+
+        Reads v and writes s, BLOCK_SIZE elements a program, computed in
+        COMPUTE_DTYPE and stored in the tensors' dtype.
+        """
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < n_elements
+        threshold = tl.full((), threshold, COMPUTE_DTYPE)
+        v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+        s = tl.where(threshold - v <= 0, 1.0, 0.0)
+        tl.store(s_ptr + offsets, s, mask=mask)
+
+    def _atan_spike_fwd(v, threshold):
+        """Forward of atan_spike: s = heaviside(v - threshold, 1).
+
+        Launches _atan_spike_fwd_kernel on contiguous tensors of one shape, dtype
+        and device (`_kernels_take`); broadcasting is the torch path's.
+        """
+        s = torch.empty_like(v)
+        n_elements = v.numel()
+        if n_elements > 0:
+            grid = (triton.cdiv(n_elements, _BLOCK_SIZE),)
+            _atan_spike_fwd_kernel[grid](
+                v,
+                s,
+                float(threshold),
+                n_elements,
+                BLOCK_SIZE=_BLOCK_SIZE,
+                COMPUTE_DTYPE=_compute_dtype(v),
+            )
+        return s
+
+    @triton.jit
+    def _atan_spike_bwd_kernel(
+        grad_ptr,
+        v_ptr,
+        grad_v_ptr,
+        threshold: tl.float64,
+        alpha: tl.float64,
+        n_elements,
+        BLOCK_SIZE: tl.constexpr,
+        COMPUTE_DTYPE: tl.constexpr,
+        NEEDS_V: tl.constexpr,
+    ):
+        """Backward of atan_spike: s = heaviside(v - threshold, 1).
+
+        Reads grad and v and writes grad_v (if NEEDS_V), BLOCK_SIZE elements a
+        program, computed in COMPUTE_DTYPE and stored in the tensors' dtype.
+        """
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < n_elements
+        threshold = tl.full((), threshold, COMPUTE_DTYPE)
+        alpha = tl.full((), alpha, COMPUTE_DTYPE)
+        if NEEDS_V:
+            grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+            v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+            grad_v = (
+                alpha
+                * grad
+                / (
+                    4.934802200544679
+                    * alpha
+                    * alpha
+                    * (-threshold + v)
+                    * (-threshold + v)
+                    + 2
+                )
+            )
+            tl.store(grad_v_ptr + offsets, grad_v, mask=mask)
+
+    def _atan_spike_bwd(grad, v, threshold, alpha, needs_v=True):
+        """Backward of atan_spike: s = heaviside(v - threshold, 1).
+
+        Launches _atan_spike_bwd_kernel on contiguous tensors of one shape, dtype
+        and device (`_kernels_take`); broadcasting is the torch path's. Returns
+        (grad_v,), None for a gradient not needed.
+        """
+        grad_v = torch.empty_like(grad) if needs_v else None
+        n_elements = grad.numel()
+        if n_elements > 0 and needs_v:
+            grid = (triton.cdiv(n_elements, _BLOCK_SIZE),)
+            _atan_spike_bwd_kernel[grid](
+                grad,
+                v,
+                grad_v,
+                float(threshold),
+                float(alpha),
+                n_elements,
+                BLOCK_SIZE=_BLOCK_SIZE,
+                COMPUTE_DTYPE=_compute_dtype(grad),
+                NEEDS_V=needs_v,
+            )
+        return (grad_v,)
+
+    @triton.jit
+    def _super_spike_fwd_kernel(
+        v_ptr, s_ptr, n_elements, BLOCK_SIZE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr
+    ):
+        """Forward of super_spike: s = heaviside(v).
+
+        Reads v and writes s, BLOCK_SIZE elements a program, computed in
+        COMPUTE_DTYPE and stored in the tensors' dtype.
+        """
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < n_elements
+        v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+        s = tl.where(v > 0, 1.0, 0.0)
+        tl.store(s_ptr + offsets, s, mask=mask)
+
+    def _super_spike_fwd(v):
+        """Forward of super_spike: s = heaviside(v).
+
+        Launches _super_spike_fwd_kernel on contiguous tensors of one shape, dtype
+        and device (`_kernels_take`); broadcasting is the torch path's.
+        """
+        s = torch.empty_like(v)
+        n_elements = v.numel()
+        if n_elements > 0:
+            grid = (triton.cdiv(n_elements, _BLOCK_SIZE),)
+            _super_spike_fwd_kernel[grid](
+                v,
+                s,
+                n_elements,
+                BLOCK_SIZE=_BLOCK_SIZE,
+                COMPUTE_DTYPE=_compute_dtype(v),
+            )
+        return s
+
+    @triton.jit
+    def _super_spike_bwd_kernel(
+        grad_ptr,
+        v_ptr,
+        grad_v_ptr,
+        alpha: tl.float64,
+        n_elements,
+        BLOCK_SIZE: tl.constexpr,
+        COMPUTE_DTYPE: tl.constexpr,
+        NEEDS_V: tl.constexpr,
+    ):
+        """Backward of super_spike: s = heaviside(v).
+
+        Reads grad and v and writes grad_v (if NEEDS_V), BLOCK_SIZE elements a
+        program, computed in COMPUTE_DTYPE and stored in the tensors' dtype.
+        """
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < n_elements
+        alpha = tl.full((), alpha, COMPUTE_DTYPE)
+        if NEEDS_V:
+            grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+            v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+            grad_v = grad / ((alpha * tl.abs(v) + 1) * (alpha * tl.abs(v) + 1))
+            tl.store(grad_v_ptr + offsets, grad_v, mask=mask)
+
+    def _super_spike_bwd(grad, v, alpha, needs_v=True):
+        """Backward of super_spike: s = heaviside(v).
+
+        Launches _super_spike_bwd_kernel on contiguous tensors of one shape, dtype
+        and device (`_kernels_take`); broadcasting is the torch path's. Returns
+        (grad_v,), None for a gradient not needed.
+        """
+        grad_v = torch.empty_like(grad) if needs_v else None
+        n_elements = grad.numel()
+        if n_elements > 0 and needs_v:
+            grid = (triton.cdiv(n_elements, _BLOCK_SIZE),)
+            _super_spike_bwd_kernel[grid](
+                grad,
+                v,
+                grad_v,
+                float(alpha),
+                n_elements,
+                BLOCK_SIZE=_BLOCK_SIZE,
+                COMPUTE_DTYPE=_compute_dtype(grad),
+                NEEDS_V=needs_v,
+            )
+        return (grad_v,)
+
+    @triton.jit
+    def _straight_through_fwd_kernel(
+        v_ptr, s_ptr, n_elements, BLOCK_SIZE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr
+    ):
+        """Forward of straight_through: s = heaviside(v, 1).
+
+        Reads v and writes s, BLOCK_SIZE elements a program, computed in
+        COMPUTE_DTYPE and stored in the tensors' dtype.
+        """
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < n_elements
+        v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+        s = tl.where(v >= 0, 1.0, 0.0)
+        tl.store(s_ptr + offsets, s, mask=mask)
+
+    def _straight_through_fwd(v):
+        """Forward of straight_through: s = heaviside(v, 1).
+
+        Launches _straight_through_fwd_kernel on contiguous tensors of one shape,
+        dtype and device (`_kernels_take`); broadcasting is the torch path's.
+        """
+        s = torch.empty_like(v)
+        n_elements = v.numel()
+        if n_elements > 0:
+            grid = (triton.cdiv(n_elements, _BLOCK_SIZE),)
+            _straight_through_fwd_kernel[grid](
+                v,
+                s,
+                n_elements,
+                BLOCK_SIZE=_BLOCK_SIZE,
+                COMPUTE_DTYPE=_compute_dtype(v),
+            )
+        return s
+
+    @triton.jit
+    def _straight_through_bwd_kernel(
+        grad_ptr,
+        grad_v_ptr,
+        n_elements,
+        BLOCK_SIZE: tl.constexpr,
+        COMPUTE_DTYPE: tl.constexpr,
+        NEEDS_V: tl.constexpr,
+    ):
+        """Backward of straight_through: s = heaviside(v, 1).
+
+        Reads grad and writes grad_v (if NEEDS_V), BLOCK_SIZE elements a program,
+        computed in COMPUTE_DTYPE and stored in the tensors' dtype.
+        """
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < n_elements
+        if NEEDS_V:
+            grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
+            grad_v = grad
+            tl.store(grad_v_ptr + offsets, grad_v, mask=mask)
+
+    def _straight_through_bwd(grad, needs_v=True):
+        """Backward of straight_through: s = heaviside(v, 1).
+
+        Launches _straight_through_bwd_kernel on contiguous tensors of one shape,
+        dtype and device (`_kernels_take`); broadcasting is the torch path's.
+        Returns (grad_v,), None for a gradient not needed.
+        """
+        grad_v = torch.empty_like(grad) if needs_v else None
+        n_elements = grad.numel()
+        if n_elements > 0 and needs_v:
+            grid = (triton.cdiv(n_elements, _BLOCK_SIZE),)
+            _straight_through_bwd_kernel[grid](
+                grad,
+                grad_v,
+                n_elements,
+                BLOCK_SIZE=_BLOCK_SIZE,
+                COMPUTE_DTYPE=_compute_dtype(grad),
+                NEEDS_V=needs_v,
+            )
+        return (grad_v,)
+
+
 class AtanSpikeFunction(torch.autograd.Function):
     """Autograd Function of :func:`atan_spike`: s = heaviside(v - threshold, 1)"""
 
@@ -35,6 +345,8 @@ class AtanSpikeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(v, threshold, alpha):
+        if _kernels_take(v):
+            return _atan_spike_fwd(v, threshold)
         s = (threshold - v <= 0).to(v.dtype)
         return s
 
@@ -52,6 +364,9 @@ class AtanSpikeFunction(torch.autograd.Function):
         threshold = ctx.threshold
         alpha = ctx.alpha
         needs_v, _, _ = ctx.needs_input_grad
+        if not torch.is_grad_enabled() and _kernels_take(grad, v):
+            (grad_v,) = _atan_spike_bwd(grad, v, threshold, alpha, needs_v=needs_v)
+            return grad_v, None, None
         grad_v = None
         if needs_v:
             grad_v = (
@@ -130,6 +445,8 @@ class SuperSpikeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(v, alpha):
+        if _kernels_take(v):
+            return _super_spike_fwd(v)
         s = (v > 0).to(v.dtype)
         return s
 
@@ -145,6 +462,9 @@ class SuperSpikeFunction(torch.autograd.Function):
         (v,) = ctx.saved_tensors
         alpha = ctx.alpha
         needs_v, _ = ctx.needs_input_grad
+        if not torch.is_grad_enabled() and _kernels_take(grad, v):
+            (grad_v,) = _super_spike_bwd(grad, v, alpha, needs_v=needs_v)
+            return grad_v, None
         grad_v = None
         if needs_v:
             grad_v = grad / (alpha * torch.abs(v) + 1) ** 2
@@ -214,6 +534,8 @@ class StraightThroughFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(v, alpha):
+        if _kernels_take(v):
+            return _straight_through_fwd(v)
         s = (v >= 0).to(v.dtype)
         return s
 
@@ -224,6 +546,9 @@ class StraightThroughFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         needs_v, _ = ctx.needs_input_grad
+        if not torch.is_grad_enabled() and _kernels_take(grad):
+            (grad_v,) = _straight_through_bwd(grad, needs_v=needs_v)
+            return grad_v, None
         grad_v = None
         if needs_v:
             grad_v = grad

@@ -33,6 +33,7 @@ and the input to narrow, and the other checks are skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import re
@@ -43,10 +44,17 @@ from fngen.api import load
 from fngen.derive import grad_symbols, nonlinear_overrides
 from fngen.formula import is_condition
 from fngen.model import DEFAULT_DOMAIN, FunctionSpec, InputKind, Spec
-from fngen.spec import CHECK_NAMES, EXPORT_CHECKS
+from fngen.spec import CHECK_NAMES, EXPORT_CHECKS, KERNEL_CHECKS
 
 FLOAT64_TOL = dict(rtol=1e-7, atol=1e-9)
 FLOAT32_TOL = dict(rtol=2e-3, atol=2e-4)
+# A Triton kernel computes in float32 and rounds once to its dtype, against
+# the torch code in float64; atol is relative to the largest value (see
+# `_scaled`): cancellation in a sum costs absolute accuracy.
+KERNEL_TOL = {
+    "float32": dict(rtol=1e-4, atol=1e-5),
+    "bfloat16": dict(rtol=1.6e-2, atol=1e-2),
+}
 DEFAULT_SCALARS = {InputKind.FLOAT: 1.5, InputKind.INT: 2, InputKind.BOOL: True}
 DEFAULT_SIZE = 3
 # Where an input on the default domain is also probed (each sign), in the
@@ -100,7 +108,8 @@ class Report:
     device: str
     dtype: str
     functions: list[FunctionReport]
-    # The checks run: CHECK_NAMES, and `export` for ``export: custom_op``.
+    # The checks run: CHECK_NAMES, `export` for ``export: custom_op``, and
+    # `kernel` for ``kernels: triton``.
     columns: tuple[str, ...] = CHECK_NAMES
 
     @property
@@ -288,6 +297,18 @@ def _outputs(value):
     return value if isinstance(value, tuple) else (value,)
 
 
+def _scaled(tol: dict, expected) -> dict:
+    """`tol` with its atol relative to the largest finite value of
+    `expected` (at least 1)."""
+    import torch
+
+    if expected is None or not expected.is_floating_point() or not expected.numel():
+        return tol
+    finite = expected.detach()[torch.isfinite(expected.detach())]
+    scale = max(finite.abs().max().item() if finite.numel() else 0.0, 1.0)
+    return dict(tol, atol=tol["atol"] * scale)
+
+
 def _floating(value):
     """The floating point outputs of `value`, a tensor or a tuple of them."""
     return tuple(o for o in _outputs(value) if o.is_floating_point())
@@ -370,11 +391,15 @@ def _culprit(interpret, expr):
 
 
 class FunctionChecker:
-    def __init__(self, fn: FunctionSpec, module, device, dtype, namespace=None):
+    def __init__(
+        self, fn: FunctionSpec, module, device, dtype, namespace=None, kernels="none"
+    ):
         import torch
 
         self.torch = torch
         self.fn = fn
+        # The spec's ``kernels:`` (a function's own wins).
+        self.kernels = kernels
         # Of ``export: custom_op``: the op is torch.ops.<namespace>.<name>.
         self.namespace = namespace
         self.module = module
@@ -1345,6 +1370,216 @@ class FunctionChecker:
             out_eager = _outputs(self.func(*fresh))
         return self._outputs_against_eager("decomposed", outputs, out_eager)
 
+    # -- the Triton kernels -------------------------------------------------
+
+    def kernel_skip(self) -> str | None:
+        """Why the kernel check cannot run here, or None."""
+        from fngen.codegen import kernel_status
+
+        reason = kernel_status(self.fn, self.kernels)
+        if reason:
+            return f"no Triton kernel: {reason}"
+        if self.device.type not in ("cuda", "cpu"):
+            return f"the kernels run on CUDA, not {self.device.type}"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed"
+        return None
+
+    def kernel_module(self):
+        """The module whose kernels run on this device: the checked one on
+        CUDA; on a CPU, a copy of it whose kernels Triton's interpreter runs
+        (made once per module)."""
+        if self.device.type == "cuda":
+            return self.module
+        copy = getattr(self.module, "__fngen_interpreted__", None)
+        if copy is None:
+            from fngen.kernels import load_kernel_module
+
+            copy = load_kernel_module(
+                self.module.__fngen_source__,
+                f"{self.module.__name__}_interpreted",
+                interpret=True,
+            )
+            self.module.__fngen_interpreted__ = copy
+        return copy
+
+    def check_kernel(self):
+        """The Triton kernels against the torch code they stand for: the
+        outputs and every input gradient, for each combination of needed
+        gradients, in the check's dtype, float32 and bfloat16, on a size
+        that is not a multiple of the kernels' block, a 0-dim and an empty
+        tensor, each against the torch code in float64 on the same values;
+        each kernel must have run.  With broadcast inputs, the torch code
+        runs and gives the same gradients."""
+        import numpy as np
+
+        torch = self.torch
+        module = self.kernel_module()
+        forward, backward = (f"_{self.fn.name}_{part}" for part in ("fwd", "bwd"))
+        launched: list[str] = []
+        originals = {
+            n: getattr(module, n) for n in (forward, backward) if hasattr(module, n)
+        }
+
+        def counted(name, launcher):
+            def launch(*args, **kwargs):
+                launched.append(name)
+                return launcher(*args, **kwargs)
+
+            return launch
+
+        block = module._BLOCK_SIZE
+        dtypes = list(dict.fromkeys([self.dtype, torch.float32, torch.bfloat16]))
+        cases = [((2 * block + 52,), dtype) for dtype in dtypes]
+        cases += [((), torch.float32), ((0,), torch.float32)]
+        try:
+            for name, launcher in originals.items():
+                setattr(module, name, counted(name, launcher))
+            with np.errstate(all="ignore"):  # the interpreter's masked lanes
+                for shape, dtype in cases:
+                    for needed in self._needed_combinations():
+                        launched.clear()
+                        problem = self._kernel_case(module, shape, dtype, needed)
+                        if problem:
+                            return problem
+                        expected = [n for n in originals if n == forward or any(needed)]
+                        missing = [n for n in expected if n not in launched]
+                        if missing:
+                            return (
+                                f"the kernel {missing[0]} did not run on "
+                                f"{dtype} tensors of shape {shape}"
+                            )
+                if len(self.fn.float_inputs) > 1:
+                    return self._kernel_case(
+                        module, (3, block - 300), torch.float32, None, broadcast=True
+                    )
+        finally:
+            for name, launcher in originals.items():
+                setattr(module, name, launcher)
+        return None
+
+    def _needed_combinations(self):
+        """Which float inputs require grad: each combination of up to three
+        inputs, else each alone and all."""
+        n = len(self.fn.float_inputs)
+        if n > 3:
+            return [tuple(i == j for j in range(n)) for i in range(n)] + [(True,) * n]
+        return [c for c in itertools.product((False, True), repeat=n) if any(c)]
+
+    def _kernel_case(self, module, shape, dtype, needed, broadcast=False):
+        torch = self.torch
+        floats = [s.name for s in self.fn.float_inputs]
+        shapes = {name: shape for name in floats}
+        if broadcast:  # the last input along the last dimension only
+            shapes[floats[-1]] = shape[-1:]
+        fn = dataclasses.replace(
+            self.fn,
+            check=dataclasses.replace(self.fn.check, shapes=tuple(shapes.items())),
+        )
+        generator = torch.Generator().manual_seed(self.seed)
+        values = sample_inputs(fn, torch.float64, self.device, generator)
+        if needed is None:
+            needed = (True,) * len(floats)
+        flags = dict(zip(floats, needed))
+        low = [
+            (
+                v.detach().to(dtype).requires_grad_(flags[s.name])
+                if s.is_differentiable
+                else v
+            )
+            for s, v in zip(self.fn.inputs, values)
+        ]
+        # The same values in float64, for the torch code.
+        wide = [
+            (
+                v.detach().double().requires_grad_(flags[s.name])
+                if s.is_differentiable
+                else v
+            )
+            for s, v in zip(self.fn.inputs, low)
+        ]
+        label = f"{str(dtype).replace('torch.', '')} {tuple(shape)}"
+        if broadcast:
+            label += " broadcast"
+        kernel_out = _outputs(getattr(module, self.fn.name)(*low))
+        device = module._KERNEL_DEVICE
+        module._KERNEL_DEVICE = None
+        try:
+            torch_out = _outputs(getattr(module, self.fn.name)(*wide))
+        finally:
+            module._KERNEL_DEVICE = device
+        if dtype == torch.float64:
+            tol = self.tol
+        else:
+            tol = KERNEL_TOL[str(dtype).removeprefix("torch.")]
+        names = self.output_names()
+        for name, a, b in zip(names, kernel_out, torch_out):
+            if a.dtype != (b.dtype if not b.is_floating_point() else dtype):
+                return f"the kernel's output {name} is {a.dtype} for {label} inputs"
+            if not b.is_floating_point():  # a comparison
+                if a.shape != b.shape or not torch.equal(a, b):
+                    return (
+                        f"the kernel's output {name} ({label}) is not the torch code's"
+                    )
+                continue
+            problem = _compare(
+                a.double(),
+                b,
+                _scaled(tol, b),
+                f"the kernel's output {name} ({label})",
+                "the torch code",
+            )
+            if problem:
+                return problem
+        pairs = [
+            (a, b)
+            for a, b in zip(kernel_out, torch_out)
+            if a.is_floating_point() and a.requires_grad
+        ]
+        if not pairs:
+            return None
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        seeds = [
+            torch.randn(b.shape, generator=generator, dtype=torch.float64)
+            .to(dtype)
+            .to(device=b.device)
+            for _, b in pairs
+        ]
+        tensors_low = [v for v in low if _differentiable(v) and v.requires_grad]
+        tensors_wide = [v for v in wide if _differentiable(v) and v.requires_grad]
+        grads_low = torch.autograd.grad(
+            [a for a, _ in pairs], tensors_low, seeds, allow_unused=True
+        )
+        module._KERNEL_DEVICE = None
+        try:
+            grads_wide = torch.autograd.grad(
+                [b for _, b in pairs],
+                tensors_wide,
+                [s.double() for s in seeds],
+                allow_unused=True,
+            )
+        finally:
+            module._KERNEL_DEVICE = device
+        needed_names = [n for n, need in zip(floats, needed) if need]
+        for name, a, b in zip(needed_names, grads_low, grads_wide):
+            if a is not None and a.dtype != dtype:
+                return (
+                    f"the kernel's gradient of {name} is {a.dtype} for {label} inputs"
+                )
+            problem = _compare(
+                None if a is None else a.double(),
+                b,
+                _scaled(tol, b),
+                f"the kernel's gradient of {name} ({label}, needed: "
+                f"{', '.join(needed_names)})",
+                "the torch code",
+            )
+            if problem:
+                return problem
+        return None
+
     def check_float32(self):
         torch = self.torch
         wide = self.inputs(torch.float64)
@@ -1396,6 +1631,10 @@ class FunctionChecker:
         if self.fn.once_differentiable:
             skips.setdefault("double_backward", "once_differentiable")
             skips.setdefault("vmap", "once_differentiable")
+        if "kernel" in checks and "kernel" not in skips:
+            reason = self.kernel_skip()
+            if reason:
+                skips["kernel"] = reason
         for absent in self.variants():
             self.absent = absent
             problem = self._domain_problem()
@@ -1500,12 +1739,18 @@ def check_spec(
     if unknown:
         raise UnknownFunctionError(unknown_functions_message(unknown, known, spec.path))
     module = load(spec)
+    kernels = spec.kernels == "triton" or any(
+        fn.kernels == "triton" for fn in spec.functions
+    )
     columns = CHECK_NAMES + (EXPORT_CHECKS if spec.export else ())
+    columns += KERNEL_CHECKS if kernels else ()
     reports = []
     for fn in spec.functions:
         if names and fn.name not in names:
             continue
-        checker = FunctionChecker(fn, module, dev, torch_dtype, spec.namespace)
+        checker = FunctionChecker(
+            fn, module, dev, torch_dtype, spec.namespace, spec.kernels
+        )
         reports.append(checker.run(checks or list(columns)))
     return Report(device_name, dtype_name, reports, columns)
 

@@ -20,6 +20,7 @@ from sympy.printing.pycode import pycode
 
 from fngen import __version__
 from fngen import dag
+from fngen import kernels as K
 from fngen import tensorops as T
 from fngen.derive import (
     Derivation,
@@ -117,6 +118,9 @@ class FunctionWriter:
         # presence_variants, derived once per set of absent optional tensors.
         self._presence: dict[frozenset[str], list] = {}
         self.first_tensor = next(i.name for i in fn.float_inputs if not i.optional)
+        # The function's Triton kernels (forward, backward or None), set by
+        # `render_function` where it has them.
+        self.kernels: tuple[K.Kernel, K.Kernel | None] | None = None
 
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
         safe = {sp.Symbol(g.name, real=True) for g in self.d.grad_symbols}
@@ -178,9 +182,21 @@ class FunctionWriter:
 
     # -- the Function -----------------------------------------------------
 
+    def _arg_names(self, kernel: K.Kernel) -> list[str]:
+        return [a.symbol.name for a in kernel.args]
+
     def forward(self) -> list[str]:
+        kernel = []
+        if self.kernels:
+            forward = self.kernels[0]
+            tensors = ", ".join(i.name for i in self.fn.float_inputs)
+            kernel = [
+                f"if _kernels_take({tensors}):",
+                f"    return {forward.name}({', '.join(self._arg_names(forward))})",
+            ]
+
         def body(d):
-            lines = self.emit(d.forward, self.printer(self.first_tensor), {})
+            lines = kernel + self.emit(d.forward, self.printer(self.first_tensor), {})
             lines += self._unaliased_outputs(d)
             names = ", ".join(o.name for o in d.outputs)
             return lines + [f"return {names}"]
@@ -424,6 +440,7 @@ class FunctionWriter:
                 lines.append(f"{flags[0]} = ctx.needs_input_grad[0]")
             else:
                 lines.append(f"{', '.join(flags)} = ctx.needs_input_grad")
+            lines += self._backward_kernel(d)
             lines.append(" = ".join(f"grad_{n}" for n in grad_names) + " = None")
         shape_names = {s: f"ctx.{s.name}_shape" for s in self.backward_shapes(full)}
         # Dtypes and devices come from an incoming gradient this branch has:
@@ -435,6 +452,34 @@ class FunctionWriter:
         ]
         lines.append(f"return {', '.join(results)}{',' if len(results) == 1 else ''}")
         return lines
+
+    def _backward_kernel(self, d: Derivation) -> list[str]:
+        """The backward kernel's launch, where its tensors qualify and the
+        backward is not itself differentiated (the torch code is)."""
+        if not self.kernels or self.kernels[1] is None:
+            return []
+        backward = self.kernels[1]
+        names = self._arg_names(backward)
+        tensors = [s.name for s in backward.tensors]
+        tests = ["not torch.is_grad_enabled()", f"_kernels_take({', '.join(tensors)})"]
+        # A tensor whose shape alone the backward keeps: the kernel does
+        # not reduce a gradient to it, so it must have the others' shape.
+        tests += [
+            f"ctx.{s.name}_shape == {tensors[0]}.shape" for s in self.backward_shapes(d)
+        ]
+        keywords = K.KernelWriter(backward).keywords
+        flags = [f"{kw}=needs_{n}" for kw, n in zip(keywords, backward.needs)]
+        grads = [f"grad_{n}" for n in backward.needs]
+        results = [
+            f"grad_{name}" if symbol is not None else "None" for name, symbol in d.grads
+        ]
+        trailing = "," if len(results) == 1 else ""
+        return [
+            f"if {' and '.join(tests)}:",
+            f"    {', '.join(grads)}{',' if len(grads) == 1 else ''} = "
+            f"{backward.name}({', '.join(names + flags)})",
+            f"    return {', '.join(results)}{trailing}",
+        ]
 
     def zero_tangents(self) -> list:
         """Tensor inputs whose tangent may come as None: without materialized
@@ -957,19 +1002,68 @@ def traceable(
     )
 
 
+def kernel_names(name: str) -> tuple[str, str]:
+    """The launchers of function `name`'s Triton kernels, forward and
+    backward; each kernel is its launcher's name and ``_kernel``."""
+    return f"_{name}_fwd", f"_{name}_bwd"
+
+
+def function_kernels(writer: FunctionWriter) -> tuple | str:
+    """The Triton kernels (forward, backward or None) of the function
+    `writer` writes, or why it has none."""
+    fn = writer.fn
+    try:
+        found = K.function_kernels(fn, writer.d, kernel_names(fn.name))
+    except K.NotPointwise as err:
+        return str(err)
+    except ValueError as err:  # a kernel that reads no tensor
+        return str(err)
+    optional = [i.name for i in fn.inputs if i.optional]
+    if optional:
+        return f"the optional tensor {optional[0]} (not yet supported)"
+    if fn.kept:
+        return "it keeps an intermediate for its backward (not yet supported)"
+    if writer.presence_variants(writer.d):
+        return "several differentiable outputs (not yet supported)"
+    return found
+
+
+def kernel_status(fn: FunctionSpec, kernels: str = "none") -> str | None:
+    """None where the generated module has Triton kernels for `fn` (of a
+    spec whose ``kernels:`` is `kernels`), else why it has none."""
+    if (fn.kernels or kernels) != "triton":
+        return "kernels: none"
+    plain = keep_reductions(keep_intermediate(fuse_function(fn)))
+    found = function_kernels(FunctionWriter(plain, variants(plain)))
+    return found if isinstance(found, str) else None
+
+
 def render_function(
-    fn: FunctionSpec, namespace: str | None = None
+    fn: FunctionSpec, namespace: str | None = None, kernels: str = "none"
 ) -> tuple[dict, list[FunctionWriter]]:
     """The template context of one function, and its writers (the eager
     class's, and those of the compiled and traced classes when it has
     them).  With a `namespace` (``export: custom_op``) the function is also
-    the custom op ``torch.ops.<namespace>.<name>``."""
+    the custom op ``torch.ops.<namespace>.<name>``.  With `kernels`
+    ``"triton"`` (the spec's; the function's own ``kernels:`` wins), a
+    pointwise function gets Triton kernels (the writer's `kernels`); one
+    that asks for them itself and cannot have them is an error."""
     writers = []
     try:
         fused = fuse_function(fn)
         kept = keep_intermediate(fused)
         fn = keep_reductions(kept)
         writer = FunctionWriter(fn, variants(fn))
+        if (fn.kernels or kernels) == "triton":
+            found = function_kernels(writer)
+            if isinstance(found, str) and fn.kernels == "triton":
+                raise SpecError(
+                    fn.location,
+                    f"function '{fn.name}' cannot have Triton kernels: {found}",
+                    "only a pointwise function can; remove 'kernels: triton'",
+                )
+            if not isinstance(found, str):
+                writer.kernels = found
         context = writer.context()
         name = class_name(fn.name)
         eager = (context["function_class"], writer.apply_suffix())
@@ -1048,8 +1142,10 @@ def render(spec: Spec) -> str:
     uses_math, helpers, all_names = False, set(), []
     namespace = spec.namespace if spec.export == "custom_op" else None
     decompositions = []
+    kernels = []
     for fn in spec.functions:
-        context, writers = render_function(fn, namespace)
+        context, writers = render_function(fn, namespace, spec.kernels)
+        kernels += [k for k in writers[-1].kernels or () if k is not None]
         if namespace is not None:
             decompositions.append(context["custom_op"])
         chunk = format_source(_macros().function_chunk(context))
@@ -1074,6 +1170,8 @@ def render(spec: Spec) -> str:
         uses_math=uses_math,
         helpers=helpers,
         all_names=all_names,
+        kernel_imports=K.IMPORTS if kernels else "",
+        kernel_section=K.embedded_source(kernels) if kernels else "",
     )
     if decompositions:
         chunks.append(

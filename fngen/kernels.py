@@ -166,7 +166,8 @@ def _pointwise(expr: sp.Basic) -> sp.Basic:
         if isinstance(e, (T.SumToSize, T.Expand)) and isinstance(e.args[1], T.ShapeOf):
             return lower(e.args[0])
         if isinstance(e, T.TensorOp):
-            raise NotPointwise(f"{type(e).__name__} is not elementwise: {e}")
+            name = type(e).__name__.removeprefix("Tensor").lower()
+            raise NotPointwise(f"it is not pointwise ({name})")
         if not e.args:
             return e
         args = [lower(a) for a in e.args]
@@ -202,11 +203,19 @@ def _input_args(fn, symbols: set[sp.Symbol]) -> list[KernelArg]:
     for spec in fn.inputs:
         symbol = fn.symbol(spec.name)
         if symbol in symbols:
+            if spec.kind.value not in KINDS:  # a long tensor of class indices
+                raise NotPointwise(f"{spec.name} is a {spec.kind.value} input")
             args.append(KernelArg(symbol, spec.kind.value))
     return args
 
 
 def _formula_text(fn) -> str:
+    """The formula as the user wrote it, its statements joined by ``;``."""
+    text = getattr(fn.formula, "text", None)
+    if text:
+        return "; ".join(
+            line.strip() for line in text.strip().splitlines() if line.strip()
+        )
     return "; ".join(f"{out} = {math_text(expr)}" for out, expr in fn.formula.outputs)
 
 
@@ -214,7 +223,7 @@ def _read(program: tuple[Block, ...]) -> set[sp.Symbol]:
     return set().union(*(e.free_symbols for b in program for _, e in b.assignments))
 
 
-def forward_kernel(fn, d) -> Kernel:
+def forward_kernel(fn, d, name: str | None = None) -> Kernel:
     """The forward kernel of `fn` from its derivation `d`: the outputs from
     the inputs.  Raises `NotPointwise`."""
     program = lower_program(d.forward, frozenset())
@@ -226,7 +235,8 @@ def forward_kernel(fn, d) -> Kernel:
         for out, expr in zip(d.outputs, _output_exprs(fn, d))
     )
     doc = f"Forward of {fn.name}: {_formula_text(fn)}."
-    return _checked(Kernel(f"{fn.name}_forward", doc, tuple(args), outputs, program))
+    name = name or f"{fn.name}_forward"
+    return _checked(Kernel(name, doc, tuple(args), outputs, program))
 
 
 def _output_exprs(fn, d) -> list[sp.Expr]:
@@ -234,7 +244,7 @@ def _output_exprs(fn, d) -> list[sp.Expr]:
     return [exprs.get(out, out) for out in d.outputs]
 
 
-def backward_kernel(fn, d) -> Kernel:
+def backward_kernel(fn, d, name: str | None = None) -> Kernel:
     """The backward kernel of `fn` from its derivation `d`: every needed
     input gradient from the incoming gradients and the saved tensors, in
     one pass.  Raises `NotPointwise`."""
@@ -252,7 +262,7 @@ def backward_kernel(fn, d) -> Kernel:
     doc = f"Backward of {fn.name}: {_formula_text(fn)}."
     needs = tuple(name for name, _ in grads)
     return _checked(
-        Kernel(f"{fn.name}_backward", doc, tuple(args), outputs, program, needs)
+        Kernel(name or f"{fn.name}_backward", doc, tuple(args), outputs, program, needs)
     )
 
 
@@ -312,6 +322,10 @@ class KernelWriter:
     """Prints one `Kernel` as its ``@triton.jit`` function and launcher."""
 
     kernel: Kernel
+    # Whether the launcher checks its tensors (`_check_launch`): not in a
+    # generated module, whose Function calls it only where `_kernels_take`
+    # said yes.
+    checked: bool = True
     names: dict = field(init=False)
 
     def __post_init__(self):
@@ -456,7 +470,9 @@ class KernelWriter:
         params += [f"{kw}=True" for kw in self.keywords]
         tensors = [self.names[s] for s in k.tensors]
         like = tensors[0]
-        lines = [f"_check_launch({k.name!r}, {', '.join(tensors)})"]
+        lines = []
+        if self.checked:
+            lines.append(f"_check_launch({k.name!r}, {', '.join(tensors)})")
         for o in k.outputs:
             dtype = ", dtype=torch.bool" if o.dtype == "bool" else ""
             allocate = f"torch.empty_like({like}{dtype})"
@@ -500,9 +516,10 @@ class KernelWriter:
 
     def _launcher_doc(self) -> str:
         k = self.kernel
+        which = "`_can_launch`" if self.checked else "`_kernels_take`"
         text = (
             f"{k.doc}\n\nLaunches {k.name}_kernel on contiguous tensors of one"
-            " shape, dtype and device (`_can_launch`); broadcasting is the torch"
+            f" shape, dtype and device ({which}); broadcasting is the torch"
             " path's."
         )
         if k.needs:
@@ -569,6 +586,76 @@ def _check_launch(name, *tensors):
 '''
 
 
+# A generated module's kernel section, before its functions: the dispatch
+# (defined with or without Triton), then the kernels under ``if triton is
+# not None:``.  Its import of Triton is `IMPORTS`, with the module's.
+IMPORTS = """\
+try:
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
+except ImportError:  # without Triton, every function runs its torch code
+    triton = None
+"""
+
+DISPATCH = f'''\
+# The device type the Triton kernels run on; None turns them off.
+_KERNEL_DEVICE = "cuda"
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_BLOCK_SIZE = {BLOCK_SIZE}
+
+
+def _kernels_take(*tensors):
+    """Whether a Function runs its Triton kernel on `tensors` rather than its
+    torch code: Triton is installed; nothing compiles or traces (compiled,
+    inductor fuses the torch code with its neighbours); the tensors are
+    plain ones (not fake, nor a torch.func transform's) on the current
+    `_KERNEL_DEVICE`, contiguous, of one shape and one floating dtype.
+    Broadcasting is the torch code's."""
+    first = tensors[0]
+    device = first.device
+    if triton is None or device.type != _KERNEL_DEVICE:
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return (
+        (device.index is None or device.index == torch.cuda.current_device())
+        and first.dtype in _KERNEL_DTYPES
+        and all(
+            type(t) in (torch.Tensor, torch.nn.Parameter)
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+            and t.shape == first.shape
+            and t.dtype == first.dtype
+            and t.device == device
+            and t.is_contiguous()
+            for t in tensors
+        )
+    )
+'''
+
+_COMPUTE_DTYPE = '''\
+def _compute_dtype(tensor):
+    """float64 computes in float64; float32, float16 and bfloat16 in float32."""
+    return tl.float64 if tensor.dtype == torch.float64 else tl.float32
+'''
+
+
+def embedded_source(kernels: list[Kernel]) -> str:
+    """The kernel section of a generated module (unformatted): `DISPATCH`,
+    then the kernels and launchers of `kernels` (unchecked: see
+    `KernelWriter.checked`) under ``if triton is not None:``.  The module
+    imports `IMPORTS`."""
+    writers = [KernelWriter(k, checked=False) for k in kernels]
+    parts = [_COMPUTE_DTYPE]
+    helpers: set[str] = set()
+    for w in writers:
+        parts += [w.kernel_source(), w.launcher_source()]
+        helpers |= w.printer.helpers
+    parts[1:1] = [HELPERS[name] for name in sorted(helpers)]
+    block = "\n\n".join(_indent(part.strip("\n")) for part in parts)
+    return DISPATCH + "\n\nif triton is not None:\n" + block + "\n"
+
+
 def module_source(
     kernels: list[Kernel], doc: str = "Generated by fngen.", formatted: bool = True
 ) -> str:
@@ -597,20 +684,24 @@ def module_source(
     return black.format_str(source, mode=_BLACK_MODE) if formatted else source
 
 
-def function_kernels(fn, d=None) -> tuple[Kernel, Kernel | None]:
+def function_kernels(
+    fn, d=None, names: tuple[str, str] | None = None
+) -> tuple[Kernel, Kernel | None]:
     """The forward and backward kernels of `fn` (from `d`, by default its
     derivation with PyTorch's fused functions recognized, as the generated
-    module's); no backward kernel where no input has a gradient (a step:
-    the backward returns None).  Raises `NotPointwise`."""
+    module's), named `names` (by default ``NAME_forward`` and
+    ``NAME_backward``); no backward kernel where no input has a gradient (a
+    step: the backward returns None).  Raises `NotPointwise`."""
     if d is None:
         from fngen.derive import derive
         from fngen.fuse import fuse_function
 
         d = derive(fuse_function(fn))
-    forward = forward_kernel(fn, d)
+    forward_name, backward_name = names or (f"{fn.name}_forward", f"{fn.name}_backward")
+    forward = forward_kernel(fn, d, forward_name)
     if not any(symbol is not None for _, symbol in d.grads) or _all_zero(d):
         return forward, None
-    return forward, backward_kernel(fn, d)
+    return forward, backward_kernel(fn, d, backward_name)
 
 
 def _all_zero(d) -> bool:
@@ -636,13 +727,20 @@ def load_kernel_module(source: str, name: str = "fngen_kernels", interpret=None)
     on CPU tensors (``TRITON_INTERPRET=1`` while the ``@triton.jit``
     decorators run, and only then); None: as the environment says.  Under the
     interpreter the module's ``libdevice`` is `fngen.triton_interpret`'s,
-    which it can run."""
+    which it can run, and a generated module's kernels run on CPU tensors
+    (its ``_KERNEL_DEVICE``)."""
     import os
 
     from fngen.api import import_source
 
     if interpret is None:
         interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if interpret:
+        # Triton itself imported as it would be without the interpreter:
+        # imported under it, its standard library is made of interpreted
+        # functions, and the first launch (which imports Triton's gluon,
+        # asserting them compiled) fails once the variable is unset.
+        import triton  # noqa: F401
     before = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
@@ -656,4 +754,6 @@ def load_kernel_module(source: str, name: str = "fngen_kernels", interpret=None)
         from fngen.triton_interpret import libdevice
 
         module.libdevice = libdevice
+        if hasattr(module, "_KERNEL_DEVICE"):  # a generated module's kernels
+            module._KERNEL_DEVICE = "cpu"
     return module

@@ -119,6 +119,9 @@ class FunctionSpec:
     kept: int = 0
     # The first arguments of the Module's __init__, in this order.
     module_args: tuple[str, ...] = ()
+    # ``kernels:`` of the function itself ("triton" or "none"); None: the
+    # spec's (`Spec.kernels`).
+    kernels: str | None = None
 
     def __post_init__(self):
         names = [i.name for i in self.inputs]
@@ -154,3 +157,6 @@ class Spec:
     # ``torch.ops.<namespace>.<name>``, which torch.export keeps.
     export: str | None = None
     namespace: str | None = None
+    # "triton": pointwise functions get generated Triton kernels (see
+    # fngen.kernels), unless a function says ``kernels: none``.
+    kernels: str = "none"

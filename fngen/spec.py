@@ -60,8 +60,9 @@ FORMAT_VERSION = 1
 # builtin's name they would change what the module's code (and the code of
 # whoever imports * from it) calls, as ``abs`` would for ``abs(c)``.
 PYTHON_BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
-TOP_KEYS = ("fngen", "doc", "check", "export", "namespace", "functions")
+TOP_KEYS = ("fngen", "doc", "check", "export", "namespace", "kernels", "functions")
 EXPORT_MODES = ("custom_op",)
+KERNEL_MODES = ("triton", "none")
 FACTORY_ARGUMENTS = frozenset({"device", "dtype"})
 # Namespaces of PyTorch's own operators: torch.library refuses them, or
 # they would shadow them.
@@ -76,6 +77,7 @@ FUNCTION_KEYS = (
     "once_differentiable",
     "autocast",
     "module_args",
+    "kernels",
 )
 INPUT_KEYS = ("type", "default", "domain", "param", "init", "optional", "classes")
 SPEC_CHECK_KEYS = ("device", "dtype")
@@ -92,6 +94,8 @@ CHECK_NAMES = (
 )
 # Run only for ``export: custom_op``, in a column of their own.
 EXPORT_CHECKS = ("export",)
+# Run only for a spec with ``kernels: triton`` (its own or a function's).
+KERNEL_CHECKS = ("kernel",)
 DTYPES = ("float64", "float32")
 AUTOCAST_DTYPES = ("float32",)
 INITS = {
@@ -191,6 +195,9 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
         if "dtype" in check:
             dtype = _choice(check["dtype"], "dtype", DTYPES)
     export, namespace = _export(mapping)
+    kernels = "none"
+    if "kernels" in mapping:
+        kernels = _choice(mapping["kernels"], "kernels", KERNEL_MODES)
     if "functions" not in mapping:
         raise SpecError(root.location, "missing key 'functions'")
     functions_node = mapping["functions"]
@@ -229,6 +236,7 @@ def parse_spec(text: str | bytes, filename: str = "ops.yaml") -> Spec:
         tuple(warnings),
         export=export,
         namespace=namespace,
+        kernels=kernels,
     )
 
 
@@ -343,6 +351,9 @@ class FunctionBuilder:
             autocast = _choice(fields["autocast"], "autocast", AUTOCAST_DTYPES)
         check = self._check(fields.get("check"), inputs)
         module_args = self._module_args(fields.get("module_args"), inputs)
+        kernels = None
+        if "kernels" in fields:
+            kernels = _choice(fields["kernels"], "kernels", KERNEL_MODES)
         return FunctionSpec(
             name=name,
             location=location,
@@ -355,6 +366,7 @@ class FunctionBuilder:
             once_differentiable=once,
             autocast=autocast,
             module_args=module_args,
+            kernels=kernels,
         )
 
     @staticmethod
@@ -725,7 +737,7 @@ class FunctionBuilder:
         skips = []
         if "skip" in fields:
             for name, reason in _mapping(
-                fields["skip"], "skip", CHECK_NAMES + EXPORT_CHECKS
+                fields["skip"], "skip", CHECK_NAMES + EXPORT_CHECKS + KERNEL_CHECKS
             ).items():
                 skips.append((name, _str(reason, "skip reason")))
         return CheckSpec(

@@ -279,7 +279,7 @@ def test_generated_names():
         (
             "fngen: 1\nfoo: 1\nfunctions:\n  f:\n    formula: y = x\n",
             "ops.yaml:2:1: error: unknown key 'foo' in the spec "
-            "(expected one of: fngen, doc, check, export, namespace, functions)",
+            "(expected one of: fngen, doc, check, export, namespace, kernels, functions)",
         ),
         ("fngen: 1\n", "ops.yaml:1:1: error: missing key 'functions'"),
         ("fngen: 1\nfunctions: {}\n", "ops.yaml:2:12: error: 'functions' is empty"),
@@ -623,7 +623,8 @@ def test_unused_and_unknown_inputs():
         (
             "formula: y = x\ncheck:\n  skip: {foo: nope}\n",
             "ops.yaml:6:14: error: unknown key 'foo' in skip (expected one of: reference, "
-            "gradcheck, double_backward, forward_ad, batched, vmap, compile, float32, export)",
+            "gradcheck, double_backward, forward_ad, batched, vmap, compile, float32, export, "
+            "kernel)",
         ),
         (
             "formula: y = x\ncheck:\n  skip: {vmap: 3}\n",

@@ -215,8 +215,7 @@ def mish_backward(grad, x, needs_x=True):
 def gelu_tanh_forward_kernel(
     x_ptr, y_ptr, n_elements, BLOCK_SIZE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr
 ):
-    """Forward of gelu_tanh: y = x*(tanh(sqrt(2)*(8943*x**3/200000 + x)/sqrt(pi)) +
-    1)/2.
+    """Forward of gelu_tanh: y = 0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3))).
 
     Reads x and writes y, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -229,8 +228,7 @@ def gelu_tanh_forward_kernel(
 
 
 def gelu_tanh_forward(x):
-    """Forward of gelu_tanh: y = x*(tanh(sqrt(2)*(8943*x**3/200000 + x)/sqrt(pi)) +
-    1)/2.
+    """Forward of gelu_tanh: y = 0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3))).
 
     Launches gelu_tanh_forward_kernel on contiguous tensors of one shape, dtype
     and device (`_can_launch`); broadcasting is the torch path's.
@@ -256,8 +254,7 @@ def gelu_tanh_backward_kernel(
     COMPUTE_DTYPE: tl.constexpr,
     NEEDS_X: tl.constexpr,
 ):
-    """Backward of gelu_tanh: y = x*(tanh(sqrt(2)*(8943*x**3/200000 + x)/sqrt(pi))
-    + 1)/2.
+    """Backward of gelu_tanh: y = 0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3))).
 
     Reads grad and x and writes grad_x (if NEEDS_X), BLOCK_SIZE elements a
     program, computed in COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -277,8 +274,7 @@ def gelu_tanh_backward_kernel(
 
 
 def gelu_tanh_backward(grad, x, needs_x=True):
-    """Backward of gelu_tanh: y = x*(tanh(sqrt(2)*(8943*x**3/200000 + x)/sqrt(pi))
-    + 1)/2.
+    """Backward of gelu_tanh: y = 0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3))).
 
     Launches gelu_tanh_backward_kernel on contiguous tensors of one shape, dtype
     and device (`_can_launch`); broadcasting is the torch path's. Returns
@@ -386,7 +382,7 @@ def softplus_backward(grad, x, needs_x=True):
 def elu_forward_kernel(
     x_ptr, y_ptr, n_elements, BLOCK_SIZE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr
 ):
-    """Forward of elu: y = where(x > 0, x, expm1(x)).
+    """Forward of elu: y = where(x > 0, x, exp(x) - 1).
 
     Reads x and writes y, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -399,7 +395,7 @@ def elu_forward_kernel(
 
 
 def elu_forward(x):
-    """Forward of elu: y = where(x > 0, x, expm1(x)).
+    """Forward of elu: y = where(x > 0, x, exp(x) - 1).
 
     Launches elu_forward_kernel on contiguous tensors of one shape, dtype and
     device (`_can_launch`); broadcasting is the torch path's.
@@ -425,7 +421,7 @@ def elu_backward_kernel(
     COMPUTE_DTYPE: tl.constexpr,
     NEEDS_X: tl.constexpr,
 ):
-    """Backward of elu: y = where(x > 0, x, expm1(x)).
+    """Backward of elu: y = where(x > 0, x, exp(x) - 1).
 
     Reads grad and x and writes grad_x (if NEEDS_X), BLOCK_SIZE elements a
     program, computed in COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -440,7 +436,7 @@ def elu_backward_kernel(
 
 
 def elu_backward(grad, x, needs_x=True):
-    """Backward of elu: y = where(x > 0, x, expm1(x)).
+    """Backward of elu: y = where(x > 0, x, exp(x) - 1).
 
     Launches elu_backward_kernel on contiguous tensors of one shape, dtype and
     device (`_can_launch`); broadcasting is the torch path's. Returns (grad_x,),
@@ -467,7 +463,7 @@ def elu_backward(grad, x, needs_x=True):
 def legendre3_forward_kernel(
     x_ptr, y_ptr, n_elements, BLOCK_SIZE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr
 ):
-    """Forward of legendre3: y = 5*x**3/2 - 3*x/2.
+    """Forward of legendre3: y = 0.5*(5*x**3 - 3*x).
 
     Reads x and writes y, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -480,7 +476,7 @@ def legendre3_forward_kernel(
 
 
 def legendre3_forward(x):
-    """Forward of legendre3: y = 5*x**3/2 - 3*x/2.
+    """Forward of legendre3: y = 0.5*(5*x**3 - 3*x).
 
     Launches legendre3_forward_kernel on contiguous tensors of one shape, dtype
     and device (`_can_launch`); broadcasting is the torch path's.
@@ -506,7 +502,7 @@ def legendre3_backward_kernel(
     COMPUTE_DTYPE: tl.constexpr,
     NEEDS_X: tl.constexpr,
 ):
-    """Backward of legendre3: y = 5*x**3/2 - 3*x/2.
+    """Backward of legendre3: y = 0.5*(5*x**3 - 3*x).
 
     Reads grad and x and writes grad_x (if NEEDS_X), BLOCK_SIZE elements a
     program, computed in COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -521,7 +517,7 @@ def legendre3_backward_kernel(
 
 
 def legendre3_backward(grad, x, needs_x=True):
-    """Backward of legendre3: y = 5*x**3/2 - 3*x/2.
+    """Backward of legendre3: y = 0.5*(5*x**3 - 3*x).
 
     Launches legendre3_backward_kernel on contiguous tensors of one shape, dtype
     and device (`_can_launch`); broadcasting is the torch path's. Returns
@@ -553,7 +549,7 @@ def sqrt_and_inverse_forward_kernel(
     BLOCK_SIZE: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    """Forward of sqrt_and_inverse: z = sqrt(x) + 2*y**2 + 1/x.
+    """Forward of sqrt_and_inverse: z = sqrt(x) + 1/x + 2*y**2.
 
     Reads x and y and writes z, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -567,7 +563,7 @@ def sqrt_and_inverse_forward_kernel(
 
 
 def sqrt_and_inverse_forward(x, y):
-    """Forward of sqrt_and_inverse: z = sqrt(x) + 2*y**2 + 1/x.
+    """Forward of sqrt_and_inverse: z = sqrt(x) + 1/x + 2*y**2.
 
     Launches sqrt_and_inverse_forward_kernel on contiguous tensors of one shape,
     dtype and device (`_can_launch`); broadcasting is the torch path's.
@@ -596,7 +592,7 @@ def sqrt_and_inverse_backward_kernel(
     NEEDS_X: tl.constexpr,
     NEEDS_Y: tl.constexpr,
 ):
-    """Backward of sqrt_and_inverse: z = sqrt(x) + 2*y**2 + 1/x.
+    """Backward of sqrt_and_inverse: z = sqrt(x) + 1/x + 2*y**2.
 
     Reads grad, x and y and writes grad_x (if NEEDS_X) and grad_y (if NEEDS_Y),
     BLOCK_SIZE elements a program, computed in COMPUTE_DTYPE and stored in the
@@ -616,7 +612,7 @@ def sqrt_and_inverse_backward_kernel(
 
 
 def sqrt_and_inverse_backward(grad, x, y, needs_x=True, needs_y=True):
-    """Backward of sqrt_and_inverse: z = sqrt(x) + 2*y**2 + 1/x.
+    """Backward of sqrt_and_inverse: z = sqrt(x) + 1/x + 2*y**2.
 
     Launches sqrt_and_inverse_backward_kernel on contiguous tensors of one
     shape, dtype and device (`_can_launch`); broadcasting is the torch path's.
@@ -652,7 +648,7 @@ def polynomial2_forward_kernel(
     BLOCK_SIZE: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    """Forward of polynomial2: z = x**3 + 3*x**2*y - 2*x*y**2 - x*y + y**3.
+    """Forward of polynomial2: z = x**3 + 3*x**2*y - 2*x*y**2 + y**3 - x*y.
 
     Reads x and y and writes z, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -666,7 +662,7 @@ def polynomial2_forward_kernel(
 
 
 def polynomial2_forward(x, y):
-    """Forward of polynomial2: z = x**3 + 3*x**2*y - 2*x*y**2 - x*y + y**3.
+    """Forward of polynomial2: z = x**3 + 3*x**2*y - 2*x*y**2 + y**3 - x*y.
 
     Launches polynomial2_forward_kernel on contiguous tensors of one shape,
     dtype and device (`_can_launch`); broadcasting is the torch path's.
@@ -695,7 +691,7 @@ def polynomial2_backward_kernel(
     NEEDS_X: tl.constexpr,
     NEEDS_Y: tl.constexpr,
 ):
-    """Backward of polynomial2: z = x**3 + 3*x**2*y - 2*x*y**2 - x*y + y**3.
+    """Backward of polynomial2: z = x**3 + 3*x**2*y - 2*x*y**2 + y**3 - x*y.
 
     Reads grad, x and y and writes grad_x (if NEEDS_X) and grad_y (if NEEDS_Y),
     BLOCK_SIZE elements a program, computed in COMPUTE_DTYPE and stored in the
@@ -715,7 +711,7 @@ def polynomial2_backward_kernel(
 
 
 def polynomial2_backward(grad, x, y, needs_x=True, needs_y=True):
-    """Backward of polynomial2: z = x**3 + 3*x**2*y - 2*x*y**2 - x*y + y**3.
+    """Backward of polynomial2: z = x**3 + 3*x**2*y - 2*x*y**2 + y**3 - x*y.
 
     Launches polynomial2_backward_kernel on contiguous tensors of one shape,
     dtype and device (`_can_launch`); broadcasting is the torch path's. Returns

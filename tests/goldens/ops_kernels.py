@@ -215,7 +215,7 @@ def sqrt_and_inverse_forward_kernel(
     BLOCK_SIZE: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    """Forward of sqrt_and_inverse: z = sqrt(x) + 2*y**2 + 1/x.
+    """Forward of sqrt_and_inverse: z = sqrt(x) + 1/x + 2*y**2.
 
     Reads x and y and writes z, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -229,7 +229,7 @@ def sqrt_and_inverse_forward_kernel(
 
 
 def sqrt_and_inverse_forward(x, y):
-    """Forward of sqrt_and_inverse: z = sqrt(x) + 2*y**2 + 1/x.
+    """Forward of sqrt_and_inverse: z = sqrt(x) + 1/x + 2*y**2.
 
     Launches sqrt_and_inverse_forward_kernel on contiguous tensors of one shape,
     dtype and device (`_can_launch`); broadcasting is the torch path's.
@@ -258,7 +258,7 @@ def sqrt_and_inverse_backward_kernel(
     NEEDS_X: tl.constexpr,
     NEEDS_Y: tl.constexpr,
 ):
-    """Backward of sqrt_and_inverse: z = sqrt(x) + 2*y**2 + 1/x.
+    """Backward of sqrt_and_inverse: z = sqrt(x) + 1/x + 2*y**2.
 
     Reads grad, x and y and writes grad_x (if NEEDS_X) and grad_y (if NEEDS_Y),
     BLOCK_SIZE elements a program, computed in COMPUTE_DTYPE and stored in the
@@ -278,7 +278,7 @@ def sqrt_and_inverse_backward_kernel(
 
 
 def sqrt_and_inverse_backward(grad, x, y, needs_x=True, needs_y=True):
-    """Backward of sqrt_and_inverse: z = sqrt(x) + 2*y**2 + 1/x.
+    """Backward of sqrt_and_inverse: z = sqrt(x) + 1/x + 2*y**2.
 
     Launches sqrt_and_inverse_backward_kernel on contiguous tensors of one
     shape, dtype and device (`_can_launch`); broadcasting is the torch path's.
@@ -315,7 +315,7 @@ def multiply_add_forward_kernel(
     BLOCK_SIZE: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    """Forward of multiply_add: y = b + w*x.
+    """Forward of multiply_add: y = w*x + b.
 
     Reads w, x and b and writes y, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -330,7 +330,7 @@ def multiply_add_forward_kernel(
 
 
 def multiply_add_forward(w, x, b):
-    """Forward of multiply_add: y = b + w*x.
+    """Forward of multiply_add: y = w*x + b.
 
     Launches multiply_add_forward_kernel on contiguous tensors of one shape,
     dtype and device (`_can_launch`); broadcasting is the torch path's.
@@ -367,7 +367,7 @@ def multiply_add_backward_kernel(
     NEEDS_X: tl.constexpr,
     NEEDS_B: tl.constexpr,
 ):
-    """Backward of multiply_add: y = b + w*x.
+    """Backward of multiply_add: y = w*x + b.
 
     Reads grad, w and x and writes grad_w (if NEEDS_W), grad_x (if NEEDS_X) and
     grad_b (if NEEDS_B), BLOCK_SIZE elements a program, computed in
@@ -390,7 +390,7 @@ def multiply_add_backward_kernel(
 
 
 def multiply_add_backward(grad, w, x, needs_w=True, needs_x=True, needs_b=True):
-    """Backward of multiply_add: y = b + w*x.
+    """Backward of multiply_add: y = w*x + b.
 
     Launches multiply_add_backward_kernel on contiguous tensors of one shape,
     dtype and device (`_can_launch`); broadcasting is the torch path's. Returns
@@ -429,7 +429,7 @@ def mul_constant_forward_kernel(
     BLOCK_SIZE: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    """Forward of mul_constant: out = constant*tensor.
+    """Forward of mul_constant: out = tensor * constant.
 
     Reads tensor and writes out, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -443,7 +443,7 @@ def mul_constant_forward_kernel(
 
 
 def mul_constant_forward(tensor, constant):
-    """Forward of mul_constant: out = constant*tensor.
+    """Forward of mul_constant: out = tensor * constant.
 
     Launches mul_constant_forward_kernel on contiguous tensors of one shape,
     dtype and device (`_can_launch`); broadcasting is the torch path's.
@@ -474,7 +474,7 @@ def mul_constant_backward_kernel(
     COMPUTE_DTYPE: tl.constexpr,
     NEEDS_TENSOR: tl.constexpr,
 ):
-    """Backward of mul_constant: out = constant*tensor.
+    """Backward of mul_constant: out = tensor * constant.
 
     Reads grad and writes grad_tensor (if NEEDS_TENSOR), BLOCK_SIZE elements a
     program, computed in COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -489,7 +489,7 @@ def mul_constant_backward_kernel(
 
 
 def mul_constant_backward(grad, constant, needs_tensor=True):
-    """Backward of mul_constant: out = constant*tensor.
+    """Backward of mul_constant: out = tensor * constant.
 
     Launches mul_constant_backward_kernel on contiguous tensors of one shape,
     dtype and device (`_can_launch`); broadcasting is the torch path's. Returns
@@ -516,7 +516,7 @@ def mul_constant_backward(grad, constant, needs_tensor=True):
 def legendre3_forward_kernel(
     x_ptr, y_ptr, n_elements, BLOCK_SIZE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr
 ):
-    """Forward of legendre3: y = 5*x**3/2 - 3*x/2.
+    """Forward of legendre3: y = 0.5*(5*x**3 - 3*x).
 
     Reads x and writes y, BLOCK_SIZE elements a program, computed in
     COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -529,7 +529,7 @@ def legendre3_forward_kernel(
 
 
 def legendre3_forward(x):
-    """Forward of legendre3: y = 5*x**3/2 - 3*x/2.
+    """Forward of legendre3: y = 0.5*(5*x**3 - 3*x).
 
     Launches legendre3_forward_kernel on contiguous tensors of one shape, dtype
     and device (`_can_launch`); broadcasting is the torch path's.
@@ -555,7 +555,7 @@ def legendre3_backward_kernel(
     COMPUTE_DTYPE: tl.constexpr,
     NEEDS_X: tl.constexpr,
 ):
-    """Backward of legendre3: y = 5*x**3/2 - 3*x/2.
+    """Backward of legendre3: y = 0.5*(5*x**3 - 3*x).
 
     Reads grad and x and writes grad_x (if NEEDS_X), BLOCK_SIZE elements a
     program, computed in COMPUTE_DTYPE and stored in the tensors' dtype.
@@ -570,7 +570,7 @@ def legendre3_backward_kernel(
 
 
 def legendre3_backward(grad, x, needs_x=True):
-    """Backward of legendre3: y = 5*x**3/2 - 3*x/2.
+    """Backward of legendre3: y = 0.5*(5*x**3 - 3*x).
 
     Launches legendre3_backward_kernel on contiguous tensors of one shape, dtype
     and device (`_can_launch`); broadcasting is the torch path's. Returns
