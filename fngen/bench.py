@@ -11,7 +11,14 @@ inputs and the same incoming gradient:
                           rewrites (fused kernels, Horner form), as a user
                           would write it by hand; autograd differentiates it;
 * ``generated_compiled``  ``torch.compile`` of the first (fullgraph, static shapes);
-* ``composed_compiled``   ``torch.compile`` of the second.
+* ``composed_compiled``   ``torch.compile`` of the second;
+* ``kernel``              with ``kernels: triton``, the wrapper again with
+                          the function's Triton kernels on (``generated``
+                          then runs the module's torch code): on CUDA, or
+                          under Triton's interpreter with `interpret` (to
+                          test the plumbing; its times mean nothing).  A
+                          kernel that did not run on the benchmark's inputs
+                          (broadcast shapes) is an error of its cell.
 
 Two numbers per variant:
 
@@ -33,7 +40,11 @@ Two numbers per variant:
   ``ctx.save_for_backward``, which the hooks see.
 
 Ratios are generated / composed (eager against eager, compiled against
-compiled): below 1 the generated op is faster or saves less.  Benchmarks
+compiled), and kernel / composed, kernel / composed_compiled: below 1 the
+generated op is faster or saves less.  For the kernel, also its time over
+the memory roofline: the bytes its two kernels must move (each tensor they
+read or write once, all gradients needed), over the copy bandwidth measured
+in the same run (on CUDA only).  Benchmarks
 report ratios measured in the same run, never absolute times across runs.
 
 A function with a ``grad:`` override is benchmarked but not *comparable*: the
@@ -55,7 +66,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from fngen.api import import_source, load
-from fngen.codegen import composed_source
+from fngen.codegen import composed_source, kernel_names, kernels_of
 from fngen.model import FunctionSpec, InputKind, Spec
 from fngen.spec import generated_names, load_spec
 from fngen.tensorops import TensorMatmul
@@ -70,7 +81,13 @@ __all__ = [
     "geometric_mean",
 ]
 
-VARIANTS = ("generated", "composed", "generated_compiled", "composed_compiled")
+VARIANTS = (
+    "generated",
+    "composed",
+    "generated_compiled",
+    "composed_compiled",
+    "kernel",
+)
 DEFAULT_SIZE = 4_000_000
 DEFAULT_REPEATS = 20
 DEFAULT_WARMUP = 3
@@ -107,6 +124,10 @@ class FunctionBench:
     variants: dict[str, VariantResult] = field(default_factory=dict)
     comparable: bool = True
     note: str = ""
+    # The bytes the kernels must move, and the time that takes at the copy
+    # bandwidth measured in the run (None: no kernel, or not on CUDA).
+    kernel_bytes: int | None = None
+    roofline_s: float | None = None
 
     def _ratio(self, numerator: str, denominator: str, attr: str) -> float | None:
         """numerator / denominator of `attr`: None where either did not run
@@ -135,8 +156,27 @@ class FunctionBench:
     def compiled_saved_ratio(self) -> float | None:
         return self._ratio("generated_compiled", "composed_compiled", "saved_bytes")
 
+    @property
+    def kernel_time_ratio(self) -> float | None:
+        return self._ratio("kernel", "composed", "time_s")
+
+    @property
+    def kernel_saved_ratio(self) -> float | None:
+        return self._ratio("kernel", "composed", "saved_bytes")
+
+    @property
+    def kernel_compiled_ratio(self) -> float | None:
+        return self._ratio("kernel", "composed_compiled", "time_s")
+
+    @property
+    def kernel_roofline_ratio(self) -> float | None:
+        kernel = self.variants.get("kernel")
+        if kernel is None or kernel.time_s is None or not self.roofline_s:
+            return None
+        return kernel.time_s / self.roofline_s
+
     def ratios(self) -> dict[str, float | None]:
-        return {name: getattr(self, name) for name in RATIOS}
+        return {name: getattr(self, name) for name in RATIOS + KERNEL_RATIOS}
 
     def to_dict(self) -> dict:
         """Plain data for JSON; an infinite ratio becomes None (strict JSON
@@ -154,6 +194,8 @@ class FunctionBench:
             variants={k: VariantResult(**v) for k, v in data["variants"].items()},
             comparable=data["comparable"],
             note=data["note"],
+            kernel_bytes=data.get("kernel_bytes"),
+            roofline_s=data.get("roofline_s"),
         )
 
 
@@ -162,6 +204,13 @@ RATIOS = (
     "eager_saved_ratio",
     "compiled_time_ratio",
     "compiled_saved_ratio",
+)
+# Shown where some function has a kernel variant.
+KERNEL_RATIOS = (
+    "kernel_time_ratio",
+    "kernel_saved_ratio",
+    "kernel_compiled_ratio",
+    "kernel_roofline_ratio",
 )
 
 
@@ -186,27 +235,46 @@ class BenchReport:
     threads: int
     functions: list[FunctionBench]
 
+    @property
+    def has_kernels(self) -> bool:
+        return any("kernel" in f.variants for f in self.functions)
+
     def geomeans(self) -> dict[str, float | None]:
         """Geometric mean of each ratio over the comparable functions."""
         rows = [f for f in self.functions if f.comparable]
-        return {name: geometric_mean(getattr(f, name) for f in rows) for name in RATIOS}
+        return {
+            name: geometric_mean(getattr(f, name) for f in rows)
+            for name in RATIOS + KERNEL_RATIOS
+        }
 
     def table(self) -> str:
         """Ratios generated / composed, one row per function, geometric means last."""
         width = max([len("geometric mean")] + [len(f.name) + 1 for f in self.functions])
+        ratios = RATIOS + (KERNEL_RATIOS if self.has_kernels else ())
         cells = ("time", "saved", "time", "saved")
+        groups = "eager".center(14) + "  " + "compiled".center(14)
+        if self.has_kernels:
+            cells += ("time", "saved", "/comp", "/roof")
+            groups += "  " + "kernel".center(30)
         lines = [
             f"fngen bench on {self.device} ({self.dtype}, {self.size:,} elements, "
             f"median of {self.repeats} interleaved rounds, {self.threads} threads, "
             f"torch {self.torch_version}"
             + (f", compiled with {self.backend})" if self.compile else ", no compile)"),
             "ratio generated / plain autograd on the same formula; below 1 is better",
-            "".ljust(width) + "  " + "eager".center(14) + "  " + "compiled".center(14),
+        ]
+        if self.has_kernels:
+            lines.append(
+                "kernel: the Triton kernels / plain autograd, / its torch.compile"
+                " (/comp), / the memory roofline (/roof)"
+            )
+        lines += [
+            "".ljust(width) + "  " + groups,
             "function".ljust(width) + "  " + "  ".join(c.rjust(6) for c in cells),
         ]
         for f in self.functions:
             name = f.name + ("" if f.comparable else "*")
-            values = [_format(getattr(f, r)) for r in RATIOS]
+            values = [_format(getattr(f, r)) for r in ratios]
             lines.append(
                 name.ljust(width) + "  " + "  ".join(v.rjust(6) for v in values)
             )
@@ -214,7 +282,7 @@ class BenchReport:
         lines.append(
             "geometric mean".ljust(width)
             + "  "
-            + "  ".join(_format(means[r]).rjust(6) for r in RATIOS)
+            + "  ".join(_format(means[r]).rjust(6) for r in ratios)
         )
         notes = []
         for f in self.functions:
@@ -428,7 +496,18 @@ def _reason(err: Exception) -> str:
 
 
 def _bench_function(
-    spec_path, fn, module, device, dtype, size, repeats, warmup, compile, backend
+    spec_path,
+    fn,
+    module,
+    device,
+    dtype,
+    size,
+    repeats,
+    warmup,
+    compile,
+    backend,
+    kernel_module=None,
+    bandwidth=None,
 ) -> FunctionBench:
     import torch
 
@@ -439,6 +518,10 @@ def _bench_function(
         "generated": getattr(module, wrapper),
         "composed": composed_function(fn),
     }
+    launchers = []
+    if kernel_module is not None and hasattr(kernel_module, f"_{fn.name}_fwd"):
+        functions["kernel"] = getattr(kernel_module, wrapper)
+        launchers = [n for n in kernel_names(fn.name) if hasattr(kernel_module, n)]
     if compile:
         torch._dynamo.reset()
         for name in ("generated", "composed"):
@@ -477,12 +560,17 @@ def _bench_function(
             f"grad: overrides the gradient of {overridden}; autograd of the "
             "composed formula computes a different one"
         )
+    if launchers and bandwidth:
+        row.kernel_bytes = _kernel_bytes(fn, args)
+        row.roofline_s = row.kernel_bytes / bandwidth
     steps = {}
     for name, function in functions.items():
         result = VariantResult()
         row.variants[name] = result
         step = _Step(function, args, seeds, sync)
         try:
+            if name == "kernel":
+                _check_launched(kernel_module, launchers, step)
             for _ in range(max(1, warmup)):  # compiles first, for compiled variants
                 step()
             result.saved_bytes, result.saved_tensors, result.saved_extra_bytes = (
@@ -520,6 +608,66 @@ def _bench_function(
             low, _, high = statistics.quantiles(samples, n=4)
             row.variants[name].time_iqr_s = high - low
     return row
+
+
+def _check_launched(module, launchers, step) -> None:
+    """Run `step` once; raise unless every launcher of `launchers` ran."""
+    launched = []
+    originals = {name: getattr(module, name) for name in launchers}
+
+    def counted(name, launcher):
+        def launch(*args, **kwargs):
+            launched.append(name)
+            return launcher(*args, **kwargs)
+
+        return launch
+
+    try:
+        for name, launcher in originals.items():
+            setattr(module, name, counted(name, launcher))
+        step()
+    finally:
+        for name, launcher in originals.items():
+            setattr(module, name, launcher)
+    missing = [name for name in launchers if name not in launched]
+    if missing:
+        raise RuntimeError(
+            f"the kernel {missing[0]} did not run on these inputs (broadcast "
+            "shapes take the torch code)"
+        )
+
+
+def _kernel_bytes(fn: FunctionSpec, args) -> int:
+    """The bytes the forward and backward kernels of `fn` must move on
+    `args`: each tensor they read or write, once (every gradient needed)."""
+    import torch
+
+    forward, backward = kernels_of(fn, "triton")
+    tensor = next(a for a in args if torch.is_tensor(a))
+    each = tensor.numel() * tensor.element_size()
+    moved = len(forward.tensors) + len(forward.outputs)
+    if backward is not None:
+        moved += len(backward.tensors) + len(backward.outputs)
+    return moved * each
+
+
+def copy_bandwidth(size: int, dtype, device, repeats: int = 20) -> float:
+    """Bytes a second of ``y.copy_(x)`` for `size` elements: the median of
+    `repeats`, after a warm-up (the memory roofline's bandwidth)."""
+    import torch
+
+    x = torch.rand(size, dtype=dtype, device=device)
+    y = torch.empty_like(x)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(repeats + 3):
+        sync()
+        start = time.perf_counter()
+        y.copy_(x)
+        sync()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 2 * x.numel() * x.element_size() / statistics.median(times)
 
 
 # glibc raises its mmap threshold to the size of a mapped block when one is
@@ -605,6 +753,24 @@ def _resolve_names(spec: Spec, only) -> set[str] | None:
     return names
 
 
+def _kernel_module(spec: Spec, module, dev, interpret: bool):
+    """(a copy of `module` whose kernels run on `dev`, None) where the spec
+    has kernels and they can run there; `module` itself then runs its torch
+    code only.  (None, None) otherwise."""
+    if not hasattr(module, "_KERNEL_DEVICE"):
+        return None, None
+    module._KERNEL_DEVICE = None
+    if dev.type == "cuda":
+        copy = load(spec, name=f"{module.__name__}_kernels")
+        return copy, None
+    if interpret:
+        from fngen.kernels import load_kernel_module
+
+        source = module.__fngen_source__
+        return load_kernel_module(source, f"{module.__name__}_kernels", True), None
+    return None, None
+
+
 def bench_spec(
     spec: Spec | str | os.PathLike,
     only: str | list[str] | None = None,
@@ -616,6 +782,7 @@ def bench_spec(
     backend: str = "inductor",
     warmup: int = DEFAULT_WARMUP,
     threads: int | None = None,
+    interpret: bool = False,
 ) -> BenchReport:
     """Benchmark every function of `spec` (or those named in `only`).
 
@@ -624,7 +791,10 @@ def bench_spec(
     `compile` adds the two torch.compile variants with `backend`;
     `threads`, when given, is torch's CPU thread count for the run (restored
     afterwards): on a small machine shared with other jobs, one thread
-    avoids parallel kernels that wait for a descheduled worker."""
+    avoids parallel kernels that wait for a descheduled worker.  With
+    ``kernels: triton``, the ``kernel`` variant runs on CUDA, or under
+    Triton's interpreter on a CPU with `interpret` (a test of the plumbing:
+    its times mean nothing)."""
     import torch
 
     from fngen.checker import resolve_device
@@ -633,7 +803,11 @@ def bench_spec(
         spec = load_spec(spec)
     if repeats < 1:
         raise BenchError(f"repeats must be at least 1, not {repeats}")
-    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    dtypes = {
+        "float32": torch.float32,
+        "float64": torch.float64,
+        "bfloat16": torch.bfloat16,
+    }
     if dtype not in dtypes:
         raise BenchError(f"dtype must be one of {', '.join(dtypes)}, not {dtype!r}")
     names = _resolve_names(spec, only)
@@ -654,6 +828,9 @@ def bench_spec(
     dev = resolve_device(device)
     _check_memory(spec, names, size, dev, dtypes[dtype].itemsize)
     module = load(spec)
+    kernel_module, bandwidth = _kernel_module(spec, module, dev, interpret)
+    if dev.type == "cuda" and kernel_module is not None:
+        bandwidth = copy_bandwidth(size, dtypes[dtype], dev)
     if dev.type == "cpu":
         _settle_allocator(torch, size * dtypes[dtype].itemsize)
     previous_threads = torch.get_num_threads()
@@ -672,6 +849,8 @@ def bench_spec(
                 warmup,
                 compile,
                 backend,
+                kernel_module,
+                bandwidth,
             )
             for fn in spec.functions
             if names is None or fn.name in names

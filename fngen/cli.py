@@ -215,7 +215,7 @@ def check(specs, device, dtype, only):
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "float64"]),
+    type=click.Choice(["float32", "float64", "bfloat16"]),
     default="float32",
     show_default=True,
 )
@@ -245,16 +245,33 @@ def check(specs, device, dtype, only):
     default=None,
     help="torch's CPU thread count for the run (default: torch's own).",
 )
+@click.option(
+    "--interpret",
+    is_flag=True,
+    help="Run the Triton kernels under Triton's interpreter on a CPU (tests "
+    "the kernel variant; its times mean nothing).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(
-    spec, only, size, device, dtype, repeats, compile_, backend, threads, as_json
+    spec,
+    only,
+    size,
+    device,
+    dtype,
+    repeats,
+    compile_,
+    backend,
+    threads,
+    interpret,
+    as_json,
 ):
     """Time each function of SPEC against the same formula under plain autograd.
 
     For the generated op and the formula as plain torch ops, eager and under
     torch.compile: forward + backward time (median of interleaved rounds) and
     the bytes saved for backward.  Prints ratios generated / plain (below 1
-    is better).  A benchmark, not a check: it exits 0 whatever the ratios.
+    is better); with ``kernels: triton``, on CUDA, the Triton kernels too.  A
+    benchmark, not a check: it exits 0 whatever the ratios.
     """
     from fngen.api import load_spec
     from fngen.bench import BenchError, bench_spec
@@ -271,6 +288,7 @@ def bench(
             compile=compile_,
             backend=backend,
             threads=threads,
+            interpret=interpret,
         )
     except SpecError as err:
         _fail(str(err))

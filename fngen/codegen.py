@@ -1028,13 +1028,20 @@ def function_kernels(writer: FunctionWriter) -> tuple | str:
     return found
 
 
-def kernel_status(fn: FunctionSpec, kernels: str = "none") -> str | None:
-    """None where the generated module has Triton kernels for `fn` (of a
-    spec whose ``kernels:`` is `kernels`), else why it has none."""
+def kernels_of(fn: FunctionSpec, kernels: str = "none") -> tuple | str:
+    """The Triton kernels (forward, backward or None) the generated module
+    has for `fn` (of a spec whose ``kernels:`` is `kernels`), or why it has
+    none."""
     if (fn.kernels or kernels) != "triton":
         return "kernels: none"
     plain = keep_reductions(keep_intermediate(fuse_function(fn)))
-    found = function_kernels(FunctionWriter(plain, variants(plain)))
+    return function_kernels(FunctionWriter(plain, variants(plain)))
+
+
+def kernel_status(fn: FunctionSpec, kernels: str = "none") -> str | None:
+    """None where the generated module has Triton kernels for `fn`, else
+    why it has none (see `kernels_of`)."""
+    found = kernels_of(fn, kernels)
     return found if isinstance(found, str) else None
 
 

@@ -19,6 +19,7 @@ import pytest
 import fngen
 from fngen.spec import parse_spec
 from fngen.bench import (
+    KERNEL_RATIOS,
     RATIOS,
     VARIANTS,
     BenchError,
@@ -88,7 +89,7 @@ def test_json_round_trip(ops_report):
     text = ops_report.to_json()
     data = json.loads(text)
     assert data["size"] == TINY and data["compile"] is False
-    assert set(data["functions"][0]["ratios"]) == set(RATIOS)
+    assert set(data["functions"][0]["ratios"]) == set(RATIOS + KERNEL_RATIOS)
     again = BenchReport.from_json(text)
     assert again == ops_report
     assert again.to_json() == text
@@ -154,7 +155,7 @@ def test_compiled_variants_on_one_function():
     pytest.importorskip("torch._inductor")
     report = bench_spec(OPS, only="exp", size=TINY, repeats=2, warmup=2)
     (row,) = report.functions
-    assert set(row.variants) == set(VARIANTS)
+    assert set(row.variants) == set(VARIANTS) - {"kernel"}  # ops.yaml has none
     for name, variant in row.variants.items():
         assert variant.error is None, (name, variant.error)
     for name in RATIOS:
@@ -246,3 +247,70 @@ def test_the_baseline_returns_only_the_declared_outputs():
     value = composed_function(fn)(a, b)
     assert torch.is_tensor(value)
     torch.testing.assert_close(value, torch.nn.functional.mse_loss(a, b))
+
+
+KERNEL_SPEC = """\
+fngen: 1
+kernels: triton
+functions:
+  gated:
+    formula: y = x * sigmoid(beta * x) + where(x > 1, x - 1, 0)**2
+    inputs: {x: tensor, beta: {type: float, default: 1.5}}
+  plain:
+    formula: y = exp(x)
+    kernels: none
+"""
+
+
+def test_kernel_variant_under_the_interpreter():
+    """On a CPU with `interpret`, the kernel variant runs the generated
+    kernels under Triton's interpreter: the plumbing of a GPU benchmark."""
+    pytest.importorskip("triton")
+    spec = parse_spec(KERNEL_SPEC, "kernels.yaml")
+    report = bench_spec(
+        spec, size=TINY + 3, repeats=1, warmup=1, compile=False, interpret=True
+    )
+    gated, plain = report.functions
+    assert set(gated.variants) == {"generated", "composed", "kernel"}
+    assert set(plain.variants) == {"generated", "composed"}  # kernels: none
+    kernel = gated.variants["kernel"]
+    assert kernel.error is None, kernel.error
+    assert math.isfinite(gated.kernel_time_ratio) and gated.kernel_time_ratio > 0
+    # The kernel path saves what the torch path saves: x only.
+    assert kernel.saved_bytes == gated.variants["generated"].saved_bytes
+    assert gated.kernel_saved_ratio <= 1.0
+    assert gated.kernel_roofline_ratio is None  # no bandwidth off CUDA
+    assert plain.kernel_time_ratio is None
+    assert report.has_kernels
+    table = report.table()
+    assert "kernel" in table.splitlines()[3] and "/roof" in table
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["functions"][0]["variants"]["kernel"]["error"] is None
+    assert set(data["functions"][0]["ratios"]) == set(RATIOS + KERNEL_RATIOS)
+
+
+def test_without_interpret_a_cpu_has_no_kernel_variant():
+    spec = parse_spec(KERNEL_SPEC, "kernels.yaml")
+    report = bench_spec(spec, only="gated", size=TINY, repeats=1, compile=False)
+    (gated,) = report.functions
+    assert "kernel" not in gated.variants and not report.has_kernels
+    assert "/roof" not in report.table()
+
+
+def test_cli_bench_interpret_in_bfloat16(tmp_path):
+    pytest.importorskip("triton")
+    from click.testing import CliRunner
+
+    from fngen.cli import main
+
+    spec = tmp_path / "kernels.yaml"
+    spec.write_text(KERNEL_SPEC, encoding="utf-8")
+    args = ["bench", str(spec), "--only", "gated", "--size", "1000"]
+    args += ["--repeats", "1", "--no-compile", "--interpret", "--dtype", "bfloat16"]
+    result = CliRunner().invoke(main, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    (row,) = data["functions"]
+    assert data["dtype"] == "bfloat16"
+    assert row["variants"]["kernel"]["error"] is None
+    assert row["ratios"]["kernel_time_ratio"] > 0

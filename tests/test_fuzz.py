@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import linecache
 import os
 import re
 import signal
@@ -35,9 +36,11 @@ from hypothesis import strategies as st
 
 import fngen
 import fngen.api  # noqa: F401  (fngen imports lazily; importing compiles code)
+import fngen.codegen
 import fngen.spec
 from fngen import SpecError
 from fngen.spec import parse_spec
+from fngen.triton_printer import HELPERS as TRITON_HELPERS
 from yamltext import yaml_quoted as quoted
 
 # `sympy.core.sympify` is the function; the module has the same name.
@@ -187,7 +190,11 @@ def front_door(text: str | bytes) -> str | None:
 
 def check_generated(spec, source: str) -> None:
     """The generated module compiles and defines only the generated names."""
-    code = compile(source, "<fuzz>", "exec")
+    # A file name linecache knows, as for `fngen.load`: Triton reads a
+    # kernel's source (`inspect.getsource`) when it defines it.
+    filename = f"<fuzz {hash(source)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    code = compile(source, filename, "exec")
     namespace: dict = {"__name__": "fngen_fuzz_generated"}
     exec(code, namespace)
     assert not PWNED.exists(), "the generated module ran code"
@@ -197,6 +204,14 @@ def check_generated(spec, source: str) -> None:
     if spec.export == "custom_op":
         expected |= {"_custom_op", "_unaliased", "_pointwise_vmap", "_looped_vmap"}
         expected |= {"DECOMPOSITIONS"} | {f"_{fn.name}_op" for fn in spec.functions}
+    kernels = [fn for fn in spec.functions if f"_{fn.name}_fwd_kernel" in namespace]
+    if kernels:
+        expected |= {"triton", "tl", "libdevice", "_KERNEL_DEVICE", "_KERNEL_DTYPES"}
+        expected |= {"_BLOCK_SIZE", "_kernels_take", "_compute_dtype"}
+        expected |= set(TRITON_HELPERS)
+    for fn in kernels:
+        fwd, bwd = fngen.codegen.kernel_names(fn.name)
+        expected |= {fwd, bwd, f"{fwd}_kernel", f"{bwd}_kernel"}
     for fn in spec.functions:
         cls = fngen.spec.class_name(fn.name)
         expected |= {
