@@ -141,18 +141,8 @@ if triton is not None:
         if NEEDS_V:
             grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
             v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
-            grad_v = (
-                alpha
-                * grad
-                / (
-                    4.934802200544679
-                    * alpha
-                    * alpha
-                    * (-threshold + v)
-                    * (-threshold + v)
-                    + 2
-                )
-            )
+            t0 = -threshold + v
+            grad_v = alpha * grad / (4.934802200544679 * alpha * alpha * t0 * t0 + 2)
             tl.store(grad_v_ptr + offsets, grad_v, mask=mask)
 
     def _atan_spike_bwd(grad, v, threshold, alpha, needs_v=True):
@@ -235,7 +225,8 @@ if triton is not None:
         if NEEDS_V:
             grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
             v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE_DTYPE)
-            grad_v = grad / ((alpha * tl.abs(v) + 1) * (alpha * tl.abs(v) + 1))
+            t0 = alpha * tl.abs(v) + 1
+            grad_v = grad / (t0 * t0)
             tl.store(grad_v_ptr + offsets, grad_v, mask=mask)
 
     def _super_spike_bwd(grad, v, alpha, needs_v=True):

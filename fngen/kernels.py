@@ -32,6 +32,7 @@ What a kernel does:
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from dataclasses import dataclass, field
 
@@ -193,9 +194,53 @@ def lower_program(
             changed |= lowered != expr
             steps.append(Step(target, lowered, guard))
             taken |= {target.name} | {s.name for s in expr.free_symbols}
-    if not changed:
-        return program
-    return schedule(steps, everyone, taken, keep_guards=frozenset(finals))
+    if changed:
+        program = schedule(steps, everyone, taken, keep_guards=frozenset(finals))
+    return _name_squared_bases(program, taken)
+
+
+def _name_squared_bases(program: tuple[Block, ...], taken: set[str]):
+    """`program` with the compound base of each square or cube named on a
+    line of its own, in the block that uses it: the printer writes ``b**2``
+    as ``b * b`` (exact, as torch.pow is), which would print a compound `b`
+    twice."""
+    taken = set(taken) | {t.name for b in program for t, _ in b.assignments}
+    fresh = (f"t{n}" for n in itertools.count())
+    changed = False
+    blocks = []
+    for block in program:
+        names: dict[sp.Expr, sp.Symbol] = {}
+
+        def named(expr: sp.Expr) -> sp.Expr:
+            return expr.xreplace(
+                {
+                    sp.Pow(b, n): sp.Pow(t, n)
+                    for b, t in names.items()
+                    for n in (2, 3, -2, -3)
+                }
+            )
+
+        assignments = []
+        for target, expr in block.assignments:
+            bases = {
+                p.base
+                for p in sp.preorder_traversal(expr)
+                if isinstance(p, sp.Pow)
+                and p.exp in (2, 3, -2, -3)
+                and not p.base.is_Atom
+                and p.base not in names
+            }
+            # Inner bases first: a base may hold another's square.
+            for base in sorted(bases, key=lambda b: (sp.count_ops(b), sp.srepr(b))):
+                value = named(base)
+                name = next(n for n in fresh if n not in taken)
+                taken.add(name)
+                names[base] = sp.Symbol(name, real=True)
+                assignments.append((names[base], value))
+            assignments.append((target, named(expr)))
+        changed |= bool(names)
+        blocks.append(Block(block.guard, tuple(assignments)))
+    return tuple(blocks) if changed else program
 
 
 def _input_args(fn, symbols: set[sp.Symbol]) -> list[KernelArg]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -632,3 +633,27 @@ def test_a_kept_intermediate():
     )
     _assert_close(grad_input, grads["input"], torch.float32, "grad_input")
     _assert_close(grad_target, grads["target"], torch.float32, "grad_target")
+
+
+SQUARES = """\
+fngen: 1
+functions:
+  squares:
+    formula: y = x/(1 + abs(x*w))**2 + sin(x*w + (1 + x)**2)**3
+    inputs: {x: tensor, w: tensor}
+"""
+
+
+def test_a_compound_base_of_a_square_is_named_once():
+    """`b**2` prints as ``b * b``: a compound `b` gets a line of its own in
+    the block that uses it, so the kernel reads like a hand-written one,
+    and the kernels still agree with the torch path."""
+    spec = parse_spec(SQUARES, "squares.yaml")
+    forward, backward = K.function_kernels(spec.functions[0])
+    text = K.module_source([forward, backward], formatted=False)
+    lines = [line.strip() for line in text.splitlines()]
+    # A parenthesized factor times itself: `(b) * (b)`.
+    repeated = re.compile(r"(\([^()]*(?:\([^()]*\))*[^()]*\)) \* \1")
+    assert not any(repeated.search(line) for line in lines), text
+    assert any(re.fullmatch(r"t\d+ = tl\.abs\(t\d+\) \+ 1", line) for line in lines)
+    _run(SQUARES, "squares", (1100,), torch.float32)
