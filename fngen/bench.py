@@ -56,6 +56,7 @@ torch is imported lazily, only here at run time; building never imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -68,7 +69,7 @@ from dataclasses import asdict, dataclass, field
 from fngen.api import import_source, load
 from fngen.codegen import composed_source, kernel_names, kernels_of
 from fngen.model import FunctionSpec, InputKind, Spec
-from fngen.spec import generated_names, load_spec
+from fngen.spec import KERNEL_MODES, generated_names, load_spec
 from fngen.tensorops import TensorMatmul
 
 __all__ = [
@@ -783,6 +784,7 @@ def bench_spec(
     warmup: int = DEFAULT_WARMUP,
     threads: int | None = None,
     interpret: bool = False,
+    kernels: str | None = None,
 ) -> BenchReport:
     """Benchmark every function of `spec` (or those named in `only`).
 
@@ -794,13 +796,21 @@ def bench_spec(
     avoids parallel kernels that wait for a descheduled worker.  With
     ``kernels: triton``, the ``kernel`` variant runs on CUDA, or under
     Triton's interpreter on a CPU with `interpret` (a test of the plumbing:
-    its times mean nothing)."""
+    its times mean nothing).  `kernels`, when given, is the spec's
+    ``kernels:`` for the run ("triton" measures a spec's kernels before it
+    opts in; a function's own ``kernels: none`` still holds)."""
     import torch
 
     from fngen.checker import resolve_device
 
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    if kernels is not None:
+        if kernels not in KERNEL_MODES:
+            raise BenchError(
+                f"kernels must be one of {', '.join(KERNEL_MODES)}, not {kernels!r}"
+            )
+        spec = dataclasses.replace(spec, kernels=kernels)
     if repeats < 1:
         raise BenchError(f"repeats must be at least 1, not {repeats}")
     dtypes = {

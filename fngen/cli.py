@@ -251,6 +251,12 @@ def check(specs, device, dtype, only):
     help="Run the Triton kernels under Triton's interpreter on a CPU (tests "
     "the kernel variant; its times mean nothing).",
 )
+@click.option(
+    "--kernels",
+    type=click.Choice(["triton", "none"]),
+    default=None,
+    help="The spec's `kernels:` for this run (default: the spec's own).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(
     spec,
@@ -263,6 +269,7 @@ def bench(
     backend,
     threads,
     interpret,
+    kernels,
     as_json,
 ):
     """Time each function of SPEC against the same formula under plain autograd.
@@ -289,6 +296,7 @@ def bench(
             backend=backend,
             threads=threads,
             interpret=interpret,
+            kernels=kernels,
         )
     except SpecError as err:
         _fail(str(err))

@@ -314,3 +314,20 @@ def test_cli_bench_interpret_in_bfloat16(tmp_path):
     assert data["dtype"] == "bfloat16"
     assert row["variants"]["kernel"]["error"] is None
     assert row["ratios"]["kernel_time_ratio"] > 0
+
+
+def test_kernels_option_measures_a_spec_that_has_not_opted_in():
+    pytest.importorskip("triton")
+    report = bench_spec(
+        OPS,
+        only="exp",
+        size=1000,
+        repeats=1,
+        compile=False,
+        interpret=True,
+        kernels="triton",
+    )
+    (row,) = report.functions
+    assert row.variants["kernel"].error is None
+    with pytest.raises(BenchError, match="kernels must be one of triton, none"):
+        bench_spec(OPS, only="exp", size=1000, kernels="cuda")
