@@ -37,8 +37,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation .whl/*.whl .
     python3 -c 'import triton; print("triton", triton.__version__)' || echo "triton: not installed"
 } >"$out/device.txt" 2>&1
 
-# Not from the repository root, where ./fngen (without its templates)
-# would shadow the installed package.
+# From /tmp, so that what runs is the installed package.
 (cd /tmp && timeout 180 python3 -m fngen check $specs --device cuda) \
     >"$out/cuda-check-float64.txt" 2>&1 &
 (cd /tmp && timeout 180 python3 -m fngen check $specs --device cuda --dtype float32) \
