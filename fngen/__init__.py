@@ -14,6 +14,7 @@ _EXPORTS = {
     "generate": "fngen.api",
     "load": "fngen.api",
     "load_spec": "fngen.api",
+    "DeviceError": "fngen.errors",
     "Location": "fngen.errors",
     "OutputError": "fngen.errors",
     "SpecError": "fngen.errors",

@@ -7,20 +7,18 @@ Building (`load_spec`, `generate`, `build`) never imports torch; `load` and
 from __future__ import annotations
 
 import contextlib
-import linecache
 import os
 import re
 import secrets
 import signal
 import socket
 import stat
-import sys
 import threading
-import types
 from pathlib import Path
 
 from fngen.codegen import generate as _generate
 from fngen.errors import OutputError
+from fngen.importing import import_source, load
 from fngen.model import Spec
 from fngen.spec import file_kind, load_spec
 
@@ -291,35 +289,9 @@ def build(spec_path: str | os.PathLike, out_path: str | os.PathLike) -> bool:
     return write_if_changed(target, generate(spec_path))
 
 
-def load(spec: Spec | str | os.PathLike, name: str | None = None) -> types.ModuleType:
-    """Generate the module for `spec` and import it in memory, with no file.
-
-    What runs is the generated source, never the spec's text."""
-    if not isinstance(spec, Spec):
-        spec = load_spec(spec)
-    name = name or f"fngen_generated_{Path(spec.path).stem}".replace("-", "_")
-    return import_source(_generate(spec), name, f"<fngen {spec.path}>")
-
-
-def import_source(source: str, name: str, filename: str) -> types.ModuleType:
-    """Import generated `source` as the module `name`, with no file;
-    tracebacks and ``inspect.getsource`` show its lines as `filename`."""
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    code = compile(source, filename, "exec")
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    sys.modules[name] = module
-    try:
-        exec(code, module.__dict__)  # generated code, the equivalent of an import
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    module.__fngen_source__ = source
-    return module
-
-
 def check(spec: Spec | str | os.PathLike, **options):
-    """Verify the generated gradients; see `fngen.check.check_spec`."""
+    """Verify the generated gradients; see `fngen.checker.check_spec` for
+    the options (``device``, ``dtype``, ``only``, ``checks``)."""
     from fngen.checker import check_spec
 
     if not isinstance(spec, Spec):

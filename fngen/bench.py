@@ -66,7 +66,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
-from fngen.api import import_source, load
+from fngen.importing import import_source, load
 from fngen.codegen import composed_source, kernel_names, kernels_of
 from fngen.model import FunctionSpec, InputKind, Spec
 from fngen.spec import KERNEL_MODES, generated_names, load_spec

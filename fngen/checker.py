@@ -40,7 +40,8 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
-from fngen.api import load
+from fngen.errors import DeviceError
+from fngen.importing import load
 from fngen.derive import grad_symbols, nonlinear_overrides
 from fngen.formula import is_condition
 from fngen.model import DEFAULT_DOMAIN, FunctionSpec, InputKind, Spec
@@ -64,10 +65,6 @@ SPECIAL_VALUES = (0.0, 1.0)
 # Gradients computed at once by the `batched` check.
 BATCH = 3
 FINITE_DIFFERENCE_STEP = 1e-6
-
-
-class DeviceError(Exception):
-    """The requested device does not exist on this machine."""
 
 
 class UnknownFunctionError(KeyError):

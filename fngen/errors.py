@@ -56,3 +56,9 @@ class OutputError(OSError):
     """An output path fngen refuses to write: the spec itself, or an
     existing file that is not a regular file (a device, a FIFO, a
     directory, a socket, a link to a file descriptor)."""
+
+
+class DeviceError(Exception):
+    """A device `fngen check` or `fngen bench` was asked for that this
+    machine does not have (``cuda`` without a GPU, ``cuda:3`` of two, an
+    unknown type): raised before anything runs."""

@@ -776,7 +776,7 @@ def load_kernel_module(source: str, name: str = "fngen_kernels", interpret=None)
     (its ``_KERNEL_DEVICE``)."""
     import os
 
-    from fngen.api import import_source
+    from fngen.importing import import_source
 
     if interpret is None:
         interpret = os.environ.get("TRITON_INTERPRET") == "1"

@@ -145,7 +145,9 @@ def _custom_op(qualname, schema, function, pointwise):
 def _unaliased(outputs, inputs):
     """`outputs` with a copy of each that is an input or a view of one
     (``y = x.T``): a custom op may not return an alias of its inputs."""
-    bases = {id(a if a._base is None else a._base) for a in inputs if torch.is_tensor(a)}
+    bases = {
+        id(a if a._base is None else a._base) for a in inputs if torch.is_tensor(a)
+    }
 
     def fresh(output):
         base = output if output._base is None else output._base
