@@ -47,3 +47,66 @@ def test_the_console_tables_have_the_columns_of_today():
     lines = tutorial.splitlines()
     found = [line for line in lines[:8] if line.startswith("function")]
     assert found and found[0].split() == header.split()
+
+
+DOCS = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md")}
+
+
+def _code_block(text: str, marker: str, language: str) -> str:
+    start = text.index(marker)
+    opening = text.index(f"```{language}\n", start) + len(f"```{language}\n")
+    return text[opening : text.index("```", opening)]
+
+
+def test_the_readme_is_short():
+    assert len(README.encode("utf-8")) < 15_000
+
+
+def test_the_check_tables_list_every_column():
+    from fngen.spec import EXPORT_CHECKS, KERNEL_CHECKS
+
+    columns = CHECK_NAMES + EXPORT_CHECKS + KERNEL_CHECKS
+    for name, text in (("README.md", README), ("check.md", DOCS["check.md"])):
+        rows = re.findall(r"^\| `(\w+)` \|", text, flags=re.M)
+        assert tuple(r for r in rows if r in columns) == columns, name
+
+
+def test_the_readme_commands_are_the_ci_commands():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    setup = _code_block(README, "set up a development environment", "sh").strip()
+    assert (
+        setup
+        == "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e '.[test]'"
+    )
+    assert "run python3 -m venv .venv\n" in ci
+    assert "run .venv/bin/pip install torch==2.13.0 -e '.[test]'\n" in ci
+    tests = _code_block(README, "Run the tests", "sh").strip()
+    assert f"run {tests}\n" in ci
+
+
+def test_every_relative_link_resolves():
+    pages = {ROOT / "README.md": README}
+    pages.update({ROOT / "docs" / name: text for name, text in DOCS.items()})
+    for page, text in pages.items():
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+def test_the_kernel_shown_is_what_fngen_generates():
+    shown = _code_block(DOCS["kernels.md"], "Its backward kernel for", "python")
+    spiking = (ROOT / "examples" / "spiking.py").read_text(encoding="utf-8")
+    assert shown in spiking
+    source = fngen.generate(fngen.load_spec(ROOT / "examples" / "spiking.yaml"))
+    assert shown in source
+
+
+def test_the_kernel_spec_shown_builds_with_kernels():
+    from fngen.codegen import kernel_status
+    from fngen.spec import parse_spec
+
+    shown = _code_block(DOCS["kernels.md"], "# Triton kernels", "yaml")
+    spec = parse_spec(shown, "kernels.yaml")
+    assert spec.kernels == "triton"
+    assert kernel_status(spec.functions[0], spec.kernels) is None
