@@ -493,7 +493,7 @@ def test_addcmul_computes_the_sum(dtype):
             print_torch(expr), {"torch": torch}, {s.name: v for s, v in values.items()}
         )
         assert got.dtype == want.dtype and got.shape == want.shape
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, equal_nan=True)
 
 
 def test_a_where_of_numbers_takes_its_dtype_from_a_tensor():
@@ -548,3 +548,53 @@ def test_a_negated_where_is_a_subtraction():
     where = F.Piecewise((x, x > 0), (1, True))
     assert print_torch(2 - where) == "2 - torch.where(x > 0, x, 1)"
     assert print_torch(-where) == "-torch.where(x > 0, x, 1)"
+
+
+# A gradient selected by a threshold: relu's backward kernel ------------------
+
+
+def test_a_gradient_selected_by_a_threshold_is_relus_backward():
+    from fngen.functions import Piecewise
+
+    printer = TorchPrinter(mask_safe={grad}, tensors={x})
+    relu_piece = Piecewise((F.Relu(x), x > 0), (0, True))
+    assert printer.doprint(2 * grad * relu_piece) == (
+        "torch.ops.aten.threshold_backward(2*grad*torch.relu(x), x, 0)"
+    )
+    # u < c is -u > -c; c < u is u > c.
+    assert printer.doprint(grad * Piecewise((x, x < 1), (0, True))) == (
+        "torch.ops.aten.threshold_backward(grad*x, -x, -1)"
+    )
+    assert printer.doprint(grad * Piecewise((x, 1 < x), (0, True))) == (
+        "torch.ops.aten.threshold_backward(grad*x, x, 1)"
+    )
+    # No gradient in it (a forward), >= (threshold_backward has no such
+    # form), a threshold that is a tensor: a torch.where.
+    assert printer.doprint(y * relu_piece) == "torch.where(x > 0, y*torch.relu(x), 0)"
+    assert printer.doprint(grad * Piecewise((x, x >= 0), (0, True))).startswith(
+        "torch.where(x >= 0"
+    )
+    assert printer.doprint(grad * Piecewise((x, x > y), (0, True))).startswith(
+        "torch.where(x > y"
+    )
+
+
+def test_the_threshold_select_computes_the_where():
+    """The printed threshold_backward selects as torch.where does, and stays
+    0 where masked when the gradient is inf (as PyTorch's relu backward)."""
+    from fngen.functions import Piecewise
+
+    printer = TorchPrinter(mask_safe={grad}, tensors={x})
+    X = torch.tensor([-2.0, -0.0, 0.0, 0.5, 1.0, 3.0])
+    G = torch.tensor([1.0, float("inf"), 2.0, -1.0, float("inf"), 4.0])
+    cases = [
+        (Piecewise((F.Relu(x), x > 0), (0, True)), X > 0, torch.relu(X)),
+        (Piecewise((x, x < 1), (0, True)), X < 1, X),
+        (Piecewise((x + 1, 0.5 < x), (0, True)), X > 0.5, X + 1),
+    ]
+    for piece, condition, value in cases:
+        text = printer.doprint(2 * grad * piece)
+        assert text.startswith("torch.ops.aten.threshold_backward("), text
+        got = eval(text, {"torch": torch, "x": X, "grad": G})  # printed code
+        want = torch.where(condition, 2 * G * value, 0.0)
+        torch.testing.assert_close(got, want, equal_nan=True)
