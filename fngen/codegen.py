@@ -10,6 +10,7 @@ import functools
 import itertools
 import re
 import textwrap
+from dataclasses import dataclass
 import sys
 from importlib import resources
 
@@ -24,6 +25,8 @@ from fngen import kernels as K
 from fngen import tensorops as T
 from fngen.derive import (
     Derivation,
+    SaveChoice,
+    choose_save,
     derive,
     derive_backward,
     forward_program,
@@ -154,6 +157,9 @@ class FunctionWriter:
         # The function's Triton kernels (forward, backward or None), set by
         # `render_function` where it has them.
         self.kernels: tuple[K.Kernel, K.Kernel | None] | None = None
+        # The save policy's sentence for the class docstring
+        # (`derive.SaveChoice.note`), set by `function_choices`.
+        self.save_note = ""
 
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
         safe = {sp.Symbol(g.name, real=True) for g in self.d.grad_symbols}
@@ -794,6 +800,11 @@ class FunctionWriter:
             class_doc=docstring(
                 f"Autograd Function of :func:`{fn.name}`: {formula.splitlines()[0]}"
                 + self.kept_note()
+                + (
+                    "\n\n" + textwrap.fill(self.save_note, width=72)
+                    if self.save_note
+                    else ""
+                )
             ),
             module_doc=docstring(f"Module form of :func:`{fn.name}`."),
         )
@@ -1061,14 +1072,61 @@ def function_kernels(writer: FunctionWriter) -> tuple | str:
     return found
 
 
+@dataclass
+class FunctionChoices:
+    """What the generated code of one function is made from: `fused` (the
+    user's function with PyTorch's fused activations), `kept` (with the
+    intermediates its backward keeps), `fn` (with kept reductions too: what
+    the eager class computes), its `writer`, its Triton `kernels` or why it
+    has none, and its save policy."""
+
+    fused: FunctionSpec
+    kept: FunctionSpec
+    fn: FunctionSpec
+    writer: "FunctionWriter"
+    kernels: tuple | str
+    save: SaveChoice
+
+
+def function_choices(fn: FunctionSpec, kernels: str = "none") -> FunctionChoices:
+    """The choices of `fn` in a spec whose ``kernels:`` is `kernels`: the
+    kernels first (a function that has them saves for memory: its fused
+    backward recomputes for free), then the save policy (`choose_save`).
+    A function that asks for kernels itself and cannot have them is a
+    `SpecError`."""
+    fused = fuse_function(fn)
+    kept = keep_intermediate(fused)
+    plain = keep_reductions(kept)
+    writer = FunctionWriter(plain, variants(plain))
+    found: tuple | str = "kernels: none"
+    if (fn.kernels or kernels) == "triton":
+        found = function_kernels(writer)
+    save = choose_save(fused, kernels=not isinstance(found, str))
+    if save.policy == "speed":
+        kept = save.fn
+        plain = keep_reductions(kept)
+        writer = FunctionWriter(plain, variants(plain))
+        if not isinstance(found, str) or fn.kernels == "triton":
+            found = "its backward keeps intermediates (save: speed; not yet supported)"
+    if isinstance(found, str) and fn.kernels == "triton":
+        raise SpecError(
+            fn.location,
+            f"function '{fn.name}' cannot have Triton kernels: {found}",
+            "only a pointwise function can; remove 'kernels: triton'",
+        )
+    if not isinstance(found, str):
+        writer.kernels = found
+    writer.save_note = save.note()
+    return FunctionChoices(fused, kept, plain, writer, found, save)
+
+
 def kernels_of(fn: FunctionSpec, kernels: str = "none") -> tuple | str:
     """The Triton kernels (forward, backward or None) the generated module
     has for `fn` (of a spec whose ``kernels:`` is `kernels`), or why it has
     none."""
     if (fn.kernels or kernels) != "triton":
         return "kernels: none"
-    plain = keep_reductions(keep_intermediate(fuse_function(fn)))
-    return function_kernels(FunctionWriter(plain, variants(plain)))
+    return function_choices(fn, kernels).kernels
 
 
 def kernel_status(fn: FunctionSpec, kernels: str = "none") -> str | None:
@@ -1090,20 +1148,13 @@ def render_function(
     that asks for them itself and cannot have them is an error."""
     writers = []
     try:
-        fused = fuse_function(fn)
-        kept = keep_intermediate(fused)
-        fn = keep_reductions(kept)
-        writer = FunctionWriter(fn, variants(fn))
-        if (fn.kernels or kernels) == "triton":
-            found = function_kernels(writer)
-            if isinstance(found, str) and fn.kernels == "triton":
-                raise SpecError(
-                    fn.location,
-                    f"function '{fn.name}' cannot have Triton kernels: {found}",
-                    "only a pointwise function can; remove 'kernels: triton'",
-                )
-            if not isinstance(found, str):
-                writer.kernels = found
+        choices = function_choices(fn, kernels)
+        fused, kept, fn, writer = (
+            choices.fused,
+            choices.kept,
+            choices.fn,
+            choices.writer,
+        )
         context = writer.context()
         name = class_name(fn.name)
         eager = (context["function_class"], writer.apply_suffix())

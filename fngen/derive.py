@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from fngen import dag
+from fngen import functions as F
 from fngen import tensorops as T
 from fngen.formula import is_condition
 from fngen.functions import Piecewise, has_zero_branch, indicator
@@ -721,13 +722,16 @@ class Deriver:
             all_exprs = [op.expr for op in recompute] + choice
             tensors, shapes = self.referenced(all_exprs)
             # Tensors kept alive first, then work; a shape on ctx is a few
-            # ints, a reduction kept a few bytes a row.
+            # ints, a reduction kept a few bytes a row.  With ``save:
+            # speed``, work first (see `choose_save`).
             cost = (
                 len(tensors - self.small),
                 op_count(*all_exprs),
                 len(tensors & self.small),
                 len(shapes),
             )
+            if self.fn.save == "speed":
+                cost = (cost[1], cost[0], *cost[2:])
             if best is None or cost < best[0]:
                 best = (cost, number, choice, recompute, tensors, shapes)
         _, self.option, option, recompute, tensors, shapes = best
@@ -1467,3 +1471,275 @@ def derive_backward(
 def derive(fn: FunctionSpec, absent: frozenset[str] = frozenset()) -> Derivation:
     """The programs of `fn`, with the optional tensors in `absent` left out."""
     return Deriver(fn, absent).derive()
+
+
+# ``save:`` chosen by counting passes (`choose_save`): keeping
+# intermediates for the backward must spare it at least this share of the
+# passes over memory that the forward and the recomputing backward make.
+SPEED_GAIN = 0.1
+# Intermediates tried for ``save: speed``, and how many may be kept.
+MAX_SPEED_CANDIDATES = 8
+MAX_SPEED_KEPT = 3
+# Formulas of more operations than this are not searched (a polynomial of
+# 2000 terms): each candidate costs a derivation.
+MAX_SPEED_FORWARD = 60
+
+
+@dataclass(frozen=True)
+class SaveChoice:
+    """What `choose_save` chose for a function: its `fn` (with the kept
+    intermediates of ``save: speed`` as extra outputs), the policy, and the
+    backward's passes under each policy (None where not counted)."""
+
+    fn: FunctionSpec
+    policy: str
+    memory_passes: int | None = None
+    speed_passes: int | None = None
+    forward_passes: int | None = None
+    reason: str = ""
+
+    def note(self) -> str:
+        """The sentence the class docstring carries."""
+        if self.policy == "speed":
+            counts = ""
+            if self.memory_passes is not None:
+                counts = (
+                    f" ({self.speed_passes} operations in the backward instead "
+                    f"of {self.memory_passes}, with {self.forward_passes} in the "
+                    "forward)"
+                )
+            return f"save: speed{self.reason}: its backward reads kept intermediates{counts}."
+        if self.memory_passes is None:
+            return ""
+        return (
+            f"save: memory{self.reason}: its backward recomputes from the tensors "
+            f"it saves ({self.memory_passes} operations; keeping intermediates "
+            f"would spare {self.memory_passes - self.speed_passes})."
+        )
+
+
+def _passes(fn: FunctionSpec) -> tuple[int, int, int]:
+    """(forward operations, backward operations, saved tensors) of `fn`'s
+    derivation where only its first output receives a gradient (the usual
+    backward of a function with kept outputs)."""
+    d = Deriver(fn, frozenset(), frozenset({0})).derive()
+    forward = op_count(*[e for b in d.forward for _, e in b.assignments])
+    backward = op_count(*[e for b in d.backward for _, e in b.assignments])
+    return forward, backward, len(d.saved)
+
+
+# Functions whose autograd backward reads their result, not their argument.
+_SAVE_RESULT = (sp.exp, F.Sigmoid, F.Tanh, sp.tanh)
+
+
+def _divisor(expr: sp.Expr) -> sp.Expr | None:
+    if isinstance(expr, sp.Pow) and expr.args[1] == -1:
+        return expr.args[0]
+    return None
+
+
+def autograd_saved(fn: FunctionSpec) -> int:
+    """How many tensors autograd saves for `fn`'s pointwise output as
+    written (an estimate, by PyTorch's derivatives.yaml): a product of
+    tensors saves its factors (and the partial products of more than two),
+    a power its base (and its result for a tensor exponent), exp, sigmoid,
+    tanh and a square root their result, other functions their tensor
+    arguments; sums save nothing, and a where only its bool mask."""
+    tensors = {fn.symbol(i.name) for i in fn.tensor_inputs}
+    (_, root), *_ = fn.formula.outputs
+    below = dag.symbols_below(root)
+    saved: set = set()
+    partial = 0
+    for node in dag.postorder(root):
+        if node.is_Atom or not below[node] & tensors:
+            continue
+        args = [
+            a
+            for a in node.args
+            if isinstance(a, sp.Expr) and below.get(a, set()) & tensors
+        ]
+        if isinstance(node, sp.Mul):
+            if len(args) >= 2:
+                # a/d divides by d: the division saves d, not 1/d.
+                saved |= {_divisor(a) or a for a in args}
+                partial += len(args) - 2
+        elif isinstance(node, sp.Pow):
+            base, exponent = node.args
+            if exponent == -1:
+                continue  # a division (above), or a reciprocal of its own
+            if exponent == sp.S.Half:
+                saved.add(node)
+            else:
+                saved |= set(args)
+                if below.get(exponent, set()) & tensors:
+                    saved.add(node)
+        elif isinstance(node, _SAVE_RESULT):
+            saved.add(node)
+        elif isinstance(node, sp.Function) and not isinstance(node, sp.Piecewise):
+            saved |= set(args)
+    return len(saved) + partial
+
+
+def _speed_candidates(fn: FunctionSpec) -> list[sp.Expr]:
+    """Intermediates of the output worth keeping: calls, and sums or
+    products of two tensors or around a call (not ``2*x``), largest first."""
+    tensors = {fn.symbol(i.name) for i in fn.tensor_inputs}
+    (_, root), *_ = fn.formula.outputs
+    found = []
+    for sub in dag.preorder(root):
+        if (
+            sub is root
+            or sub.is_Atom
+            or sub in found
+            or is_condition(sub)
+            or isinstance(sub, (sp.Piecewise, T.TensorOp))
+            or not dag.free_symbols(sub) & tensors
+        ):
+            continue
+        if (
+            isinstance(sub, (sp.Add, sp.Mul))
+            and len(dag.free_symbols(sub) & tensors) < 2
+        ):
+            if not any(isinstance(a, sp.Function) for a in sub.args):
+                continue
+        if isinstance(sub, sp.Pow) and sub.args[0].is_Symbol and sub.args[1].is_Integer:
+            continue  # x**3: as cheap to compute again as to read
+        found.append(sub)
+        if len(found) == MAX_SPEED_CANDIDATES:
+            break
+    return found
+
+
+def _statement_name(fn: FunctionSpec, expr: sp.Expr, taken: set[str]) -> str:
+    """The user's name for `expr` (``d`` of ``d = input - target``) where it
+    has one, else ``kept``; free in `taken`."""
+    for name, value in fn.formula.statements:
+        if value == expr and name not in {o.name for o, _ in fn.formula.outputs}:
+            return _free_name(name, taken - {name})
+    return _free_name("kept", taken)
+
+
+def _gradients(d: Derivation, kept: dict) -> dict[str, sp.Expr]:
+    """Each input gradient of `d`'s backward as one expression: its
+    temporaries inlined, the kept outputs of `kept` (symbol -> expression)
+    replaced by what they keep, the incoming gradient named ``grad``."""
+    values: dict = {}
+    for block in d.backward:
+        for target, expr in block.assignments:
+            values[target] = dag.xreplace(expr, values) if values else expr
+    grad = {d.grad_symbols[0]: sp.Symbol("grad", real=True)}
+    return {
+        name: dag.xreplace(dag.xreplace(values[g], kept), grad)
+        for name, g in d.grads
+        if g is not None and g in values
+    }
+
+
+def _kept_values(fn: FunctionSpec) -> dict:
+    declared = len(fn.formula.outputs) - fn.kept
+    return dict(fn.formula.outputs[declared:])
+
+
+def keep_for_speed(fn: FunctionSpec) -> tuple[FunctionSpec, int] | None:
+    """`fn` with ``save: speed`` and, as extra outputs, intermediates of
+    its forward that its backward reads instead of computing them again
+    (greedily, at most `MAX_SPEED_KEPT`), and its backward's operations;
+    None where keeping none spares an operation.
+
+    The backward computes the very expression of ``save: memory``, only
+    reading some subexpressions from memory (a test of each choice: the
+    gradients with the kept values put back are the memory backward's), so
+    the kept values change no number: in particular no stable form of
+    `fngen.stable` is undone (``exp(x)*exp(u)`` is not ``exp(x + u)``),
+    and never more tensors are saved than autograd would save."""
+    if op_count(*[expr for _, expr in fn.formula.outputs]) > MAX_SPEED_FORWARD:
+        return None  # a long formula: the search would cost more than it finds
+    memory_fn = keep_intermediate(fn)
+    memory = Deriver(memory_fn, frozenset(), frozenset({0})).derive()
+    want = _gradients(memory, _kept_values(memory_fn))
+    read = set()
+    for expr in want.values():
+        read |= set(dag.preorder(expr))
+    candidates = [c for c in _speed_candidates(fn) if c in read]
+    if not candidates:
+        return None
+    current = replace(fn, save="speed")
+    best = op_count(*[e for b in memory.backward for _, e in b.assignments])
+    most = max(autograd_saved(fn), 1)
+    taken = _names_in(fn)
+    chosen = []
+    for _ in range(MAX_SPEED_KEPT):
+        pick = None
+        for candidate in candidates:
+            if candidate in chosen:
+                continue
+            name = _statement_name(fn, candidate, set(taken))
+            trial = _with_outputs(current, [(sp.Symbol(name, real=True), candidate)])
+            try:
+                d = Deriver(trial, frozenset(), frozenset({0})).derive()
+            except (ValueError, TypeError, KeyError, NotImplementedError):
+                continue  # a candidate the derivation cannot read through
+            passes = op_count(*[e for b in d.backward for _, e in b.assignments])
+            # One tensor over on the way: a later keep may free an input.
+            if (
+                passes < best
+                and len(d.saved) <= most + 1
+                and _gradients(d, _kept_values(trial)) == want
+            ):
+                best, pick = passes, (candidate, trial, name)
+        if pick is None:
+            break
+        chosen.append(pick[0])
+        current = pick[1]
+        taken.add(pick[2])
+    if not chosen:
+        return None
+    # A kept output that a later one made useless is not saved: dropped
+    # (a Function's kept outputs are each saved, see codegen).
+    declared = len(fn.formula.outputs)
+    while True:
+        saved = set(Deriver(current).derive().saved)
+        extra = current.formula.outputs[declared:]
+        useful = [(out, expr) for out, expr in extra if out in saved]
+        if len(useful) == len(extra):
+            break
+        if not useful:
+            return None
+        current = _with_outputs(replace(fn, save="speed"), useful)
+    _, passes, saved = _passes(current)
+    return (current, passes) if saved <= most else None
+
+
+def choose_save(fn: FunctionSpec, kernels: bool = False) -> SaveChoice:
+    """The save policy of `fn` (`fn.save`, or chosen): ``memory`` saves the
+    fewest tensors and recomputes the rest in the backward; ``speed`` also
+    keeps intermediates (as autograd keeps each operation's) where that
+    spares the backward operations.  Chosen, ``speed`` where it spares at
+    least `SPEED_GAIN` of the operations of the forward and the
+    recomputing backward; ``memory`` for a function with Triton kernels
+    (`kernels`: its fused backward recomputes for free), and for what
+    cannot keep intermediates (a reduction, several outputs, an optional
+    tensor, a ``grad:`` override)."""
+    (_, expr), *more = fn.formula.outputs
+    if (
+        fn.save == "memory"
+        or fn.grads
+        or fn.kept
+        or more
+        or fn.formula.ops
+        or any(i.optional for i in fn.inputs)
+        or is_condition(expr)
+    ):
+        return SaveChoice(fn, "memory")
+    if fn.save is None and kernels:
+        return SaveChoice(fn, "memory")
+    found = keep_for_speed(fn)
+    if fn.save == "speed":
+        return SaveChoice(found[0], "speed") if found else SaveChoice(fn, "memory")
+    if found is None:
+        return SaveChoice(fn, "memory")
+    speed_fn, speed = found
+    forward, memory, _ = _passes(keep_intermediate(fn))
+    if memory - speed >= SPEED_GAIN * (forward + memory):
+        return SaveChoice(speed_fn, "speed", memory, speed, forward, " (chosen)")
+    return SaveChoice(fn, "memory", memory, speed, forward, " (chosen)")

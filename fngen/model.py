@@ -122,6 +122,11 @@ class FunctionSpec:
     # ``kernels:`` of the function itself ("triton" or "none"); None: the
     # spec's (`Spec.kernels`).
     kernels: str | None = None
+    # ``save:`` of the function: "memory" (the backward recomputes from the
+    # fewest saved tensors), "speed" (it also reads kept intermediates
+    # where that spares it passes), None: chosen by counting passes (see
+    # derive.choose_save).
+    save: str | None = None
 
     def __post_init__(self):
         names = [i.name for i in self.inputs]

@@ -63,6 +63,8 @@ PYTHON_BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
 TOP_KEYS = ("fngen", "doc", "check", "export", "namespace", "kernels", "functions")
 EXPORT_MODES = ("custom_op",)
 KERNEL_MODES = ("triton", "none")
+# ``save:`` of a function: what its backward reads (see derive.choose_save).
+SAVE_MODES = ("memory", "speed")
 FACTORY_ARGUMENTS = frozenset({"device", "dtype"})
 # Namespaces of PyTorch's own operators: torch.library refuses them, or
 # they would shadow them.
@@ -78,6 +80,7 @@ FUNCTION_KEYS = (
     "autocast",
     "module_args",
     "kernels",
+    "save",
 )
 INPUT_KEYS = ("type", "default", "domain", "param", "init", "optional", "classes")
 SPEC_CHECK_KEYS = ("device", "dtype")
@@ -354,6 +357,9 @@ class FunctionBuilder:
         kernels = None
         if "kernels" in fields:
             kernels = _choice(fields["kernels"], "kernels", KERNEL_MODES)
+        save = None
+        if "save" in fields:
+            save = _choice(fields["save"], "save", SAVE_MODES)
         return FunctionSpec(
             name=name,
             location=location,
@@ -367,6 +373,7 @@ class FunctionBuilder:
             autocast=autocast,
             module_args=module_args,
             kernels=kernels,
+            save=save,
         )
 
     @staticmethod
