@@ -10,6 +10,7 @@ common subexpressions shared (`schedule.py`), ready for the printer.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -82,6 +83,8 @@ class Deriver:
         present: frozenset[int] | None = None,
     ):
         self.fn = fn
+        # False: the derivation is only counted (`counted`), no jvp.
+        self.with_jvp = True
         # The outputs whose incoming gradient is not None (all when None).
         self.present = present
         self.inputs = {i.name: fn.symbol(i.name) for i in fn.inputs}
@@ -892,6 +895,8 @@ class Deriver:
         forward = self.forward_program()
         jvp_error = None
         try:
+            if not self.with_jvp:
+                raise NotLinear("")  # not asked for: see `counted`
             jvp, output_tangents, jvp_tensors, tangent_symbols = self.jvp_program()
         except NotLinear as error:
             jvp_error = (
@@ -907,7 +912,7 @@ class Deriver:
             (out.name, leaf.name, dag.derivative(expr, leaf))
             for out, expr in self.formula.outputs
             for leaf in self.leaves_of(expr)
-            if not self.formula.ops and not is_condition(expr)
+            if not self.formula.ops and not is_condition(expr) and self.with_jvp
         )
         saved_for_jvp = tuple(
             s for s in self.tensor_inputs + self.outputs if s in jvp_tensors
@@ -1518,11 +1523,19 @@ class SaveChoice:
         )
 
 
+def counted(fn: FunctionSpec, present=frozenset({0})) -> Derivation:
+    """`fn`'s derivation where only the outputs in `present` receive a
+    gradient, without its jvp and derivatives (what `choose_save` counts)."""
+    deriver = Deriver(fn, frozenset(), present)
+    deriver.with_jvp = False
+    return deriver.derive()
+
+
 def _passes(fn: FunctionSpec) -> tuple[int, int, int]:
     """(forward operations, backward operations, saved tensors) of `fn`'s
     derivation where only its first output receives a gradient (the usual
     backward of a function with kept outputs)."""
-    d = Deriver(fn, frozenset(), frozenset({0})).derive()
+    d = counted(fn)
     forward = op_count(*[e for b in d.forward for _, e in b.assignments])
     backward = op_count(*[e for b in d.backward for _, e in b.assignments])
     return forward, backward, len(d.saved)
@@ -1589,6 +1602,7 @@ def _speed_candidates(fn: FunctionSpec) -> list[sp.Expr]:
     for sub in dag.preorder(root):
         if (
             sub is root
+            or not isinstance(sub, sp.Expr)  # a where's (value, condition)
             or sub.is_Atom
             or sub in found
             or is_condition(sub)
@@ -1640,11 +1654,15 @@ def _kept_values(fn: FunctionSpec) -> dict:
     return dict(fn.formula.outputs[declared:])
 
 
-def keep_for_speed(fn: FunctionSpec) -> tuple[FunctionSpec, int] | None:
+def keep_for_speed(
+    fn: FunctionSpec, gain: float = 0.0
+) -> tuple[FunctionSpec, int, tuple] | None:
     """`fn` with ``save: speed`` and, as extra outputs, intermediates of
     its forward that its backward reads instead of computing them again
-    (greedily, at most `MAX_SPEED_KEPT`), and its backward's operations;
-    None where keeping none spares an operation.
+    (greedily, at most `MAX_SPEED_KEPT`), its backward's operations, and
+    the (forward, backward) operations of ``save: memory``; None where
+    keeping none spares an operation (or, by a first count, `gain` of the
+    operations of the forward and the memory backward).
 
     The backward computes the very expression of ``save: memory``, only
     reading some subexpressions from memory (a test of each choice: the
@@ -1654,17 +1672,33 @@ def keep_for_speed(fn: FunctionSpec) -> tuple[FunctionSpec, int] | None:
     and never more tensors are saved than autograd would save."""
     if op_count(*[expr for _, expr in fn.formula.outputs]) > MAX_SPEED_FORWARD:
         return None  # a long formula: the search would cost more than it finds
+    candidates = _speed_candidates(fn)
+    if not candidates:
+        return None
     memory_fn = keep_intermediate(fn)
-    memory = Deriver(memory_fn, frozenset(), frozenset({0})).derive()
+    memory = counted(memory_fn)
     want = _gradients(memory, _kept_values(memory_fn))
     read = set()
     for expr in want.values():
         read |= set(dag.preorder(expr))
-    candidates = [c for c in _speed_candidates(fn) if c in read]
+    candidates = [c for c in candidates if c in read]
     if not candidates:
+        return None
+    # A quick look first: the memory backward's gradients with every
+    # candidate read as a name must spare `gain` of the operations before
+    # a derivation per candidate is worth it.
+    forward = op_count(*[e for b in memory.forward for _, e in b.assignments])
+    names = {c: sp.Dummy() for c in candidates}
+    estimate = op_count(*[dag.xreplace(e, names) for e in want.values()])
+    plain = op_count(*want.values())
+    if plain - estimate < max(1, gain * (forward + plain)):
         return None
     current = replace(fn, save="speed")
     best = op_count(*[e for b in memory.backward for _, e in b.assignments])
+    memory_passes = (
+        op_count(*[e for b in memory.forward for _, e in b.assignments]),
+        best,
+    )
     most = max(autograd_saved(fn), 1)
     taken = _names_in(fn)
     chosen = []
@@ -1676,7 +1710,7 @@ def keep_for_speed(fn: FunctionSpec) -> tuple[FunctionSpec, int] | None:
             name = _statement_name(fn, candidate, set(taken))
             trial = _with_outputs(current, [(sp.Symbol(name, real=True), candidate)])
             try:
-                d = Deriver(trial, frozenset(), frozenset({0})).derive()
+                d = counted(trial)
             except (ValueError, TypeError, KeyError, NotImplementedError):
                 continue  # a candidate the derivation cannot read through
             passes = op_count(*[e for b in d.backward for _, e in b.assignments])
@@ -1697,8 +1731,9 @@ def keep_for_speed(fn: FunctionSpec) -> tuple[FunctionSpec, int] | None:
     # A kept output that a later one made useless is not saved: dropped
     # (a Function's kept outputs are each saved, see codegen).
     declared = len(fn.formula.outputs)
+    pruned = False
     while True:
-        saved = set(Deriver(current).derive().saved)
+        saved = set(counted(current, None).saved)
         extra = current.formula.outputs[declared:]
         useful = [(out, expr) for out, expr in extra if out in saved]
         if len(useful) == len(extra):
@@ -1706,10 +1741,15 @@ def keep_for_speed(fn: FunctionSpec) -> tuple[FunctionSpec, int] | None:
         if not useful:
             return None
         current = _with_outputs(replace(fn, save="speed"), useful)
-    _, passes, saved = _passes(current)
-    return (current, passes) if saved <= most else None
+        pruned = True
+    if pruned:
+        _, best, _ = _passes(current)
+    if len(saved) > most:
+        return None
+    return current, best, memory_passes
 
 
+@functools.lru_cache(maxsize=4096)
 def choose_save(fn: FunctionSpec, kernels: bool = False) -> SaveChoice:
     """The save policy of `fn` (`fn.save`, or chosen): ``memory`` saves the
     fewest tensors and recomputes the rest in the backward; ``speed`` also
@@ -1733,13 +1773,12 @@ def choose_save(fn: FunctionSpec, kernels: bool = False) -> SaveChoice:
         return SaveChoice(fn, "memory")
     if fn.save is None and kernels:
         return SaveChoice(fn, "memory")
-    found = keep_for_speed(fn)
+    found = keep_for_speed(fn, 0.0 if fn.save == "speed" else SPEED_GAIN)
     if fn.save == "speed":
         return SaveChoice(found[0], "speed") if found else SaveChoice(fn, "memory")
     if found is None:
         return SaveChoice(fn, "memory")
-    speed_fn, speed = found
-    forward, memory, _ = _passes(keep_intermediate(fn))
+    speed_fn, speed, (forward, memory) = found
     if memory - speed >= SPEED_GAIN * (forward + memory):
         return SaveChoice(speed_fn, "speed", memory, speed, forward, " (chosen)")
     return SaveChoice(fn, "memory", memory, speed, forward, " (chosen)")

@@ -101,7 +101,7 @@ def test_a_speed_backward_computes_the_memory_backwards_expression(fn):
     found = keep_for_speed(fused)
     if found is None:
         pytest.skip("keeping spares nothing")
-    speed_fn, _ = found
+    speed_fn = found[0]
     memory_fn = keep_intermediate(fused)
     memory = Deriver(memory_fn, frozenset(), frozenset({0})).derive()
     speed = Deriver(speed_fn, frozenset(), frozenset({0})).derive()
