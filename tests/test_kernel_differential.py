@@ -48,3 +48,30 @@ def test_the_harness_sees_a_kernel():
     outcome = kernel_outcome("x*sin(y)")
     assert outcome.ok is True
     assert outcome.reason in (None, "")
+
+
+# Found by fresh seeds: at x = 1e-4 the argument of the step is 0 in
+# float32 (2 + x**2 rounds to 2) and 4e-9 in float64; the kernel gives
+# what the torch code gives in float32, which the check accepts.
+FOUND = ["heaviside(lgamma(2 + (x)**2), 0.5)"]
+
+
+@pytest.mark.parametrize("formula", FOUND)
+def test_kernels_found_by_fuzzing(formula):
+    outcome = kernel_outcome(formula)
+    assert outcome.ok is True, (formula, outcome.reason)
+
+
+def test_a_kernel_off_at_a_step_still_fails(monkeypatch):
+    """The float32 torch code is accepted as a reference only where the
+    kernel agrees with it: a kernel that moves the step fails."""
+    from fngen import kernels as K
+
+    right = K.embedded_source
+
+    def wrong(kernels):
+        return right(kernels).replace("libdevice.lgamma(", "-0.001 + libdevice.lgamma(")
+
+    monkeypatch.setattr(K, "embedded_source", wrong)
+    outcome = kernel_outcome(FOUND[0])
+    assert outcome.ok is False and "kernel's output out" in outcome.reason
