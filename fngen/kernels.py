@@ -228,6 +228,7 @@ def _name_squared_bases(program: tuple[Block, ...], taken: set[str]):
                 if isinstance(p, sp.Pow)
                 and p.exp in (2, 3, -2, -3)
                 and not p.base.is_Atom
+                and not p.base.is_number  # a constant: folded, not a variable
                 and p.base not in names
             }
             # Inner bases first: a base may hold another's square.

@@ -639,7 +639,7 @@ SQUARES = """\
 fngen: 1
 functions:
   squares:
-    formula: y = x/(1 + abs(x*w))**2 + sin(x*w + (1 + x)**2)**3
+    formula: y = x/(1 + abs(x*w))**2 + sin(x*w + (1 + x)**2)**3 + x*(2 + sin(0.5))**2
     inputs: {x: tensor, w: tensor}
 """
 
@@ -656,4 +656,7 @@ def test_a_compound_base_of_a_square_is_named_once():
     repeated = re.compile(r"(\([^()]*(?:\([^()]*\))*[^()]*\)) \* \1")
     assert not any(repeated.search(line) for line in lines), text
     assert any(re.fullmatch(r"t\d+ = tl\.abs\(t\d+\) \+ 1", line) for line in lines)
+    # A constant is never a variable of its own: Triton would make it a
+    # float32 scalar, whatever the compute dtype.
+    assert not any(re.fullmatch(r"t\d+ = -?[\d.e+-]+", line) for line in lines), text
     _run(SQUARES, "squares", (1100,), torch.float32)
