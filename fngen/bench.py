@@ -613,23 +613,10 @@ def _bench_function(
 
 def _check_launched(module, launchers, step) -> None:
     """Run `step` once; raise unless every launcher of `launchers` ran."""
-    launched = []
-    originals = {name: getattr(module, name) for name in launchers}
+    from fngen.kernels import launches_counted
 
-    def counted(name, launcher):
-        def launch(*args, **kwargs):
-            launched.append(name)
-            return launcher(*args, **kwargs)
-
-        return launch
-
-    try:
-        for name, launcher in originals.items():
-            setattr(module, name, counted(name, launcher))
+    with launches_counted(module, launchers) as launched:
         step()
-    finally:
-        for name, launcher in originals.items():
-            setattr(module, name, launcher)
     missing = [name for name in launchers if name not in launched]
     if missing:
         raise RuntimeError(

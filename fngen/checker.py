@@ -1429,25 +1429,14 @@ class FunctionChecker:
         torch = self.torch
         module = self.kernel_module()
         forward, backward = (f"_{self.fn.name}_{part}" for part in ("fwd", "bwd"))
-        launched: list[str] = []
-        originals = {
-            n: getattr(module, n) for n in (forward, backward) if hasattr(module, n)
-        }
+        from fngen.kernels import launches_counted
 
-        def counted(name, launcher):
-            def launch(*args, **kwargs):
-                launched.append(name)
-                return launcher(*args, **kwargs)
-
-            return launch
-
+        present = [n for n in (forward, backward) if hasattr(module, n)]
         block = module._BLOCK_SIZE
         dtypes = list(dict.fromkeys([self.dtype, torch.float32, torch.bfloat16]))
         cases = [((2 * block + 52,), dtype) for dtype in dtypes]
         cases += [((), torch.float32), ((0,), torch.float32)]
-        try:
-            for name, launcher in originals.items():
-                setattr(module, name, counted(name, launcher))
+        with launches_counted(module, present) as launched:
             with np.errstate(all="ignore"):  # the interpreter's masked lanes
                 for shape, dtype in cases:
                     for needed in self._needed_combinations():
@@ -1455,7 +1444,7 @@ class FunctionChecker:
                         problem = self._kernel_case(module, shape, dtype, needed)
                         if problem:
                             return problem
-                        expected = [n for n in originals if n == forward or any(needed)]
+                        expected = [n for n in present if n == forward or any(needed)]
                         missing = [n for n in expected if n not in launched]
                         if missing:
                             return (
@@ -1466,9 +1455,6 @@ class FunctionChecker:
                     return self._kernel_case(
                         module, (3, block - 300), torch.float32, None, broadcast=True
                     )
-        finally:
-            for name, launcher in originals.items():
-                setattr(module, name, launcher)
         return None
 
     def _needed_combinations(self):

@@ -1097,17 +1097,22 @@ def function_choices(fn: FunctionSpec, kernels: str = "none") -> FunctionChoices
     fused = fuse_function(fn)
     kept = keep_intermediate(fused)
     plain = keep_reductions(kept)
-    writer = FunctionWriter(plain, variants(plain))
+    # The memory writer is built first only where its kernels decide the
+    # save policy.
+    writer = None
     found: tuple | str = "kernels: none"
     if (fn.kernels or kernels) == "triton":
+        writer = FunctionWriter(plain, variants(plain))
         found = function_kernels(writer)
     save = choose_save(fused, kernels=not isinstance(found, str))
     if save.policy == "speed":
         kept = save.fn
         plain = keep_reductions(kept)
-        writer = FunctionWriter(plain, variants(plain))
+        writer = None
         if not isinstance(found, str) or fn.kernels == "triton":
             found = "its backward keeps intermediates (save: speed; not yet supported)"
+    if writer is None:
+        writer = FunctionWriter(plain, variants(plain))
     if isinstance(found, str) and fn.kernels == "triton":
         raise SpecError(
             fn.location,

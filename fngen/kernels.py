@@ -32,6 +32,7 @@ What a kernel does:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import textwrap
 from dataclasses import dataclass, field
@@ -684,6 +685,30 @@ def _compute_dtype(tensor):
     """float64 computes in float64; float32, float16 and bfloat16 in float32."""
     return tl.float64 if tensor.dtype == torch.float64 else tl.float32
 '''
+
+
+@contextlib.contextmanager
+def launches_counted(module, names):
+    """Meanwhile, each launcher of `module` named in `names` (those it has)
+    appends its name to the list this yields when it is called: which
+    kernels ran (`fngen check`'s kernel column, `fngen bench`)."""
+    launched: list[str] = []
+    originals = {n: getattr(module, n) for n in names if hasattr(module, n)}
+
+    def counted(name, launcher):
+        def launch(*args, **kwargs):
+            launched.append(name)
+            return launcher(*args, **kwargs)
+
+        return launch
+
+    try:
+        for name, launcher in originals.items():
+            setattr(module, name, counted(name, launcher))
+        yield launched
+    finally:
+        for name, launcher in originals.items():
+            setattr(module, name, launcher)
 
 
 def embedded_source(kernels: list[Kernel]) -> str:
