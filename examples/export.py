@@ -403,50 +403,46 @@ class SoftClip(torch.nn.Module):
 
 
 class ScaledMseFunction(torch.autograd.Function):
-    """Autograd Function of :func:`scaled_mse`: d = input - target
+    """Autograd Function of :func:`scaled_mse`::
 
-    ``apply`` also returns ``kept = input - target``, kept for the backward
-    as an output, so that double backward differentiates through it;
+        d = input - target
+        loss = mean(d**2) * scale
+
+    ``apply`` also returns ``d = input - target``, kept for the backward as
+    an output, so that double backward differentiates through it;
     :func:`scaled_mse` returns only the declared outputs."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target, scale):
-        kept = input - target
-        loss_mean = (kept**2).mean()
+        d = input - target
+        loss_mean = (d**2).mean()
         loss = loss_mean * scale
-        return loss, kept
+        return loss, d
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, scale = inputs
-        loss, kept = output
+        loss, d = output
         ctx.scale = scale
         ctx.set_materialize_grads(False)
         ctx.input_shape = input.shape
         ctx.target_shape = target.shape
-        ctx.save_for_backward(kept)
-        ctx.save_for_forward(kept)
+        ctx.save_for_backward(d)
+        ctx.save_for_forward(d)
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_kept):
-        if grad_loss is None and grad_kept is None:
+    def backward(ctx, grad_loss, grad_d):
+        if grad_loss is None and grad_d is None:
             return None, None, None
-        (kept,) = ctx.saved_tensors
+        (d,) = ctx.saved_tensors
         scale = ctx.scale
         needs_input, needs_target, _ = ctx.needs_input_grad
         grad_input = grad_target = None
-        if grad_loss is not None and grad_kept is None:
+        if grad_loss is not None and grad_d is None:
             grad_loss_mean = grad_loss * scale
-            t0 = (
-                2
-                * kept
-                * (
-                    grad_loss_mean
-                    / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
-                ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
-            )
+            t0 = 2 * d * grad_loss_mean / d.numel()
             if needs_input:
                 grad_input = t0.sum_to_size(ctx.input_shape)
             if needs_target:
@@ -454,27 +450,16 @@ class ScaledMseFunction(torch.autograd.Function):
             return grad_input, grad_target, None
         if grad_loss is None:
             if needs_input:
-                grad_input = grad_kept.sum_to_size(ctx.input_shape)
+                grad_input = grad_d.sum_to_size(ctx.input_shape)
             if needs_target:
-                grad_target = (-grad_kept).sum_to_size(ctx.target_shape)
+                grad_target = (-grad_d).sum_to_size(ctx.target_shape)
             return grad_input, grad_target, None
         grad_loss_mean = grad_loss * scale
-        t0 = (
-            2
-            * kept
-            * (
-                grad_loss_mean
-                / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
-            ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
-        )
+        t0 = torch.addcmul(grad_d, 2 * d / d.numel(), grad_loss_mean)
         if needs_input:
-            grad_input = grad_kept.sum_to_size(ctx.input_shape) + t0.sum_to_size(
-                ctx.input_shape
-            )
+            grad_input = t0.sum_to_size(ctx.input_shape)
         if needs_target:
-            grad_target = (-grad_kept).sum_to_size(ctx.target_shape) + (
-                -t0
-            ).sum_to_size(ctx.target_shape)
+            grad_target = (-t0).sum_to_size(ctx.target_shape)
         return grad_input, grad_target, None
 
     @staticmethod
@@ -484,13 +469,13 @@ class ScaledMseFunction(torch.autograd.Function):
             input_t = like.new_zeros(ctx.input_shape)
         if target_t is None:
             target_t = like.new_zeros(ctx.target_shape)
-        (kept,) = ctx.saved_tensors
+        (d,) = ctx.saved_tensors
         scale = ctx.scale
-        t0 = 2 * kept
+        t0 = 2 * d
         loss_mean_t = torch.addcmul(-t0 * target_t, input_t, t0).mean()
         loss_t = loss_mean_t * scale
-        kept_t = input_t - target_t
-        return loss_t, kept_t
+        d_t = input_t - target_t
+        return loss_t, d_t
 
 
 class _ScaledMseTraceable(torch.autograd.Function):
@@ -523,9 +508,11 @@ class _ScaledMseTraceable(torch.autograd.Function):
         grad_input = grad_target = None
         grad_loss_mean = grad * scale
         t0 = input - target
-        t1 = 2 * (
-            grad_loss_mean / torch.broadcast_shapes(input.shape, target.shape).numel()
-        ).expand(torch.broadcast_shapes(input.shape, target.shape))
+        t1 = (
+            2
+            * grad_loss_mean
+            / torch.broadcast_shapes(input.shape, target.shape).numel()
+        )
         if needs_input:
             grad_input = (t0 * t1).sum_to_size(input.shape)
         if needs_target:

@@ -15,7 +15,12 @@ __all__ = [
 
 
 class CrossEntropyFunction(torch.autograd.Function):
-    """Autograd Function of :func:`cross_entropy`: logp = log_softmax(logits, dim=-1)"""
+    """Autograd Function of :func:`cross_entropy`::
+
+    logp = log_softmax(logits, dim=-1)
+    q = (1 - smoothing) * one_hot(target, classes) + smoothing / classes
+    kept = where(target != ignore_index, 1, 0)
+    loss = -sum(kept * sum(q * logp, dim=-1)) / sum(kept)"""
 
     generate_vmap_rule = True
 
@@ -60,8 +65,8 @@ class CrossEntropyFunction(torch.autograd.Function):
         t1 = (ignore_index != target).to(grad.dtype)
         loss_sum1 = (loss_sum * t1).sum()
         loss_sum2 = t1.sum()
-        grad_loss_sum2 = (grad * loss_sum1 / loss_sum2**2).sum_to_size(loss_sum2.shape)
-        grad_loss_sum1 = (-grad / loss_sum2).sum_to_size(loss_sum1.shape)
+        grad_loss_sum2 = grad * loss_sum1 / loss_sum2**2
+        grad_loss_sum1 = -grad / loss_sum2
         grad_loss_sum = (
             t1
             * grad_loss_sum1.expand(
@@ -163,7 +168,10 @@ class CrossEntropy(torch.nn.Module):
 
 
 class FocalLossFunction(torch.autograd.Function):
-    """Autograd Function of :func:`focal_loss`: logpt = gather(log_softmax(logits, dim=-1), -1, target)"""
+    """Autograd Function of :func:`focal_loss`::
+
+    logpt = gather(log_softmax(logits, dim=-1), -1, target)
+    loss = -mean((1 - exp(logpt))**gamma * logpt)"""
 
     generate_vmap_rule = True
 
@@ -196,7 +204,7 @@ class FocalLossFunction(torch.autograd.Function):
             t0**gamma,
             -gamma * logpt * t0 ** (0 if gamma == 0 else gamma - 1),
             torch.exp(logpt),
-        ) * (grad_loss_mean / target.shape.numel()).expand(target.shape)
+        ) * (grad_loss_mean / target.numel()).expand(target.shape)
         grad_logpt_log_softmax = grad_logpt.new_zeros(
             logpt_log_softmax.shape
         ).scatter_add(-1, target, grad_logpt)

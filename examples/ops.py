@@ -184,7 +184,7 @@ class SqrtAndInverseFunction(torch.autograd.Function):
         grad_x = grad_y = None
         if needs_x:
             grad_x = (
-                grad * (-torch.reciprocal(x**2) + torch.reciprocal(2 * torch.sqrt(x)))
+                grad * (torch.reciprocal(2 * torch.sqrt(x)) - torch.reciprocal(x**2))
             ).sum_to_size(x.shape)
         if needs_y:
             grad_y = (4 * grad * y).sum_to_size(y.shape)
@@ -196,7 +196,7 @@ class SqrtAndInverseFunction(torch.autograd.Function):
         z_t = torch.addcmul(
             4 * y * y_t,
             x_t,
-            -torch.reciprocal(x**2) + torch.reciprocal(2 * torch.sqrt(x)),
+            torch.reciprocal(2 * torch.sqrt(x)) - torch.reciprocal(x**2),
         )
         return z_t
 

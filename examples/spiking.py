@@ -363,7 +363,7 @@ class AtanSpikeFunction(torch.autograd.Function):
             grad_v = (
                 alpha
                 * grad
-                / (4.934802200544679 * (alpha**2 * (-threshold + v) ** 2) + 2)
+                / (4.934802200544679 * (alpha**2 * (v - threshold) ** 2) + 2)
             )
         return grad_v, None, None
 
@@ -372,7 +372,7 @@ class AtanSpikeFunction(torch.autograd.Function):
         (v,) = ctx.saved_tensors
         threshold = ctx.threshold
         alpha = ctx.alpha
-        s_t = alpha * v_t / (4.934802200544679 * (alpha**2 * (-threshold + v) ** 2) + 2)
+        s_t = alpha * v_t / (4.934802200544679 * (alpha**2 * (v - threshold) ** 2) + 2)
         return s_t
 
 

@@ -120,7 +120,7 @@ class SumSqrtFunction(torch.autograd.Function):
         needs_x = ctx.needs_input_grad[0]
         grad_x = None
         if needs_x:
-            grad_x = x * grad.expand(x.shape) / torch.sqrt(x**2 - 1)
+            grad_x = grad * x / torch.sqrt(x**2 - 1)
         return (grad_x,)
 
     @staticmethod
@@ -321,7 +321,10 @@ class Linear(torch.nn.Module):
 
 
 class SimpleFuncFunction(torch.autograd.Function):
-    """Autograd Function of :func:`simple_func`: s = sin(x) * x"""
+    """Autograd Function of :func:`simple_func`::
+
+    s = sin(x) * x
+    c = cos(x) + x**2"""
 
     generate_vmap_rule = True
 
@@ -356,7 +359,7 @@ class SimpleFuncFunction(torch.autograd.Function):
         t0 = torch.sin(x)
         if needs_x:
             grad_x = torch.addcmul(
-                grad_s * torch.addcmul(t0, x, torch.cos(x)), grad_c, -t0 + 2 * x
+                grad_s * torch.addcmul(t0, x, torch.cos(x)), grad_c, 2 * x - t0
             )
         return (grad_x,)
 
@@ -365,7 +368,7 @@ class SimpleFuncFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         t0 = torch.sin(x)
         s_t = x_t * torch.addcmul(t0, x, torch.cos(x))
-        c_t = x_t * (-t0 + 2 * x)
+        c_t = x_t * (2 * x - t0)
         return s_t, c_t
 
 
@@ -434,7 +437,7 @@ class SpikeFunction(torch.autograd.Function):
         alpha = ctx.alpha
         needs_v, _, _ = ctx.needs_input_grad
         grad_v = None
-        t0 = alpha * (-threshold + v)
+        t0 = alpha * (v - threshold)
         if needs_v:
             grad_v = alpha * grad * torch.sigmoid(-t0) * torch.sigmoid(t0)
         return grad_v, None, None
@@ -444,7 +447,7 @@ class SpikeFunction(torch.autograd.Function):
         (v,) = ctx.saved_tensors
         threshold = ctx.threshold
         alpha = ctx.alpha
-        t0 = alpha * (-threshold + v)
+        t0 = alpha * (v - threshold)
         s_t = alpha * v_t * torch.sigmoid(-t0) * torch.sigmoid(t0)
         return s_t
 
@@ -601,14 +604,7 @@ class MseLossFunction(torch.autograd.Function):
         needs_input, needs_target = ctx.needs_input_grad
         grad_input = grad_target = None
         if grad_loss is not None and grad_kept is None:
-            t0 = (
-                2
-                * kept
-                * (
-                    grad_loss
-                    / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
-                ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
-            )
+            t0 = 2 * grad_loss * kept / kept.numel()
             if needs_input:
                 grad_input = t0.sum_to_size(ctx.input_shape)
             if needs_target:
@@ -620,22 +616,11 @@ class MseLossFunction(torch.autograd.Function):
             if needs_target:
                 grad_target = (-grad_kept).sum_to_size(ctx.target_shape)
             return grad_input, grad_target
-        t0 = (
-            2
-            * kept
-            * (
-                grad_loss
-                / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
-            ).expand(torch.broadcast_shapes(ctx.input_shape, ctx.target_shape))
-        )
+        t0 = torch.addcmul(grad_kept, 2 * grad_loss / kept.numel(), kept)
         if needs_input:
-            grad_input = grad_kept.sum_to_size(ctx.input_shape) + t0.sum_to_size(
-                ctx.input_shape
-            )
+            grad_input = t0.sum_to_size(ctx.input_shape)
         if needs_target:
-            grad_target = (-grad_kept).sum_to_size(ctx.target_shape) + (
-                -t0
-            ).sum_to_size(ctx.target_shape)
+            grad_target = (-t0).sum_to_size(ctx.target_shape)
         return grad_input, grad_target
 
     @staticmethod
@@ -678,9 +663,7 @@ class _MseLossTraceable(torch.autograd.Function):
         needs_input, needs_target = ctx.needs_input_grad
         grad_input = grad_target = None
         t0 = input - target
-        t1 = 2 * (
-            grad / torch.broadcast_shapes(input.shape, target.shape).numel()
-        ).expand(torch.broadcast_shapes(input.shape, target.shape))
+        t1 = 2 * grad / torch.broadcast_shapes(input.shape, target.shape).numel()
         if needs_input:
             grad_input = (t0 * t1).sum_to_size(input.shape)
         if needs_target:
@@ -723,48 +706,46 @@ class MseLoss(torch.nn.Module):
 
 
 class HuberLossFunction(torch.autograd.Function):
-    """Autograd Function of :func:`huber_loss`: d = input - target
+    """Autograd Function of :func:`huber_loss`::
 
-    ``apply`` also returns ``kept = input - target``, kept for the backward
-    as an output, so that double backward differentiates through it;
+        d = input - target
+        loss = mean(where(abs(d) < delta, 0.5*d**2, delta*(abs(d) - 0.5*delta)))
+
+    ``apply`` also returns ``d = input - target``, kept for the backward as
+    an output, so that double backward differentiates through it;
     :func:`huber_loss` returns only the declared outputs."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target, delta):
-        kept = input - target
-        t0 = torch.abs(kept)
-        loss = torch.where(delta > t0, kept**2 / 2, delta * (-delta / 2 + t0)).mean()
-        return loss, kept
+        d = input - target
+        t0 = torch.abs(d)
+        loss = torch.where(delta > t0, d**2 / 2, delta * (t0 - delta / 2)).mean()
+        return loss, d
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, delta = inputs
-        loss, kept = output
+        loss, d = output
         ctx.delta = delta
         ctx.set_materialize_grads(False)
         ctx.input_shape = input.shape
         ctx.target_shape = target.shape
-        ctx.save_for_backward(kept)
-        ctx.save_for_forward(kept)
+        ctx.save_for_backward(d)
+        ctx.save_for_forward(d)
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_kept):
-        if grad_loss is None and grad_kept is None:
+    def backward(ctx, grad_loss, grad_d):
+        if grad_loss is None and grad_d is None:
             return None, None, None
-        (kept,) = ctx.saved_tensors
+        (d,) = ctx.saved_tensors
         delta = ctx.delta
         needs_input, needs_target, _ = ctx.needs_input_grad
         grad_input = grad_target = None
-        if grad_loss is not None and grad_kept is None:
-            t0 = (
-                grad_loss
-                / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
-            ).expand(
-                torch.broadcast_shapes(ctx.input_shape, ctx.target_shape)
-            ) * torch.where(
-                delta > torch.abs(kept), kept, delta * torch.sign(kept)
+        if grad_loss is not None and grad_d is None:
+            t0 = (grad_loss / d.numel()) * torch.where(
+                delta > torch.abs(d), d, delta * torch.sign(d)
             )
             if needs_input:
                 grad_input = t0.sum_to_size(ctx.input_shape)
@@ -773,26 +754,19 @@ class HuberLossFunction(torch.autograd.Function):
             return grad_input, grad_target, None
         if grad_loss is None:
             if needs_input:
-                grad_input = grad_kept.sum_to_size(ctx.input_shape)
+                grad_input = grad_d.sum_to_size(ctx.input_shape)
             if needs_target:
-                grad_target = (-grad_kept).sum_to_size(ctx.target_shape)
+                grad_target = (-grad_d).sum_to_size(ctx.target_shape)
             return grad_input, grad_target, None
-        t0 = (
-            grad_loss
-            / torch.broadcast_shapes(ctx.input_shape, ctx.target_shape).numel()
-        ).expand(
-            torch.broadcast_shapes(ctx.input_shape, ctx.target_shape)
-        ) * torch.where(
-            delta > torch.abs(kept), kept, delta * torch.sign(kept)
+        t0 = torch.addcmul(
+            grad_d,
+            grad_loss / d.numel(),
+            torch.where(delta > torch.abs(d), d, delta * torch.sign(d)),
         )
         if needs_input:
-            grad_input = grad_kept.sum_to_size(ctx.input_shape) + t0.sum_to_size(
-                ctx.input_shape
-            )
+            grad_input = t0.sum_to_size(ctx.input_shape)
         if needs_target:
-            grad_target = (-grad_kept).sum_to_size(ctx.target_shape) + (
-                -t0
-            ).sum_to_size(ctx.target_shape)
+            grad_target = (-t0).sum_to_size(ctx.target_shape)
         return grad_input, grad_target, None
 
     @staticmethod
@@ -802,14 +776,13 @@ class HuberLossFunction(torch.autograd.Function):
             input_t = like.new_zeros(ctx.input_shape)
         if target_t is None:
             target_t = like.new_zeros(ctx.target_shape)
-        (kept,) = ctx.saved_tensors
+        (d,) = ctx.saved_tensors
         delta = ctx.delta
-        kept_t = input_t - target_t
+        d_t = input_t - target_t
         loss_t = (
-            kept_t
-            * torch.where(delta > torch.abs(kept), kept, delta * torch.sign(kept))
+            d_t * torch.where(delta > torch.abs(d), d, delta * torch.sign(d))
         ).mean()
-        return loss_t, kept_t
+        return loss_t, d_t
 
 
 class _HuberLossTraceable(torch.autograd.Function):
@@ -825,7 +798,7 @@ class _HuberLossTraceable(torch.autograd.Function):
     def forward(input, target, delta):
         t0 = input - target
         t1 = torch.abs(t0)
-        loss = torch.where(delta > t1, t0**2 / 2, delta * (-delta / 2 + t1)).mean()
+        loss = torch.where(delta > t1, t0**2 / 2, delta * (t1 - delta / 2)).mean()
         return loss
 
     @staticmethod
@@ -844,15 +817,11 @@ class _HuberLossTraceable(torch.autograd.Function):
         t0 = input - target
         t1 = torch.where(
             delta > torch.abs(t0),
-            t0
-            * (grad / torch.broadcast_shapes(input.shape, target.shape).numel()).expand(
-                torch.broadcast_shapes(input.shape, target.shape)
-            ),
+            grad * t0 / torch.broadcast_shapes(input.shape, target.shape).numel(),
             delta
-            * (grad / torch.broadcast_shapes(input.shape, target.shape).numel()).expand(
-                torch.broadcast_shapes(input.shape, target.shape)
-            )
-            * torch.sign(t0),
+            * grad
+            * torch.sign(t0)
+            / torch.broadcast_shapes(input.shape, target.shape).numel(),
         )
         if needs_input:
             grad_input = t1.sum_to_size(input.shape)
@@ -921,11 +890,7 @@ class LogSoftmaxFunction(torch.autograd.Function):
         grad_x = None
         grad_y_logsumexp = -grad.sum_to_size((*ctx.x_shape[:-1], 1))
         if needs_x:
-            grad_x = torch.addcmul(
-                grad.sum_to_size(ctx.x_shape),
-                grad_y_logsumexp.expand(ctx.x_shape),
-                torch.exp(y),
-            )
+            grad_x = torch.addcmul(grad, grad_y_logsumexp, torch.exp(y))
         return (grad_x,)
 
     @staticmethod
@@ -978,7 +943,11 @@ class LogSoftmax(torch.nn.Module):
 
 
 class LayerNormFunction(torch.autograd.Function):
-    """Autograd Function of :func:`layer_norm`: mu = mean(x, dim=-1, keepdim=true)
+    """Autograd Function of :func:`layer_norm`::
+
+        mu = mean(x, dim=-1, keepdim=true)
+        var = mean((x - mu)**2, dim=-1, keepdim=true)
+        y = (x - mu) / sqrt(var + eps)
 
     ``apply`` also returns ``kept_var = 1/sqrt(eps + var)``, kept for the
     backward as an output, so that double backward differentiates through
@@ -989,7 +958,7 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, eps):
         mu = x.mean(dim=-1, keepdim=True)
-        t0 = -mu + x
+        t0 = x - mu
         var = (t0**2).mean(dim=-1, keepdim=True)
         kept_var = torch.rsqrt(eps + var)
         y = kept_var * t0
@@ -1012,38 +981,32 @@ class LayerNormFunction(torch.autograd.Function):
         grad_x = None
         if grad_y is not None and grad_kept_var is None:
             mu = x.mean(dim=-1, keepdim=True)
-            t0 = -mu + x
+            t0 = x - mu
             grad_var = -(kept_var**3) * (grad_y * t0).sum_to_size(mu.shape) / 2
             grad_mu = -kept_var * grad_y.sum_to_size(mu.shape)
             t1 = 1 / x.shape[-1]
             if needs_x:
-                grad_x = (
-                    (grad_mu * t1).expand(x.shape)
-                    + (grad_y * kept_var).sum_to_size(x.shape)
-                    + (2 * t0 * (grad_var * t1).expand(x.shape)).sum_to_size(x.shape)
+                grad_x = torch.addcmul(
+                    torch.addcmul(grad_mu * t1, 2 * grad_var * t1, t0), grad_y, kept_var
                 )
             return grad_x, None
         if grad_y is None:
             mu = x.mean(dim=-1, keepdim=True)
             grad_var = -grad_kept_var * kept_var**3 / 2
             if needs_x:
-                grad_x = (
-                    2 * (-mu + x) * (grad_var / x.shape[-1]).expand(x.shape)
-                ).sum_to_size(x.shape)
+                grad_x = 2 * grad_var * (x - mu) / x.shape[-1]
             return grad_x, None
         mu = x.mean(dim=-1, keepdim=True)
         t0 = kept_var**3 / 2
-        t1 = -mu + x
+        t1 = x - mu
         grad_var = torch.addcmul(
             -t0 * (grad_y * t1).sum_to_size(mu.shape), grad_kept_var, t0, value=-1
         )
         grad_mu = -kept_var * grad_y.sum_to_size(mu.shape)
         t2 = 1 / x.shape[-1]
         if needs_x:
-            grad_x = (
-                (grad_mu * t2).expand(x.shape)
-                + (grad_y * kept_var).sum_to_size(x.shape)
-                + (2 * t1 * (grad_var * t2).expand(x.shape)).sum_to_size(x.shape)
+            grad_x = torch.addcmul(
+                torch.addcmul(grad_mu * t2, 2 * grad_var * t2, t1), grad_y, kept_var
             )
         return grad_x, None
 
@@ -1057,7 +1020,7 @@ class LayerNormFunction(torch.autograd.Function):
             dim=-1, keepdim=True
         )
         t1 = var_t / 2
-        y_t = kept_var * torch.addcmul(-mu_t + x_t, t0 * t1, kept_var**2)
+        y_t = kept_var * torch.addcmul(x_t - mu_t, t0 * t1, kept_var**2)
         kept_var_t = -(kept_var**3) * t1
         return y_t, kept_var_t
 
@@ -1080,7 +1043,7 @@ class _LayerNormTraced(torch.autograd.Function):
     @staticmethod
     def forward(x, eps):
         mu = x.mean(dim=-1, keepdim=True)
-        t0 = -mu + x
+        t0 = x - mu
         var = (t0**2).mean(dim=-1, keepdim=True)
         y = t0 / torch.sqrt(eps + var)
         return y
@@ -1099,7 +1062,7 @@ class _LayerNormTraced(torch.autograd.Function):
         needs_x, _ = ctx.needs_input_grad
         grad_x = None
         mu = x.mean(dim=-1, keepdim=True)
-        t0 = -mu + x
+        t0 = x - mu
         var = (t0**2).mean(dim=-1, keepdim=True)
         t1 = eps + var
         grad_var = -(grad * t0).sum_to_size(mu.shape) / (2 * t1**1.5)
@@ -1107,10 +1070,8 @@ class _LayerNormTraced(torch.autograd.Function):
         grad_mu = -t2 * grad.sum_to_size(mu.shape)
         t3 = 1 / x.shape[-1]
         if needs_x:
-            grad_x = (
-                (grad_mu * t3).expand(x.shape)
-                + (grad * t2).sum_to_size(x.shape)
-                + (2 * t0 * (grad_var * t3).expand(x.shape)).sum_to_size(x.shape)
+            grad_x = torch.addcmul(
+                torch.addcmul(grad_mu * t3, 2 * grad_var * t3, t0), grad, t2
             )
         return grad_x, None
 
@@ -1200,9 +1161,8 @@ class RmsNormFunction(torch.autograd.Function):
                 )
                 grad_x = torch.addcmul(
                     (kept_y_mean * t0).sum_to_size(x.shape),
+                    2 * grad_y_mean / x.shape[-1],
                     x,
-                    (grad_y_mean / x.shape[-1]).expand(x.shape),
-                    value=2,
                 )
             if needs_weight:
                 grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
@@ -1212,7 +1172,7 @@ class RmsNormFunction(torch.autograd.Function):
             grad_x = None
             grad_y_mean = -grad_kept_y_mean * kept_y_mean**3 / 2
             if needs_x:
-                grad_x = 2 * x * (grad_y_mean / x.shape[-1]).expand(x.shape)
+                grad_x = 2 * grad_y_mean * x / x.shape[-1]
             return grad_x, None, None
         needs_x, needs_weight, _ = ctx.needs_input_grad
         grad_x = grad_weight = None
@@ -1227,9 +1187,8 @@ class RmsNormFunction(torch.autograd.Function):
             )
             grad_x = torch.addcmul(
                 (kept_y_mean * t1).sum_to_size(x.shape),
+                2 * grad_y_mean / x.shape[-1],
                 x,
-                (grad_y_mean / x.shape[-1]).expand(x.shape),
-                value=2,
             )
         if needs_weight:
             grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
@@ -1297,10 +1256,7 @@ class _RmsNormTraced(torch.autograd.Function):
         t2 = torch.rsqrt(t0)
         if needs_x:
             grad_x = torch.addcmul(
-                (t1 * t2).sum_to_size(x.shape),
-                x,
-                (grad_y_mean / x.shape[-1]).expand(x.shape),
-                value=2,
+                (t1 * t2).sum_to_size(x.shape), 2 * grad_y_mean / x.shape[-1], x
             )
         if needs_weight:
             grad_weight = (grad * t2 * x).sum_to_size(weight.shape)

@@ -798,7 +798,7 @@ class FunctionWriter:
         return dict(
             function_doc=function_doc,
             class_doc=docstring(
-                f"Autograd Function of :func:`{fn.name}`: {formula.splitlines()[0]}"
+                self.class_summary(formula)
                 + self.kept_note()
                 + (
                     "\n\n" + textwrap.fill(self.save_note, width=72)
@@ -808,6 +808,15 @@ class FunctionWriter:
             ),
             module_doc=docstring(f"Module form of :func:`{fn.name}`."),
         )
+
+    def class_summary(self, formula: str) -> str:
+        """The Function's first docstring lines: the whole formula, on the
+        line itself when it is one statement, else as a literal block."""
+        lines = [line.strip() for line in formula.splitlines() if line.strip()]
+        head = f"Autograd Function of :func:`{self.fn.name}`"
+        if len(lines) == 1:
+            return f"{head}: {lines[0]}"
+        return f"{head}::\n\n" + "\n".join(f"    {line}" for line in lines)
 
     @property
     def declared_outputs(self) -> tuple[sp.Symbol, ...]:

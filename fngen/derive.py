@@ -23,6 +23,7 @@ from fngen.formula import is_condition
 from fngen.functions import Piecewise, has_zero_branch, indicator
 from fngen.model import Formula, FunctionSpec, OpNode
 from fngen.stable import bottom_up, stabilize
+from fngen.shapes import ShapeFacts
 from fngen.schedule import Block, Step, schedule
 
 
@@ -119,6 +120,8 @@ class Deriver:
         self.kept_shapes: dict[sp.Expr, sp.Symbol] = {}
         # The gradient symbol of an intermediate (grad_mu) -> its shape.
         self.reduced_grads: dict[sp.Symbol, sp.Expr] = {}
+        # The same gradient symbol -> the op result it is the gradient of.
+        self.grad_results: dict[sp.Symbol, sp.Symbol] = {}
         self.scalars = {fn.symbol(i.name) for i in fn.inputs if not i.is_tensor}
         outputs = self.formula.outputs
         self.outputs = [name for name, _ in outputs]
@@ -547,6 +550,7 @@ class Deriver:
                 self.op_grads.append((upstream, total))
                 if exact:
                     self.reduced_grads[upstream] = self.pure_leaf_shape(op.result)
+                    self.grad_results[upstream] = op.result
             for arg, grad, arg_exact in self.vjp(op, upstream, exact):
                 self.pullback(grad, arg, arg_exact, contributions)
         # Contributions through several paths share factors: x*sigmoid(x)
@@ -721,7 +725,10 @@ class Deriver:
                 for shape, result in self.kept_shapes.items()
                 if result in recomputed or result in tensors
             }
-            choice = [expr.xreplace(plain) for expr in choice]
+            facts = self.shape_facts(
+                [s for s in self.outputs if s in tensors] + sorted(recomputed, key=str)
+            )
+            choice = [facts.tidy(expr.xreplace(plain)) for expr in choice]
             all_exprs = [op.expr for op in recompute] + choice
             tensors, shapes = self.referenced(all_exprs)
             # Tensors kept alive first, then work; a shape on ctx is a few
@@ -774,6 +781,30 @@ class Deriver:
             (name, grad_names.get(self.inputs[name])) for name in self.inputs
         )
         return self._finish(backward, saved, shape_syms, grads_out, grads)
+
+    def shape_facts(self, named=()) -> ShapeFacts:
+        """The shapes of this function's symbols (see `fngen.shapes`);
+        `named`: tensors the backward reads, whose shapes may stand for a
+        broadcast shape."""
+        values = {
+            out: expr
+            for out, expr in self.output_exprs.items()
+            if expr != out and not is_condition(expr)
+        }
+        values.update(zip(self.grad_symbols, self.outputs))
+        values.update(self.grad_results)
+        reductions = {
+            op.result: tuple(op.expr.args)
+            for op in self.formula.ops
+            if isinstance(op.expr, T.REDUCTIONS)
+        }
+        return ShapeFacts(
+            leaves=frozenset(self.leaves),
+            reductions=reductions,
+            values=values,
+            scalars=frozenset(self.scalars),
+            named=tuple(named),
+        )
 
     def taken_names(self) -> set[str]:
         names = (
@@ -1443,7 +1474,7 @@ def _kept_candidates(fn: FunctionSpec) -> list[sp.Expr]:
 
 
 def _with_kept(fn: FunctionSpec, expr: sp.Expr) -> FunctionSpec:
-    name = _free_name("kept", _names_in(fn))
+    name = _statement_name(fn, expr, _names_in(fn))
     return _with_outputs(fn, [(sp.Symbol(name, real=True), expr)])
 
 

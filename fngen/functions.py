@@ -142,6 +142,13 @@ class Abs(sp.Function):
 
     nargs = 1
 
+    @classmethod
+    def eval(cls, arg):
+        # A known sign folds (abs(exp(x)) is exp(x)), where sign(arg) is
+        # the number Sign folds to, so the derivative is unchanged.
+        sign = Sign(arg)
+        return sign * arg if sign.is_number else None
+
     def fdiff(self, argindex=1):
         return Sign(self.args[0])
 

@@ -550,7 +550,11 @@ class TorchPrinter(StrPrinter):
         if fused is not None:
             return fused
         terms = []
-        for term in self._as_ordered_terms(expr, order=order):
+        ordered = self._as_ordered_terms(expr, order=order)
+        # The terms that read positive first, as one writes ``x - mu``
+        # (SymPy's order gives ``-mu + x``); otherwise SymPy's order.
+        ordered = sorted(ordered, key=lambda term: term.could_extract_minus_sign())
+        for term in ordered:
             text = self._print(term)
             if term.is_number and text.startswith("(-") and text.endswith(")"):
                 text = text[1:-1]
@@ -1029,6 +1033,9 @@ class TorchPrinter(StrPrinter):
         shape, dims = expr.args
         text = self._postfix(shape)
         if not len(dims):
+            tensors = shape.args if isinstance(shape, T.ShapeOf) else ()
+            if len(tensors) == 1 and tensors[0] not in self.shape_names:
+                return f"{self._postfix(tensors[0])}.numel()"  # d.numel()
             return f"{text}.numel()"
         product = " * ".join(f"{text}[{int(d)}]" for d in dims)
         return product if len(dims) == 1 else f"({product})"

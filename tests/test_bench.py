@@ -229,7 +229,7 @@ def test_the_baseline_is_the_formula_as_written():
         "def huber(input, target, delta):\n"
         "    t0 = input - target\n"
         "    t1 = torch.abs(t0)\n"
-        "    loss = torch.where(delta > t1, t0**2 / 2, delta * (-delta / 2 + t1)).mean()\n"
+        "    loss = torch.where(delta > t1, t0**2 / 2, delta * (t1 - delta / 2)).mean()\n"
         "    return loss\n"
     )
     # None of fngen's rewrites: no fused kernel, no Horner form.

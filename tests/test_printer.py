@@ -190,7 +190,11 @@ NO_DIMS = sp.Tuple()
         ),
         (T.Unsqueeze(grad, everything(0, -1)), "grad.unsqueeze(0).unsqueeze(-1)"),
         (T.Unsqueeze(2 * grad, everything(1)), "(2*grad).unsqueeze(1)"),
-        (T.Numel(T.ShapeOf(x), NO_DIMS), "x.shape.numel()"),
+        (T.Numel(T.ShapeOf(x), NO_DIMS), "x.numel()"),
+        (
+            T.Numel(T.ShapeOf(x, y), NO_DIMS),
+            "torch.broadcast_shapes(x.shape, y.shape).numel()",
+        ),
         (T.Numel(T.ShapeOf(x), everything(0, 1)), "(x.shape[0] * x.shape[1])"),
     ],
 )
