@@ -949,7 +949,7 @@ class LayerNormFunction(torch.autograd.Function):
         var = mean((x - mu)**2, dim=-1, keepdim=true)
         y = (x - mu) / sqrt(var + eps)
 
-    ``apply`` also returns ``kept_var = 1/sqrt(eps + var)``, kept for the
+    ``apply`` also returns ``rstd = 1/sqrt(eps + var)``, kept for the
     backward as an output, so that double backward differentiates through
     it; :func:`layer_norm` returns only the declared outputs."""
 
@@ -960,59 +960,59 @@ class LayerNormFunction(torch.autograd.Function):
         mu = x.mean(dim=-1, keepdim=True)
         t0 = x - mu
         var = (t0**2).mean(dim=-1, keepdim=True)
-        kept_var = torch.rsqrt(eps + var)
-        y = kept_var * t0
-        return y, kept_var
+        rstd = torch.rsqrt(eps + var)
+        y = rstd * t0
+        return y, rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, eps = inputs
-        y, kept_var = output
+        y, rstd = output
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, kept_var)
-        ctx.save_for_forward(x, kept_var)
+        ctx.save_for_backward(x, rstd)
+        ctx.save_for_forward(x, rstd)
 
     @staticmethod
-    def backward(ctx, grad_y, grad_kept_var):
-        if grad_y is None and grad_kept_var is None:
+    def backward(ctx, grad_y, grad_rstd):
+        if grad_y is None and grad_rstd is None:
             return None, None
-        x, kept_var = ctx.saved_tensors
+        x, rstd = ctx.saved_tensors
         needs_x, _ = ctx.needs_input_grad
         grad_x = None
-        if grad_y is not None and grad_kept_var is None:
+        if grad_y is not None and grad_rstd is None:
             mu = x.mean(dim=-1, keepdim=True)
             t0 = x - mu
-            grad_var = -(kept_var**3) * (grad_y * t0).sum_to_size(mu.shape) / 2
-            grad_mu = -kept_var * grad_y.sum_to_size(mu.shape)
+            grad_var = -(rstd**3) * (grad_y * t0).sum_to_size(mu.shape) / 2
+            grad_mu = -rstd * grad_y.sum_to_size(mu.shape)
             t1 = 1 / x.shape[-1]
             if needs_x:
                 grad_x = torch.addcmul(
-                    torch.addcmul(grad_mu * t1, 2 * grad_var * t1, t0), grad_y, kept_var
+                    torch.addcmul(grad_mu * t1, 2 * grad_var * t1, t0), grad_y, rstd
                 )
             return grad_x, None
         if grad_y is None:
             mu = x.mean(dim=-1, keepdim=True)
-            grad_var = -grad_kept_var * kept_var**3 / 2
+            grad_var = -grad_rstd * rstd**3 / 2
             if needs_x:
                 grad_x = 2 * grad_var * (x - mu) / x.shape[-1]
             return grad_x, None
         mu = x.mean(dim=-1, keepdim=True)
-        t0 = kept_var**3 / 2
+        t0 = rstd**3 / 2
         t1 = x - mu
         grad_var = torch.addcmul(
-            -t0 * (grad_y * t1).sum_to_size(mu.shape), grad_kept_var, t0, value=-1
+            -t0 * (grad_y * t1).sum_to_size(mu.shape), grad_rstd, t0, value=-1
         )
-        grad_mu = -kept_var * grad_y.sum_to_size(mu.shape)
+        grad_mu = -rstd * grad_y.sum_to_size(mu.shape)
         t2 = 1 / x.shape[-1]
         if needs_x:
             grad_x = torch.addcmul(
-                torch.addcmul(grad_mu * t2, 2 * grad_var * t2, t1), grad_y, kept_var
+                torch.addcmul(grad_mu * t2, 2 * grad_var * t2, t1), grad_y, rstd
             )
         return grad_x, None
 
     @staticmethod
     def jvp(ctx, x_t, _eps):
-        x, kept_var = ctx.saved_tensors
+        x, rstd = ctx.saved_tensors
         mu = x.mean(dim=-1, keepdim=True)
         mu_t = x_t.mean(dim=-1, keepdim=True)
         t0 = mu - x
@@ -1020,9 +1020,9 @@ class LayerNormFunction(torch.autograd.Function):
             dim=-1, keepdim=True
         )
         t1 = var_t / 2
-        y_t = kept_var * torch.addcmul(x_t - mu_t, t0 * t1, kept_var**2)
-        kept_var_t = -(kept_var**3) * t1
-        return y_t, kept_var_t
+        y_t = rstd * torch.addcmul(x_t - mu_t, t0 * t1, rstd**2)
+        rstd_t = -(rstd**3) * t1
+        return y_t, rstd_t
 
 
 class _LayerNormTraceable(LayerNormFunction):
@@ -1123,75 +1123,66 @@ class LayerNorm(torch.nn.Module):
 class RmsNormFunction(torch.autograd.Function):
     """Autograd Function of :func:`rms_norm`: y = x / sqrt(mean(x**2, dim=-1, keepdim=true) + eps) * weight
 
-    ``apply`` also returns ``kept_y_mean = 1/sqrt(eps + y_mean)``, kept for
-    the backward as an output, so that double backward differentiates
-    through it; :func:`rms_norm` returns only the declared outputs."""
+    ``apply`` also returns ``rstd = 1/sqrt(eps + y_mean)``, kept for the
+    backward as an output, so that double backward differentiates through
+    it; :func:`rms_norm` returns only the declared outputs."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, eps):
         y_mean = (x**2).mean(dim=-1, keepdim=True)
-        kept_y_mean = torch.rsqrt(eps + y_mean)
-        y = kept_y_mean * weight * x
-        return y, kept_y_mean
+        rstd = torch.rsqrt(eps + y_mean)
+        y = rstd * weight * x
+        return y, rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, eps = inputs
-        y, kept_y_mean = output
+        y, rstd = output
         ctx.set_materialize_grads(False)
         ctx.x_shape = x.shape
         ctx.weight_shape = weight.shape
-        ctx.save_for_backward(x, weight, kept_y_mean)
-        ctx.save_for_forward(x, weight, kept_y_mean)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.save_for_forward(x, weight, rstd)
 
     @staticmethod
-    def backward(ctx, grad_y, grad_kept_y_mean):
-        if grad_y is None and grad_kept_y_mean is None:
+    def backward(ctx, grad_y, grad_rstd):
+        if grad_y is None and grad_rstd is None:
             return None, None, None
-        x, weight, kept_y_mean = ctx.saved_tensors
-        if grad_y is not None and grad_kept_y_mean is None:
+        x, weight, rstd = ctx.saved_tensors
+        if grad_y is not None and grad_rstd is None:
             needs_x, needs_weight, _ = ctx.needs_input_grad
             grad_x = grad_weight = None
             if needs_x:
                 t0 = grad_y * weight
-                grad_y_mean = (
-                    -(kept_y_mean**3) * (t0 * x).sum_to_size((*x.shape[:-1], 1)) / 2
-                )
+                grad_y_mean = -(rstd**3) * (t0 * x).sum_to_size((*x.shape[:-1], 1)) / 2
                 grad_x = torch.addcmul(
-                    (kept_y_mean * t0).sum_to_size(x.shape),
-                    2 * grad_y_mean / x.shape[-1],
-                    x,
+                    (rstd * t0).sum_to_size(x.shape), 2 * grad_y_mean / x.shape[-1], x
                 )
             if needs_weight:
-                grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
+                grad_weight = (grad_y * rstd * x).sum_to_size(weight.shape)
             return grad_x, grad_weight, None
         if grad_y is None:
             needs_x, _, _ = ctx.needs_input_grad
             grad_x = None
-            grad_y_mean = -grad_kept_y_mean * kept_y_mean**3 / 2
+            grad_y_mean = -grad_rstd * rstd**3 / 2
             if needs_x:
                 grad_x = 2 * grad_y_mean * x / x.shape[-1]
             return grad_x, None, None
         needs_x, needs_weight, _ = ctx.needs_input_grad
         grad_x = grad_weight = None
         if needs_x:
-            t0 = kept_y_mean**3 / 2
+            t0 = rstd**3 / 2
             t1 = grad_y * weight
             grad_y_mean = torch.addcmul(
-                -t0 * (t1 * x).sum_to_size((*x.shape[:-1], 1)),
-                grad_kept_y_mean,
-                t0,
-                value=-1,
+                -t0 * (t1 * x).sum_to_size((*x.shape[:-1], 1)), grad_rstd, t0, value=-1
             )
             grad_x = torch.addcmul(
-                (kept_y_mean * t1).sum_to_size(x.shape),
-                2 * grad_y_mean / x.shape[-1],
-                x,
+                (rstd * t1).sum_to_size(x.shape), 2 * grad_y_mean / x.shape[-1], x
             )
         if needs_weight:
-            grad_weight = (grad_y * kept_y_mean * x).sum_to_size(weight.shape)
+            grad_weight = (grad_y * rstd * x).sum_to_size(weight.shape)
         return grad_x, grad_weight, None
 
     @staticmethod
@@ -1201,17 +1192,14 @@ class RmsNormFunction(torch.autograd.Function):
             x_t = like.new_zeros(ctx.x_shape)
         if weight_t is None:
             weight_t = like.new_zeros(ctx.weight_shape)
-        x, weight, kept_y_mean = ctx.saved_tensors
+        x, weight, rstd = ctx.saved_tensors
         y_mean_t = (2 * x * x_t).mean(dim=-1, keepdim=True)
         t0 = y_mean_t / 2
-        y_t = kept_y_mean * torch.addcmul(
-            torch.addcmul(weight_t * x, weight, x_t),
-            t0 * weight * x,
-            kept_y_mean**2,
-            value=-1,
+        y_t = rstd * torch.addcmul(
+            torch.addcmul(weight_t * x, weight, x_t), t0 * weight * x, rstd**2, value=-1
         )
-        kept_y_mean_t = -(kept_y_mean**3) * t0
-        return y_t, kept_y_mean_t
+        rstd_t = -(rstd**3) * t0
+        return y_t, rstd_t
 
 
 class _RmsNormTraceable(RmsNormFunction):

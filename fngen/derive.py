@@ -127,8 +127,8 @@ class Deriver:
         self.outputs = [name for name, _ in outputs]
         self.output_exprs = dict(outputs)
         self.differentiable = [not is_condition(expr) for _, expr in outputs]
-        # Kept functions of reductions (``kept_var = 1/sqrt(var + eps)``):
-        # the reduction, solved from the kept value (``var = kept_var**-2 -
+        # Kept functions of reductions (``rstd = 1/sqrt(var + eps)``):
+        # the reduction, solved from the kept value (``var = rstd**-2 -
         # eps``), for a backward that reads the kept value instead.
         self.inverses = {}
         self.kept_powers = set()
@@ -160,12 +160,12 @@ class Deriver:
     def through_kept(self, expr: sp.Expr) -> sp.Expr:
         """`expr` reading kept functions of reductions instead of the
         reductions, where that costs no more operations: ``(var +
-        eps)**1.5`` is ``kept_var**-3``, but ``log(var)`` stays, as
-        ``log(kept_var**-2 - eps)`` would lose precision."""
+        eps)**1.5`` is ``rstd**-3``, but ``log(var)`` stays, as
+        ``log(rstd**-2 - eps)`` would lose precision."""
         if not self.inverses or not expr.free_symbols & set(self.inverses):
             return expr
         # A shape is read from the kept value (sum_to_size(y_sum.shape) is
-        # sum_to_size(kept_y_sum.shape)), and not solved for.
+        # sum_to_size(rstd.shape)), and not solved for.
         expr = expr.xreplace(self.same_shape)
         shapes = {
             shape: sp.Dummy(f"shape{n}")
@@ -174,7 +174,7 @@ class Deriver:
         solved = expr.xreplace(shapes).xreplace(self.inverses)
         solved = solved.xreplace({d: shape for shape, d in shapes.items()})
         for add in solved.atoms(sp.Add):
-            # ``kept_var**-2 - eps``: the reduction, recovered by a subtraction.
+            # ``rstd**-2 - eps``: the reduction, recovered by a subtraction.
             if add.free_symbols & self.kept_powers and any(
                 term.free_symbols <= self.scalars for term in add.args
             ):
@@ -725,8 +725,9 @@ class Deriver:
                 for shape, result in self.kept_shapes.items()
                 if result in recomputed or result in tensors
             }
-            facts = self.shape_facts(
-                [s for s in self.outputs if s in tensors] + sorted(recomputed, key=str)
+            facts = shape_facts(
+                self,
+                [s for s in self.outputs if s in tensors] + sorted(recomputed, key=str),
             )
             choice = [facts.tidy(expr.xreplace(plain)) for expr in choice]
             all_exprs = [op.expr for op in recompute] + choice
@@ -781,30 +782,6 @@ class Deriver:
             (name, grad_names.get(self.inputs[name])) for name in self.inputs
         )
         return self._finish(backward, saved, shape_syms, grads_out, grads)
-
-    def shape_facts(self, named=()) -> ShapeFacts:
-        """The shapes of this function's symbols (see `fngen.shapes`);
-        `named`: tensors the backward reads, whose shapes may stand for a
-        broadcast shape."""
-        values = {
-            out: expr
-            for out, expr in self.output_exprs.items()
-            if expr != out and not is_condition(expr)
-        }
-        values.update(zip(self.grad_symbols, self.outputs))
-        values.update(self.grad_results)
-        reductions = {
-            op.result: tuple(op.expr.args)
-            for op in self.formula.ops
-            if isinstance(op.expr, T.REDUCTIONS)
-        }
-        return ShapeFacts(
-            leaves=frozenset(self.leaves),
-            reductions=reductions,
-            values=values,
-            scalars=frozenset(self.scalars),
-            named=tuple(named),
-        )
 
     def taken_names(self) -> set[str]:
         names = (
@@ -1223,6 +1200,31 @@ class NotLinear(Exception):
         self.name = name
 
 
+def shape_facts(deriver: Deriver, named=()) -> ShapeFacts:
+    """The shapes of `deriver`'s function's symbols (see `fngen.shapes`);
+    `named`: tensors the backward reads, whose shapes may stand for a
+    broadcast shape."""
+    values = {
+        out: expr
+        for out, expr in deriver.output_exprs.items()
+        if expr != out and not is_condition(expr)
+    }
+    values.update(zip(deriver.grad_symbols, deriver.outputs))
+    values.update(deriver.grad_results)
+    reductions = {
+        op.result: tuple(op.expr.args)
+        for op in deriver.formula.ops
+        if isinstance(op.expr, T.REDUCTIONS)
+    }
+    return ShapeFacts(
+        leaves=frozenset(deriver.leaves),
+        reductions=reductions,
+        values=values,
+        scalars=frozenset(deriver.scalars),
+        named=tuple(named),
+    )
+
+
 def grad_symbols(fn: FunctionSpec) -> list[sp.Symbol]:
     """The incoming gradients of `fn`'s outputs: ``grad``, or ``grad_<output>``
     for each of several."""
@@ -1330,7 +1332,7 @@ def keep_reductions(fn: FunctionSpec) -> FunctionSpec:
     from `x` again it costs a pass over x, and under ``torch.compile`` a root
     taken on every element; kept, it costs a few bytes a row (like
     ``native_layer_norm``'s rstd), and the backward reads ``(var +
-    eps)**1.5`` as ``kept_var**-3``.  A reduction read only as itself (a
+    eps)**1.5`` as ``rstd**-3``.  A reduction read only as itself (a
     mean) is left to recompute: keeping it too would save more bytes than
     autograd does for the same formula, and one more pass over a row is
     what the backward's own row sums cost anyway.  Like
@@ -1345,15 +1347,18 @@ def keep_reductions(fn: FunctionSpec) -> FunctionSpec:
         return fn
     recomputed = _recomputed(Deriver(fn))
     taken = _names_in(fn)
-    kept = {}
+    values = {}
     for op in recomputed:
-        if not isinstance(op.expr, T.REDUCTIONS):
-            continue
-        value = _kept_value(fn, op.result)
-        if value is None:
-            continue
-        name = _free_name(f"kept_{op.result.name}", taken)
-        kept[op.result] = (sp.Symbol(name, positive=True), value)
+        if isinstance(op.expr, T.REDUCTIONS):
+            value = _kept_value(fn, op.result)
+            if value is not None:
+                values[op.result] = value
+    roots = [v for v in values.values() if _is_rstd(v)]
+    kept = {}
+    for reduction, value in values.items():
+        # One kept reciprocal root reads as native_layer_norm's ``rstd``.
+        base = "rstd" if roots == [value] else f"kept_{reduction.name}"
+        kept[reduction] = (sp.Symbol(_free_name(base, taken), positive=True), value)
     if not kept:
         return fn
     # A kept value that does not spare the backward its reduction (it
@@ -1390,6 +1395,11 @@ def _with_outputs(fn: FunctionSpec, kept: list) -> FunctionSpec:
         ),
         kept=fn.kept + len(kept),
     )
+
+
+def _is_rstd(value: sp.Expr) -> bool:
+    """Whether a kept value is ``1/sqrt(...)``."""
+    return isinstance(value, sp.Pow) and value.exp == sp.Rational(-1, 2)
 
 
 def _kept_value(fn: FunctionSpec, reduction: sp.Symbol) -> sp.Expr | None:

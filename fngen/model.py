@@ -36,6 +36,17 @@ DEFAULT_DOMAIN = (-2.0, 2.0)
 
 
 @dataclass(frozen=True)
+class InitCall:
+    """A param's initialiser, parsed: ``torch.nn.init.<name>_`` with
+    `args` and `kwargs` (name, value) pairs, expressions of the Module's
+    dimension names."""
+
+    name: str
+    args: tuple[sp.Expr, ...] = ()
+    kwargs: tuple[tuple[str, sp.Expr], ...] = ()
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """One argument of a generated function, in signature order."""
 
@@ -47,6 +58,8 @@ class InputSpec:
     domain: tuple[float, float] = DEFAULT_DOMAIN
     param: tuple[int | str, ...] | None = None
     init: str | None = None
+    # `init` parsed, or the default initialiser (set by the loader).
+    init_call: InitCall | None = None
     optional: bool = False
     # For a long input: fngen check samples it in [0, classes).
     classes: int | None = None

@@ -140,9 +140,9 @@ def schedule(
 
 
 def _named_by_target(replacements: list, steps: list[Step]) -> tuple[list, list]:
-    """A temporary that an unguarded step assigns as it is (``kept_var =
-    t1``) takes that step's name: ``kept_var = torch.rsqrt(eps + var)``,
-    then ``y = t0 * kept_var``.  Only without guards: a guarded gradient
+    """A temporary that an unguarded step assigns as it is (``rstd =
+    t1``) takes that step's name: ``rstd = torch.rsqrt(eps + var)``,
+    then ``y = t0 * rstd``.  Only without guards: a guarded gradient
     must stay None where its guard does not hold."""
     temps = {symbol for symbol, _ in replacements}
     renames: dict[sp.Symbol, sp.Symbol] = {}

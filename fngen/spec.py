@@ -7,6 +7,7 @@ errors located at the offending key or value.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import builtins
 import difflib
 import itertools
@@ -27,9 +28,17 @@ from fngen.model import (
     CheckSpec,
     Formula,
     FunctionSpec,
+    InitCall,
     InputKind,
     InputSpec,
     Spec,
+)
+from fngen.names import (
+    DERIVED_SUFFIXES,
+    class_name,
+    dimension_names,
+    generated_names,
+    module_init_arguments,
 )
 from fngen.tensorops import (
     NORMALIZATIONS,
@@ -273,15 +282,6 @@ def _export(mapping: dict[str, Node]) -> tuple[str | None, str | None]:
     return export, namespace
 
 
-def class_name(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("_"))
-
-
-def generated_names(name: str) -> tuple[str, str, str]:
-    """The Function class, the functional wrapper and the Module."""
-    return (f"{class_name(name)}Function", name, class_name(name))
-
-
 class FunctionBuilder:
     """Validates one entry of `functions:` and builds its `FunctionSpec`."""
 
@@ -446,6 +446,7 @@ class FunctionBuilder:
                 by_name[name].param,
                 init_node.location,
             )
+        inputs = [_with_init_call(spec, dims) for spec in inputs]
         names = {i.name for i in inputs}
         for dim in dims:
             if dim in names:
@@ -674,7 +675,7 @@ class FunctionBuilder:
         )
         derived = {}
         for name in base:
-            for suffix in ("_t", "_shape", "_is_none"):
+            for suffix in DERIVED_SUFFIXES:
                 derived[name + suffix] = name
         names = (
             [i.name for i in inputs]
@@ -868,31 +869,6 @@ def _dims(node: Node) -> tuple[int | str, ...]:
     return tuple(dims)
 
 
-def module_init_arguments(inputs) -> dict[str, bool]:
-    """The arguments of a function's Module's __init__ (before ``device``
-    and ``dtype``) in their default order, each to whether it has a default:
-    the dimension names, the non-tensor inputs (those without a default
-    first), the flags of optional params."""
-    takes = {d: False for d in dimension_names(inputs)}
-    scalars = [i for i in inputs if not i.is_tensor]
-    for spec in sorted(scalars, key=lambda i: i.has_default):
-        takes[spec.name] = spec.has_default
-    for spec in inputs:
-        if spec.is_param and spec.optional:
-            takes[spec.name] = True
-    return takes
-
-
-def dimension_names(inputs) -> list[str]:
-    """The named dimensions of the params, in order of first appearance."""
-    names: list[str] = []
-    for spec in inputs:
-        for dim in spec.param or ():
-            if isinstance(dim, str) and dim not in names:
-                names.append(dim)
-    return names
-
-
 def parse_init(
     text: str, locate, dim_names
 ) -> tuple[str, list[sp.Expr], dict[str, sp.Expr]]:
@@ -943,6 +919,21 @@ def parse_init(
         return expr
 
     return name, [number(a) for a in args], {k.arg: number(k.value) for k in kwargs}
+
+
+def default_init(shape) -> str:
+    """torch.nn.Linear's initialiser for a matrix, zeros for a vector."""
+    return "kaiming_uniform(a=sqrt(5))" if len(shape) >= 2 else "zeros"
+
+
+def _with_init_call(spec: InputSpec, dims) -> InputSpec:
+    """`spec` with its initialiser parsed, where it is a param."""
+    if not spec.is_param:
+        return spec
+    text = spec.init if spec.init is not None else default_init(spec.param)
+    name, args, kwargs = parse_init(text, lambda line, col: spec.location, dims)
+    call = InitCall(name, tuple(args), tuple(kwargs.items()))
+    return dataclasses.replace(spec, init_call=call)
 
 
 def check_init(name: str, args, kwargs, shape, location: Location) -> None:

@@ -225,11 +225,11 @@ def test_check_has_an_export_column_only_for_custom_ops():
 def test_check_fails_an_export_that_drops_the_op(monkeypatch):
     # A wrapper that did not call the op when exported would export the
     # Function's forward alone: the export check must see it.
-    from fngen import codegen
+    from fngen import wrapper
 
-    original = codegen.FunctionWriter.wrapper_body
+    original = wrapper.WrapperWriter.wrapper_body
     monkeypatch.setattr(
-        codegen.FunctionWriter,
+        wrapper.WrapperWriter,
         "wrapper_body",
         lambda self, classes, op=None: original(self, classes, None),
     )

@@ -82,14 +82,14 @@ def _lines(method) -> list[str]:
 def test_layer_norm_keeps_its_rstd_and_recomputes_its_mean(mod):
     forward = _lines(mod.LnFunction.forward)
     # The shared root is computed once, under the kept output's name.
-    assert "kept_var = torch.rsqrt(eps + var)" in forward
-    assert "y = kept_var * t0" in forward
-    assert "return y, kept_var" in forward
+    assert "rstd = torch.rsqrt(eps + var)" in forward
+    assert "y = rstd * t0" in forward
+    assert "return y, rstd" in forward
     setup = _lines(mod.LnFunction.setup_context)
     # x and one value a row: the bytes autograd saves for the formula (x - mu
     # and sqrt(var + eps)), where keeping mu as well would be more.
-    assert "ctx.save_for_backward(x, kept_var)" in setup
-    # eps is read only through kept_var: not kept on ctx either.
+    assert "ctx.save_for_backward(x, rstd)" in setup
+    # eps is read only through rstd: not kept on ctx either.
     assert "ctx.eps = eps" not in setup
     assert "ctx.eps = eps" in _lines(mod.WithEpsFunction.setup_context)
     backward = inspect.getsource(mod.LnFunction.backward)
@@ -98,7 +98,7 @@ def test_layer_norm_keeps_its_rstd_and_recomputes_its_mean(mod):
     means = [line for line in _lines(mod.LnFunction.backward) if ".mean(" in line]
     assert means == ["mu = x.mean(dim=-1, keepdim=True)"] * 3
     assert "sqrt" not in backward
-    assert "grad_var = -(kept_var**3) * (grad_y * t0).sum_to_size(mu.shape) / 2" in (
+    assert "grad_var = -(rstd**3) * (grad_y * t0).sum_to_size(mu.shape) / 2" in (
         " ".join(backward.split())
     )
 
@@ -106,9 +106,9 @@ def test_layer_norm_keeps_its_rstd_and_recomputes_its_mean(mod):
 def test_rms_norm_keeps_the_reciprocal_root(mod):
     forward = _lines(mod.RmsFunction.forward)
     assert forward[-3:] == [
-        "kept_y_mean = torch.rsqrt(eps + y_mean)",
-        "y = kept_y_mean * weight * x",
-        "return y, kept_y_mean",
+        "rstd = torch.rsqrt(eps + y_mean)",
+        "y = rstd * weight * x",
+        "return y, rstd",
     ]
     assert ".mean(" not in inspect.getsource(mod.RmsFunction.backward)
 
@@ -219,12 +219,12 @@ def test_a_second_derivative_through_the_wrapper(mod, name):
 def test_the_branches_share_one_setup(mod):
     lines = _lines(mod.LnFunction.backward)
     # Read from ctx once, after the all-None return and before the branches.
-    first_branch = lines.index("if grad_y is not None and grad_kept_var is None:")
-    assert lines.index("x, kept_var = ctx.saved_tensors") < first_branch
-    assert lines.count("x, kept_var = ctx.saved_tensors") == 1
+    first_branch = lines.index("if grad_y is not None and grad_rstd is None:")
+    assert lines.index("x, rstd = ctx.saved_tensors") < first_branch
+    assert lines.count("x, rstd = ctx.saved_tensors") == 1
     assert lines.count("needs_x, _ = ctx.needs_input_grad") == 1
     assert lines.index("return None, None") < lines.index("grad_x = None")
-    # eps is read only through kept_var: not taken from ctx at all.
+    # eps is read only through rstd: not taken from ctx at all.
     assert "eps = ctx.eps" not in lines
     assert "eps = ctx.eps" not in _lines(mod.LnFunction.jvp)
 
@@ -277,4 +277,4 @@ def test_a_reduction_without_keepdim_is_kept_with_its_shape():
     # Its gradient is summed to the kept value's shape, not the sum's.
     assert ".sum(dim=0" not in backward
     assert not re.search(r"\by_sum\.shape", backward)
-    assert ".sum_to_size( kept_y_sum.shape )" in " ".join(backward.split())
+    assert ".sum_to_size(rstd.shape)" in "".join(backward.split())
