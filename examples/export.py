@@ -21,6 +21,16 @@ __all__ = [
 ]
 
 
+def _without_jvp(function, name):
+    """`function` without its jvp, for torch.compile: Dynamo cannot trace a
+    custom jvp, so compiled, forward-mode AD differentiates the forward
+    (the same derivatives); the backward is the class's own."""
+    doc = f"{function.__name__} without its jvp, for torch.compile."
+    namespace = dict(jvp=torch.autograd.Function.jvp, __doc__=doc)
+    namespace.update(__module__=function.__module__, __qualname__=name)
+    return type(name, (function,), namespace)
+
+
 def _has_tangent(*tensors):
     """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
     Dynamo differentiates a Function's forward instead of calling its jvp,
@@ -130,12 +140,7 @@ class RoundSteFunction(torch.autograd.Function):
         return y_t
 
 
-class _RoundSteTraceable(RoundSteFunction):
-    """RoundSteFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_RoundSteTraceable = _without_jvp(RoundSteFunction, "_RoundSteTraceable")
 
 
 # torch.ops.fngen_examples.round_ste, which exported and traced code calls.
@@ -215,12 +220,7 @@ class ClippedSteFunction(torch.autograd.Function):
         return y_t
 
 
-class _ClippedSteTraceable(ClippedSteFunction):
-    """ClippedSteFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_ClippedSteTraceable = _without_jvp(ClippedSteFunction, "_ClippedSteTraceable")
 
 
 # torch.ops.fngen_examples.clipped_ste, which exported and traced code calls.

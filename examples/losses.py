@@ -14,6 +14,16 @@ __all__ = [
 ]
 
 
+def _without_jvp(function, name):
+    """`function` without its jvp, for torch.compile: Dynamo cannot trace a
+    custom jvp, so compiled, forward-mode AD differentiates the forward
+    (the same derivatives); the backward is the class's own."""
+    doc = f"{function.__name__} without its jvp, for torch.compile."
+    namespace = dict(jvp=torch.autograd.Function.jvp, __doc__=doc)
+    namespace.update(__module__=function.__module__, __qualname__=name)
+    return type(name, (function,), namespace)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     """Autograd Function of :func:`cross_entropy`::
 
@@ -109,12 +119,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return loss_t
 
 
-class _CrossEntropyTraceable(CrossEntropyFunction):
-    """CrossEntropyFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_CrossEntropyTraceable = _without_jvp(CrossEntropyFunction, "_CrossEntropyTraceable")
 
 
 def cross_entropy(
@@ -240,12 +245,7 @@ class FocalLossFunction(torch.autograd.Function):
         return loss_t
 
 
-class _FocalLossTraceable(FocalLossFunction):
-    """FocalLossFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_FocalLossTraceable = _without_jvp(FocalLossFunction, "_FocalLossTraceable")
 
 
 def focal_loss(

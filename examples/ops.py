@@ -29,6 +29,16 @@ __all__ = [
 ]
 
 
+def _without_jvp(function, name):
+    """`function` without its jvp, for torch.compile: Dynamo cannot trace a
+    custom jvp, so compiled, forward-mode AD differentiates the forward
+    (the same derivatives); the backward is the class's own."""
+    doc = f"{function.__name__} without its jvp, for torch.compile."
+    namespace = dict(jvp=torch.autograd.Function.jvp, __doc__=doc)
+    namespace.update(__module__=function.__module__, __qualname__=name)
+    return type(name, (function,), namespace)
+
+
 class ExpFunction(torch.autograd.Function):
     """Autograd Function of :func:`exp`: y = exp(x)"""
 
@@ -61,12 +71,7 @@ class ExpFunction(torch.autograd.Function):
         return y_t
 
 
-class _ExpTraceable(ExpFunction):
-    """ExpFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_ExpTraceable = _without_jvp(ExpFunction, "_ExpTraceable")
 
 
 def exp(x: torch.Tensor) -> torch.Tensor:
@@ -127,12 +132,7 @@ class MyReluFunction(torch.autograd.Function):
         return y_t
 
 
-class _MyReluTraceable(MyReluFunction):
-    """MyReluFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_MyReluTraceable = _without_jvp(MyReluFunction, "_MyReluTraceable")
 
 
 def my_relu(x: torch.Tensor) -> torch.Tensor:
@@ -201,12 +201,9 @@ class SqrtAndInverseFunction(torch.autograd.Function):
         return z_t
 
 
-class _SqrtAndInverseTraceable(SqrtAndInverseFunction):
-    """SqrtAndInverseFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_SqrtAndInverseTraceable = _without_jvp(
+    SqrtAndInverseFunction, "_SqrtAndInverseTraceable"
+)
 
 
 def sqrt_and_inverse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -275,12 +272,7 @@ class MultiplyAddFunction(torch.autograd.Function):
         return y_t
 
 
-class _MultiplyAddTraceable(MultiplyAddFunction):
-    """MultiplyAddFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_MultiplyAddTraceable = _without_jvp(MultiplyAddFunction, "_MultiplyAddTraceable")
 
 
 def multiply_add(w: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -344,12 +336,7 @@ class MulConstantFunction(torch.autograd.Function):
         return out_t
 
 
-class _MulConstantTraceable(MulConstantFunction):
-    """MulConstantFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_MulConstantTraceable = _without_jvp(MulConstantFunction, "_MulConstantTraceable")
 
 
 def mul_constant(tensor: torch.Tensor, constant: float) -> torch.Tensor:
@@ -419,12 +406,7 @@ class Legendre3Function(torch.autograd.Function):
         return y_t
 
 
-class _Legendre3Traceable(Legendre3Function):
-    """Legendre3Function without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_Legendre3Traceable = _without_jvp(Legendre3Function, "_Legendre3Traceable")
 
 
 def legendre3(x: torch.Tensor) -> torch.Tensor:
@@ -492,12 +474,7 @@ class PreluFunction(torch.autograd.Function):
         return y_t
 
 
-class _PreluTraceable(PreluFunction):
-    """PreluFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_PreluTraceable = _without_jvp(PreluFunction, "_PreluTraceable")
 
 
 def prelu(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,16 @@ __all__ = [
 ]
 
 
+def _without_jvp(function, name):
+    """`function` without its jvp, for torch.compile: Dynamo cannot trace a
+    custom jvp, so compiled, forward-mode AD differentiates the forward
+    (the same derivatives); the backward is the class's own."""
+    doc = f"{function.__name__} without its jvp, for torch.compile."
+    namespace = dict(jvp=torch.autograd.Function.jvp, __doc__=doc)
+    namespace.update(__module__=function.__module__, __qualname__=name)
+    return type(name, (function,), namespace)
+
+
 def _has_tangent(*tensors):
     """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
     Dynamo differentiates a Function's forward instead of calling its jvp,
@@ -376,12 +386,7 @@ class AtanSpikeFunction(torch.autograd.Function):
         return s_t
 
 
-class _AtanSpikeTraceable(AtanSpikeFunction):
-    """AtanSpikeFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_AtanSpikeTraceable = _without_jvp(AtanSpikeFunction, "_AtanSpikeTraceable")
 
 
 def atan_spike(
@@ -469,12 +474,7 @@ class SuperSpikeFunction(torch.autograd.Function):
         return s_t
 
 
-class _SuperSpikeTraceable(SuperSpikeFunction):
-    """SuperSpikeFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_SuperSpikeTraceable = _without_jvp(SuperSpikeFunction, "_SuperSpikeTraceable")
 
 
 def super_spike(v: torch.Tensor, alpha: float = 100.0) -> torch.Tensor:
@@ -551,12 +551,9 @@ class StraightThroughFunction(torch.autograd.Function):
         return s_t
 
 
-class _StraightThroughTraceable(StraightThroughFunction):
-    """StraightThroughFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_StraightThroughTraceable = _without_jvp(
+    StraightThroughFunction, "_StraightThroughTraceable"
+)
 
 
 def straight_through(v: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:

@@ -87,6 +87,16 @@ def _autocast_cast(tensor, device_type, dtype):
     return tensor
 
 
+def _without_jvp(function, name):
+    """`function` without its jvp, for torch.compile: Dynamo cannot trace a
+    custom jvp, so compiled, forward-mode AD differentiates the forward
+    (the same derivatives); the backward is the class's own."""
+    doc = f"{function.__name__} without its jvp, for torch.compile."
+    namespace = dict(jvp=torch.autograd.Function.jvp, __doc__=doc)
+    namespace.update(__module__=function.__module__, __qualname__=name)
+    return type(name, (function,), namespace)
+
+
 def _has_tangent(*tensors):
     """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
     Dynamo differentiates a Function's forward instead of calling its jvp,
@@ -130,12 +140,7 @@ class SumSqrtFunction(torch.autograd.Function):
         return z_t
 
 
-class _SumSqrtTraceable(SumSqrtFunction):
-    """SumSqrtFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_SumSqrtTraceable = _without_jvp(SumSqrtFunction, "_SumSqrtTraceable")
 
 
 def sum_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -235,12 +240,7 @@ class LinearFunction(torch.autograd.Function):
             return y_t
 
 
-class _LinearTraceable(LinearFunction):
-    """LinearFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_LinearTraceable = _without_jvp(LinearFunction, "_LinearTraceable")
 
 
 def linear(
@@ -372,12 +372,7 @@ class SimpleFuncFunction(torch.autograd.Function):
         return s_t, c_t
 
 
-class _SimpleFuncTraceable(SimpleFuncFunction):
-    """SimpleFuncFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_SimpleFuncTraceable = _without_jvp(SimpleFuncFunction, "_SimpleFuncTraceable")
 
 
 def simple_func(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,12 +447,7 @@ class SpikeFunction(torch.autograd.Function):
         return s_t
 
 
-class _SpikeTraceable(SpikeFunction):
-    """SpikeFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_SpikeTraceable = _without_jvp(SpikeFunction, "_SpikeTraceable")
 
 
 def spike(v: torch.Tensor, threshold: float = 1.0, alpha: float = 4.0) -> torch.Tensor:
@@ -529,12 +519,7 @@ class RoundSteFunction(torch.autograd.Function):
         return y_t
 
 
-class _RoundSteTraceable(RoundSteFunction):
-    """RoundSteFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_RoundSteTraceable = _without_jvp(RoundSteFunction, "_RoundSteTraceable")
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -901,12 +886,7 @@ class LogSoftmaxFunction(torch.autograd.Function):
         return y_t
 
 
-class _LogSoftmaxTraceable(LogSoftmaxFunction):
-    """LogSoftmaxFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_LogSoftmaxTraceable = _without_jvp(LogSoftmaxFunction, "_LogSoftmaxTraceable")
 
 
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
@@ -1025,12 +1005,7 @@ class LayerNormFunction(torch.autograd.Function):
         return y_t, rstd_t
 
 
-class _LayerNormTraceable(LayerNormFunction):
-    """LayerNormFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_LayerNormTraceable = _without_jvp(LayerNormFunction, "_LayerNormTraceable")
 
 
 class _LayerNormTraced(torch.autograd.Function):
@@ -1202,12 +1177,7 @@ class RmsNormFunction(torch.autograd.Function):
         return y_t, rstd_t
 
 
-class _RmsNormTraceable(RmsNormFunction):
-    """RmsNormFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_RmsNormTraceable = _without_jvp(RmsNormFunction, "_RmsNormTraceable")
 
 
 class _RmsNormTraced(torch.autograd.Function):

@@ -108,6 +108,16 @@ def _autocast_cast(tensor, device_type, dtype):
     return tensor
 
 
+def _without_jvp(function, name):
+    """`function` without its jvp, for torch.compile: Dynamo cannot trace a
+    custom jvp, so compiled, forward-mode AD differentiates the forward
+    (the same derivatives); the backward is the class's own."""
+    doc = f"{function.__name__} without its jvp, for torch.compile."
+    namespace = dict(jvp=torch.autograd.Function.jvp, __doc__=doc)
+    namespace.update(__module__=function.__module__, __qualname__=name)
+    return type(name, (function,), namespace)
+
+
 class MishFunction(torch.autograd.Function):
     """Autograd Function of :func:`mish`: y = x * tanh(softplus(x))"""
 
@@ -140,12 +150,7 @@ class MishFunction(torch.autograd.Function):
         return y_t
 
 
-class _MishTraceable(MishFunction):
-    """MishFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_MishTraceable = _without_jvp(MishFunction, "_MishTraceable")
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
@@ -209,12 +214,7 @@ class ScaledSqrtFunction(torch.autograd.Function):
         return y_t
 
 
-class _ScaledSqrtTraceable(ScaledSqrtFunction):
-    """ScaledSqrtFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_ScaledSqrtTraceable = _without_jvp(ScaledSqrtFunction, "_ScaledSqrtTraceable")
 
 
 def scaled_sqrt(x: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
@@ -325,12 +325,7 @@ class LinearFunction(torch.autograd.Function):
             return y_t
 
 
-class _LinearTraceable(LinearFunction):
-    """LinearFunction without its jvp, for torch.compile, which
-    cannot trace a custom jvp (compiled, forward-mode AD differentiates
-    the forward)."""
-
-    jvp = torch.autograd.Function.jvp
+_LinearTraceable = _without_jvp(LinearFunction, "_LinearTraceable")
 
 
 def linear(

@@ -295,6 +295,8 @@ def render_function(
                 keep_reductions(fused), function_class, needs
             )
             compiled = (compiled[0], compiled_wrapper.apply_suffix())
+        else:
+            needs.helpers.add("_without_jvp")
         # Traced (jit.trace, the legacy ONNX exporter) or scripted, a
         # Function's first outputs are taken for its results: a class
         # whose outputs are only the declared ones.

@@ -199,7 +199,14 @@ def check_generated(spec, source: str) -> None:
     exec(code, namespace)
     assert not PWNED.exists(), "the generated module ran code"
     # The module's helpers (templates/module.py.j2) and the generated names.
-    expected = {"torch", "math", "_silu_backward", "_mish", "_mish_backward"}
+    expected = {
+        "torch",
+        "math",
+        "_silu_backward",
+        "_mish",
+        "_mish_backward",
+        "_without_jvp",
+    }
     expected |= {"_matmul_grad_a", "_matmul_grad_b", "_autocast_cast", "_has_tangent"}
     if spec.export == "custom_op":
         expected |= {"_custom_op", "_unaliased", "_pointwise_vmap", "_looped_vmap"}

@@ -107,6 +107,16 @@ def _autocast_cast(tensor, device_type, dtype):
     return tensor
 
 
+def _without_jvp(function, name):
+    """`function` without its jvp, for torch.compile: Dynamo cannot trace a
+    custom jvp, so compiled, forward-mode AD differentiates the forward
+    (the same derivatives); the backward is the class's own."""
+    doc = f"{function.__name__} without its jvp, for torch.compile."
+    namespace = dict(jvp=torch.autograd.Function.jvp, __doc__=doc)
+    namespace.update(__module__=function.__module__, __qualname__=name)
+    return type(name, (function,), namespace)
+
+
 def _has_tangent(*tensors):
     """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
     Dynamo differentiates a Function's forward instead of calling its jvp,
