@@ -31,6 +31,12 @@ def _without_jvp(function, name):
     return type(name, (function,), namespace)
 
 
+def _accumulated(grad, more):
+    """`grad` + `more`, where `grad` may be None (no part of the backward
+    has given that input a gradient yet)."""
+    return more if grad is None else grad + more
+
+
 def _has_tangent(*tensors):
     """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
     Dynamo differentiates a Function's forward instead of calling its jvp,
@@ -303,16 +309,14 @@ class SoftClipFunction(torch.autograd.Function):
         bound = ctx.bound
         needs_x, _ = ctx.needs_input_grad
         grad_x = None
-        if grad_y is not None and grad_kept is None:
+        if grad_y is not None:
             if needs_x:
                 grad_x = torch.ops.aten.tanh_backward(grad_y, kept)
-            return grad_x, None
-        if grad_y is None:
+        if grad_kept is not None:  # double backward through the kept output
             if needs_x:
-                grad_x = torch.ops.aten.tanh_backward(grad_kept / bound, kept)
-            return grad_x, None
-        if needs_x:
-            grad_x = torch.ops.aten.tanh_backward(grad_y + grad_kept / bound, kept)
+                grad_x = _accumulated(
+                    grad_x, torch.ops.aten.tanh_backward(grad_kept / bound, kept)
+                )
         return grad_x, None
 
     @staticmethod
@@ -440,26 +444,22 @@ class ScaledMseFunction(torch.autograd.Function):
         scale = ctx.scale
         needs_input, needs_target, _ = ctx.needs_input_grad
         grad_input = grad_target = None
-        if grad_loss is not None and grad_d is None:
+        if grad_loss is not None:
             grad_loss_mean = grad_loss * scale
             t0 = 2 * d * grad_loss_mean / d.numel()
             if needs_input:
                 grad_input = t0.sum_to_size(ctx.input_shape)
             if needs_target:
                 grad_target = (-t0).sum_to_size(ctx.target_shape)
-            return grad_input, grad_target, None
-        if grad_loss is None:
+        if grad_d is not None:  # double backward through the kept output
             if needs_input:
-                grad_input = grad_d.sum_to_size(ctx.input_shape)
+                grad_input = _accumulated(
+                    grad_input, grad_d.sum_to_size(ctx.input_shape)
+                )
             if needs_target:
-                grad_target = (-grad_d).sum_to_size(ctx.target_shape)
-            return grad_input, grad_target, None
-        grad_loss_mean = grad_loss * scale
-        t0 = torch.addcmul(grad_d, 2 * d / d.numel(), grad_loss_mean)
-        if needs_input:
-            grad_input = t0.sum_to_size(ctx.input_shape)
-        if needs_target:
-            grad_target = (-t0).sum_to_size(ctx.target_shape)
+                grad_target = _accumulated(
+                    grad_target, (-grad_d).sum_to_size(ctx.target_shape)
+                )
         return grad_input, grad_target, None
 
     @staticmethod

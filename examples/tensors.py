@@ -97,6 +97,12 @@ def _without_jvp(function, name):
     return type(name, (function,), namespace)
 
 
+def _accumulated(grad, more):
+    """`grad` + `more`, where `grad` may be None (no part of the backward
+    has given that input a gradient yet)."""
+    return more if grad is None else grad + more
+
+
 def _has_tangent(*tensors):
     """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
     Dynamo differentiates a Function's forward instead of calling its jvp,
@@ -588,24 +594,21 @@ class MseLossFunction(torch.autograd.Function):
         (kept,) = ctx.saved_tensors
         needs_input, needs_target = ctx.needs_input_grad
         grad_input = grad_target = None
-        if grad_loss is not None and grad_kept is None:
+        if grad_loss is not None:
             t0 = 2 * grad_loss * kept / kept.numel()
             if needs_input:
                 grad_input = t0.sum_to_size(ctx.input_shape)
             if needs_target:
                 grad_target = (-t0).sum_to_size(ctx.target_shape)
-            return grad_input, grad_target
-        if grad_loss is None:
+        if grad_kept is not None:  # double backward through the kept output
             if needs_input:
-                grad_input = grad_kept.sum_to_size(ctx.input_shape)
+                grad_input = _accumulated(
+                    grad_input, grad_kept.sum_to_size(ctx.input_shape)
+                )
             if needs_target:
-                grad_target = (-grad_kept).sum_to_size(ctx.target_shape)
-            return grad_input, grad_target
-        t0 = torch.addcmul(grad_kept, 2 * grad_loss / kept.numel(), kept)
-        if needs_input:
-            grad_input = t0.sum_to_size(ctx.input_shape)
-        if needs_target:
-            grad_target = (-t0).sum_to_size(ctx.target_shape)
+                grad_target = _accumulated(
+                    grad_target, (-grad_kept).sum_to_size(ctx.target_shape)
+                )
         return grad_input, grad_target
 
     @staticmethod
@@ -728,7 +731,7 @@ class HuberLossFunction(torch.autograd.Function):
         delta = ctx.delta
         needs_input, needs_target, _ = ctx.needs_input_grad
         grad_input = grad_target = None
-        if grad_loss is not None and grad_d is None:
+        if grad_loss is not None:
             t0 = (grad_loss / d.numel()) * torch.where(
                 delta > torch.abs(d), d, delta * torch.sign(d)
             )
@@ -736,22 +739,15 @@ class HuberLossFunction(torch.autograd.Function):
                 grad_input = t0.sum_to_size(ctx.input_shape)
             if needs_target:
                 grad_target = (-t0).sum_to_size(ctx.target_shape)
-            return grad_input, grad_target, None
-        if grad_loss is None:
+        if grad_d is not None:  # double backward through the kept output
             if needs_input:
-                grad_input = grad_d.sum_to_size(ctx.input_shape)
+                grad_input = _accumulated(
+                    grad_input, grad_d.sum_to_size(ctx.input_shape)
+                )
             if needs_target:
-                grad_target = (-grad_d).sum_to_size(ctx.target_shape)
-            return grad_input, grad_target, None
-        t0 = torch.addcmul(
-            grad_d,
-            grad_loss / d.numel(),
-            torch.where(delta > torch.abs(d), d, delta * torch.sign(d)),
-        )
-        if needs_input:
-            grad_input = t0.sum_to_size(ctx.input_shape)
-        if needs_target:
-            grad_target = (-t0).sum_to_size(ctx.target_shape)
+                grad_target = _accumulated(
+                    grad_target, (-grad_d).sum_to_size(ctx.target_shape)
+                )
         return grad_input, grad_target, None
 
     @staticmethod
@@ -959,7 +955,7 @@ class LayerNormFunction(torch.autograd.Function):
         x, rstd = ctx.saved_tensors
         needs_x, _ = ctx.needs_input_grad
         grad_x = None
-        if grad_y is not None and grad_rstd is None:
+        if grad_y is not None:
             mu = x.mean(dim=-1, keepdim=True)
             t0 = x - mu
             grad_var = -(rstd**3) * (grad_y * t0).sum_to_size(mu.shape) / 2
@@ -969,25 +965,11 @@ class LayerNormFunction(torch.autograd.Function):
                 grad_x = torch.addcmul(
                     torch.addcmul(grad_mu * t1, 2 * grad_var * t1, t0), grad_y, rstd
                 )
-            return grad_x, None
-        if grad_y is None:
+        if grad_rstd is not None:  # double backward through the kept output
             mu = x.mean(dim=-1, keepdim=True)
             grad_var = -grad_rstd * rstd**3 / 2
             if needs_x:
-                grad_x = 2 * grad_var * (x - mu) / x.shape[-1]
-            return grad_x, None
-        mu = x.mean(dim=-1, keepdim=True)
-        t0 = rstd**3 / 2
-        t1 = x - mu
-        grad_var = torch.addcmul(
-            -t0 * (grad_y * t1).sum_to_size(mu.shape), grad_rstd, t0, value=-1
-        )
-        grad_mu = -rstd * grad_y.sum_to_size(mu.shape)
-        t2 = 1 / x.shape[-1]
-        if needs_x:
-            grad_x = torch.addcmul(
-                torch.addcmul(grad_mu * t2, 2 * grad_var * t2, t1), grad_y, rstd
-            )
+                grad_x = _accumulated(grad_x, 2 * grad_var * (x - mu) / x.shape[-1])
         return grad_x, None
 
     @staticmethod
@@ -1126,9 +1108,9 @@ class RmsNormFunction(torch.autograd.Function):
         if grad_y is None and grad_rstd is None:
             return None, None, None
         x, weight, rstd = ctx.saved_tensors
-        if grad_y is not None and grad_rstd is None:
-            needs_x, needs_weight, _ = ctx.needs_input_grad
-            grad_x = grad_weight = None
+        needs_x, needs_weight, _ = ctx.needs_input_grad
+        grad_x = grad_weight = None
+        if grad_y is not None:
             if needs_x:
                 t0 = grad_y * weight
                 grad_y_mean = -(rstd**3) * (t0 * x).sum_to_size((*x.shape[:-1], 1)) / 2
@@ -1137,27 +1119,10 @@ class RmsNormFunction(torch.autograd.Function):
                 )
             if needs_weight:
                 grad_weight = (grad_y * rstd * x).sum_to_size(weight.shape)
-            return grad_x, grad_weight, None
-        if grad_y is None:
-            needs_x, _, _ = ctx.needs_input_grad
-            grad_x = None
+        if grad_rstd is not None:  # double backward through the kept output
             grad_y_mean = -grad_rstd * rstd**3 / 2
             if needs_x:
-                grad_x = 2 * grad_y_mean * x / x.shape[-1]
-            return grad_x, None, None
-        needs_x, needs_weight, _ = ctx.needs_input_grad
-        grad_x = grad_weight = None
-        if needs_x:
-            t0 = rstd**3 / 2
-            t1 = grad_y * weight
-            grad_y_mean = torch.addcmul(
-                -t0 * (t1 * x).sum_to_size((*x.shape[:-1], 1)), grad_rstd, t0, value=-1
-            )
-            grad_x = torch.addcmul(
-                (rstd * t1).sum_to_size(x.shape), 2 * grad_y_mean / x.shape[-1], x
-            )
-        if needs_weight:
-            grad_weight = (grad_y * rstd * x).sum_to_size(weight.shape)
+                grad_x = _accumulated(grad_x, 2 * grad_y_mean * x / x.shape[-1])
         return grad_x, grad_weight, None
 
     @staticmethod

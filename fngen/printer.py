@@ -352,19 +352,19 @@ class TorchPrinter(StrPrinter):
     def doprint(self, expr):
         return super().doprint(expr)
 
-    def statements(self, assignments) -> list[str]:
-        """``target = expr`` lines, in order; each target is known from then
-        on as what its value is (a tensor, or a Python number: a number run
-        through a torch function is a 0-dim tensor)."""
-        lines = []
+    def statements(self, assignments) -> list[tuple[sp.Symbol, str]]:
+        """Each (target, value) printed, in order; each target is known
+        from then on as what its value is (a tensor, or a Python number: a
+        number run through a torch function is a 0-dim tensor)."""
+        printed = []
         for target, expr in assignments:
-            lines.append(f"{target.name} = {self.doprint(expr)}")
+            printed.append((target, self.doprint(expr)))
             if self.is_tensor(expr) or self.is_scalar(expr):
                 if not self.is_math(expr):
                     self.tensors |= {target}
                 else:
                     self.scalars |= {target}
-        return lines
+        return printed
 
     def _print(self, expr, **kwargs):
         if isinstance(expr, sp.Basic) and not isinstance(

@@ -64,10 +64,16 @@ class _Writer:
         )
 
     def emit(
-        self, blocks: tuple[Block, ...], printer: TorchPrinter, needs: dict[int, str]
+        self,
+        blocks: tuple[Block, ...],
+        printer: TorchPrinter,
+        needs: dict[int, str],
+        accumulate=frozenset(),
     ) -> list[str]:
         """The statements of `blocks`, each guarded block behind ``if
-        needs_x or needs_y:`` (`needs`: input index -> its flag)."""
+        needs_x or needs_y:`` (`needs`: input index -> its flag); a target
+        in `accumulate` is added to (``grad_x = _accumulated(grad_x,
+        ...)``), not assigned."""
         lines = []
         for block in blocks:
             indent = ""
@@ -76,9 +82,12 @@ class _Writer:
                     f"if {' or '.join(needs[i] for i in sorted(block.guard))}:"
                 )
                 indent = "    "
-            lines += [
-                f"{indent}{line}" for line in printer.statements(block.assignments)
-            ]
+            for target, text in printer.statements(block.assignments):
+                if target in accumulate:
+                    text = f"_accumulated({target.name}, {text})"
+                lines.append(f"{indent}{target.name} = {text}")
+        if accumulate:
+            self.needs.helpers.add("_accumulated")
         self.needs.uses_math |= printer.uses_math
         self.needs.helpers |= printer.helpers
         return lines
@@ -321,13 +330,17 @@ class BackwardWriter(_Writer):
         return lines + _hoisted(branches, self._backward(d, branch))
 
     def _by_kept(self, branch: Branch, grads: dict[int, str]) -> list[str]:
-        """Branches of a Function with kept outputs: gradients for the
-        declared outputs only (the usual backward), for the kept ones only,
-        and for both.  Among several kept outputs, one without a gradient
-        gets zeros: kept reductions are small."""
+        """The backward of a Function with kept outputs: the gradients
+        through the declared outputs (the usual backward), then, where the
+        kept ones have gradients too (double backward through them), those
+        added on.  The backward is linear in its incoming gradients, so the
+        two parts sum to the gradient through both.  Among several kept
+        outputs, one without a gradient gets zeros: kept reductions are
+        small."""
         d = branch.derivation
-        declared, kept = self.plan.kept_groups()
+        by_present = dict(branch.by_presence)
         fill = []
+        declared, kept = self.plan.kept_groups()
         if len(kept) > 1:
             for i in sorted(kept):
                 if d.outputs[i] not in d.saved:
@@ -336,25 +349,30 @@ class BackwardWriter(_Writer):
                     f"if {grads[i]} is None:",
                     f"    {grads[i]} = torch.zeros_like({d.outputs[i].name})",
                 ]
-        by_present = dict(branch.by_presence)
-        branches = []
-        if declared in by_present:
-            tests = [
-                f"{g} is not None" if i in declared else f"{g} is None"
-                for i, g in grads.items()
-            ]
-            branches.append(
-                (" and ".join(tests), (), self._backward(by_present[declared], branch))
-            )
-        if kept in by_present:
-            tests = [f"{grads[i]} is None" for i in sorted(declared)]
-            branches.append(
-                (" and ".join(tests), fill, self._backward(by_present[kept], branch))
-            )
-        return _hoisted(branches, self._backward(d, branch), fill)
+        full = self._backward(d, branch)
+        lines = list(full.setup)
+        for group, accumulate in ((declared, False), (kept, True)):
+            part = self._backward(by_present[group], branch, accumulate=accumulate)
+            body = part.body[:-1]  # without its return
+            if not body:
+                continue
+            test = " or ".join(f"{grads[i]} is not None" for i in sorted(group))
+            if accumulate:
+                kept_ones = "output" if len(group) == 1 else "outputs"
+                test += f":  # double backward through the kept {kept_ones}"
+                body = fill + body
+            else:
+                test += ":"
+            lines.append(f"if {test}")
+            lines += [f"    {line}" for line in body]
+        return lines + full.body[-1:]
 
-    def _backward(self, d: Derivation, branch: Branch) -> _Body:
-        """The backward of `d`; saved tensors and shapes are `branch`'s."""
+    def _backward(
+        self, d: Derivation, branch: Branch, accumulate: bool = False
+    ) -> _Body:
+        """The backward of `d`; saved tensors and shapes are `branch`'s.
+        With `accumulate`, each input gradient is added to what an earlier
+        part of the backward left in it (``_accumulated``)."""
         full = branch.derivation
         setup = self._unpack(full.saved) + self._scalars(self.plan.backward_scalars)
         grad_names = [name for name, symbol in d.grads if symbol is not None]
@@ -373,7 +391,13 @@ class BackwardWriter(_Writer):
         # Dtypes and devices come from an incoming gradient this branch has:
         # in a branch for some outputs only, the others' are None.
         like = (d.present_grads or d.grad_symbols)[0].name
-        body = self.emit(d.backward, self.printer(like, shape_names), needs)
+        grads = {symbol for _, symbol in d.grads if symbol is not None}
+        body = self.emit(
+            d.backward,
+            self.printer(like, shape_names),
+            needs,
+            accumulate=grads if accumulate else frozenset(),
+        )
         results = [
             N.grad(name) if symbol is not None else "None" for name, symbol in d.grads
         ]

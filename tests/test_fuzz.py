@@ -206,6 +206,7 @@ def check_generated(spec, source: str) -> None:
         "_mish",
         "_mish_backward",
         "_without_jvp",
+        "_accumulated",
     }
     expected |= {"_matmul_grad_a", "_matmul_grad_b", "_autocast_cast", "_has_tangent"}
     if spec.export == "custom_op":

@@ -105,7 +105,14 @@ def import_module(spec, source: str) -> dict:
     namespace: dict = {"__name__": "fngen_hostile_generated"}
     exec(compile(source, "<hostile>", "exec"), namespace)
     check_not_pwned("importing the generated module ran code")
-    expected = {"torch", "math", "_has_tangent", "_autocast_cast", "_without_jvp"}
+    expected = {
+        "torch",
+        "math",
+        "_has_tangent",
+        "_autocast_cast",
+        "_without_jvp",
+        "_accumulated",
+    }
     for fn in spec.functions:
         cls = class_name(fn.name)
         expected |= {

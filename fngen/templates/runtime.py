@@ -117,6 +117,12 @@ def _without_jvp(function, name):
     return type(name, (function,), namespace)
 
 
+def _accumulated(grad, more):
+    """`grad` + `more`, where `grad` may be None (no part of the backward
+    has given that input a gradient yet)."""
+    return more if grad is None else grad + more
+
+
 def _has_tangent(*tensors):
     """Whether forward-mode AD runs on one of `tensors`.  Under torch.compile
     Dynamo differentiates a Function's forward instead of calling its jvp,
