@@ -284,9 +284,9 @@ def multiply_add(w: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Ten
 
     Derivatives::
 
-        dy/db = 1
         dy/dw = x
-        dy/dx = w"""
+        dy/dx = w
+        dy/db = 1"""
     if w.is_complex() or x.is_complex() or b.is_complex():
         raise TypeError(
             "multiply_add is a real function: complex tensors are not supported"
@@ -486,8 +486,8 @@ def prelu(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
     Derivatives::
 
-        dy/da = where(x > 0, 0, x)
-        dy/dx = where(x > 0, 1, a)"""
+        dy/dx = where(x > 0, 1, a)
+        dy/da = where(x > 0, 0, x)"""
     if x.is_complex() or a.is_complex():
         raise TypeError("prelu is a real function: complex tensors are not supported")
     if torch.jit.is_scripting():

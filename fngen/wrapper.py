@@ -250,7 +250,13 @@ class WrapperWriter:
         ]
         lines += [f"    {line.strip()}" for line in formula.splitlines()]
         declared = {out.name for out in self.declared_outputs}
-        derivatives = [d for d in self.d.derivatives if d[0] in declared]
+        # In the order of the outputs, then of the signature.
+        outputs = [o.name for o in self.d.outputs]
+        inputs = [i.name for i in fn.inputs]
+        derivatives = sorted(
+            (d for d in self.d.derivatives if d[0] in declared),
+            key=lambda d: (_position(outputs, d[0]), _position(inputs, d[1])),
+        )
         if derivatives:
             lines += ["", "Derivatives::", ""]
             for out, leaf, expr in derivatives:
@@ -327,3 +333,7 @@ def _shown(expr: sp.Expr) -> str:
     if dag.tree_size(expr, MAX_SHOWN_TREE) > MAX_SHOWN_TREE:
         return f"(not shown: more than {MAX_SHOWN_TREE} operations written out)"
     return math_text(expr)
+
+
+def _position(names: list[str], name: str) -> int:
+    return names.index(name) if name in names else len(names)
