@@ -348,7 +348,7 @@ class AtanSpikeFunction(torch.autograd.Function):
     def forward(v, threshold, alpha):
         if _kernels_take(v):
             return _atan_spike_fwd(v, threshold)
-        s = (threshold - v <= 0).to(v.dtype)
+        s = (v >= threshold).to(v.dtype)
         return s
 
     @staticmethod

@@ -420,7 +420,7 @@ class SpikeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(v, threshold, alpha):
-        s = (threshold - v < 0).to(v.dtype)
+        s = (v > threshold).to(v.dtype)
         return s
 
     @staticmethod

@@ -254,6 +254,32 @@ _RELATIONS = {
     sp.Unequality: "!=",
 }
 
+_FLIPPED = {
+    sp.StrictLessThan: sp.StrictGreaterThan,
+    sp.LessThan: sp.GreaterThan,
+    sp.StrictGreaterThan: sp.StrictLessThan,
+    sp.GreaterThan: sp.LessThan,
+    sp.Equality: sp.Equality,
+    sp.Unequality: sp.Unequality,
+}
+
+
+def _one_side(expr: sp.Basic, is_number) -> tuple[sp.Expr, type, sp.Expr]:
+    """(lhs, relation, rhs) of a comparison as one writes it: ``v >
+    threshold`` for ``threshold - v < 0`` (heaviside(v - threshold)).  Only
+    one term moves across, a number or a Python number (`is_number`), and
+    the sides swap where the tensor side would read negated: for floats
+    ``a - b > 0`` exactly when ``a > b``, so the comparison is the same."""
+    lhs, rhs, relation = expr.lhs, expr.rhs, type(expr)
+    if rhs == 0 and isinstance(lhs, sp.Add):
+        moved = [t for t in lhs.args if is_number(t)]
+        if len(moved) == 1 and len(lhs.args) > 1:
+            lhs, rhs = lhs - moved[0], -moved[0]
+            if lhs.could_extract_minus_sign():
+                lhs, rhs, relation = -lhs, -rhs, _FLIPPED[relation]
+    return lhs, relation, rhs
+
+
 # Derivatives printed as PyTorch's fused kernel when they scale a tensor:
 # class -> the call, with {t} the tensor and {0}, {1} the derivative's args.
 FUSED_BACKWARD = {
@@ -799,9 +825,9 @@ class TorchPrinter(StrPrinter):
     # -- conditions -------------------------------------------------------
 
     def _print_Relational(self, expr):
-        op = _RELATIONS[type(expr)]
+        lhs, relation, rhs = _one_side(expr, self.reads_no_tensor)
         level = PRECEDENCE["Relational"]
-        return f"{self.parenthesize(expr.lhs, level)} {op} {self.parenthesize(expr.rhs, level)}"
+        return f"{self.parenthesize(lhs, level)} {_RELATIONS[relation]} {self.parenthesize(rhs, level)}"
 
     def _print_And(self, expr):
         return " & ".join(f"({self._print(a)})" for a in expr.args)
@@ -1083,8 +1109,12 @@ class MathPrinter(StrPrinter):
             return super()._print_Function(expr)
         return f"{name}({self.stringify(expr.args, ', ')})"
 
-    # ``x == 0`` as torch code writes it, where SymPy's would say Eq(x, 0).
+    # ``x == 0`` as torch code writes it, where SymPy's would say Eq(x, 0),
+    # with only a number moved across (`_one_side`): no names are known.
     _print_Relational = TorchPrinter._print_Relational
+
+    def reads_no_tensor(self, expr) -> bool:
+        return expr.is_number
 
     def _print_Guarded(self, expr):
         # stable.Guarded, a where SymPy does not take powers into.

@@ -602,3 +602,18 @@ def test_the_threshold_select_computes_the_where():
         got = eval(text, {"torch": torch, "x": X, "grad": G})  # printed code
         want = torch.where(condition, 2 * G * value, 0.0)
         torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_a_comparison_moves_one_number_across_as_one_writes_it():
+    v, w, t = sp.symbols("v w t", real=True)
+    # heaviside(v - threshold) reads v > threshold, whichever way SymPy
+    # ordered it; for floats a - b > 0 exactly when a > b.
+    assert print_torch(v - t > 0, scalars={t}) == "v > t"
+    assert print_torch(sp.StrictLessThan(t - v, 0, evaluate=False), scalars={t}) == (
+        "v > t"
+    )
+    assert print_torch(v - 1 >= 0) == "v >= 1"
+    assert print_torch(2 * v - 3 <= 0) == "2*v <= 3"
+    # Two terms moved would round otherwise; a tensor stays on its side.
+    assert print_torch(v - t - 1 > 0, scalars={t}) == "v - t - 1 > 0"
+    assert print_torch(v - w > 0) == "v - w > 0"
