@@ -215,7 +215,7 @@ def sqrt_and_inverse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Derivatives::
 
-        dz/dx = -1/x**2 + 1/(2*sqrt(x))
+        dz/dx = 1/(2*sqrt(x)) - 1/x**2
         dz/dy = 4*y"""
     if x.is_complex() or y.is_complex():
         raise TypeError(

@@ -402,7 +402,7 @@ def atan_spike(
 
         ds/dv = 0
 
-    Gradient of ``v`` overridden: ``alpha*grad/(pi**2*alpha**2*(-threshold + v)**2/2 + 2)``.
+    Gradient of ``v`` overridden: ``alpha*grad/(pi**2*alpha**2*(v - threshold)**2/2 + 2)``.
     """
     if v.is_complex():
         raise TypeError(

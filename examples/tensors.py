@@ -467,7 +467,7 @@ def spike(v: torch.Tensor, threshold: float = 1.0, alpha: float = 4.0) -> torch.
 
         ds/dv = 0
 
-    Gradient of ``v`` overridden: ``alpha*grad*sigmoid(-alpha*(-threshold + v))*sigmoid(alpha*(-threshold + v))``.
+    Gradient of ``v`` overridden: ``alpha*grad*sigmoid(-alpha*(v - threshold))*sigmoid(alpha*(v - threshold))``.
     """
     if v.is_complex():
         raise TypeError("spike is a real function: complex tensors are not supported")

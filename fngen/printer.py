@@ -1116,6 +1116,11 @@ class MathPrinter(StrPrinter):
     def reads_no_tensor(self, expr) -> bool:
         return expr.is_number
 
+    def _as_ordered_terms(self, expr, order=None):
+        # The terms that read positive first, as the torch code: x - mu.
+        terms = super()._as_ordered_terms(expr, order=order)
+        return sorted(terms, key=lambda term: term.could_extract_minus_sign())
+
     def _print_Guarded(self, expr):
         # stable.Guarded, a where SymPy does not take powers into.
         return self._print_Piecewise(expr)
