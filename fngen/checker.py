@@ -401,6 +401,64 @@ def _culprit(interpret, expr):
 # -- the checks -----------------------------------------------------------------
 
 
+def broadcast_inputs(fn: FunctionSpec, args) -> list[tuple[str, list]]:
+    """For a function of several float tensors, the inputs with each of
+    them in turn one row of what it was (its last dimension only), then
+    with each in turn the only one left whole: a gradient must be summed
+    back over the rows its input was broadcast to, which inputs of one
+    shape never test.  Params and the inputs that ``check: shapes`` sizes
+    keep theirs."""
+    given = dict(fn.check.shapes)
+    floats = [
+        n
+        for n, spec in enumerate(fn.inputs)
+        if spec.is_differentiable
+        and not spec.is_param
+        and spec.name not in given
+        and args[n] is not None
+        and args[n].dim() >= 2
+    ]
+    if len(floats) < 2:
+        return []
+
+    def row(value):
+        return value.detach()[(0,) * (value.dim() - 1)].clone().requires_grad_()
+
+    groups = [[n] for n in floats]
+    if len(floats) > 2:
+        groups += [[m for m in floats if m != n] for n in floats]
+    cases = []
+    for group in groups:
+        narrowed = [row(a) if n in group else a for n, a in enumerate(args)]
+        names = " and ".join(fn.inputs[n].name for n in group)
+        cases.append((names, narrowed))
+    return cases
+
+
+def _against_reference_by_subset(checker, args, seeds) -> str | None:
+    """`checker`'s comparison with the reference for all outputs with a
+    gradient, then for each subset of them: a backward has a branch for
+    each, reading only the gradients it receives."""
+    floating = [i for i, s in enumerate(seeds) if s is not None]
+    subsets = [tuple(floating)]
+    if len(floating) > 1:
+        sizes = range(1, len(floating)) if len(floating) <= 3 else [1]
+        subsets += [c for n in sizes for c in itertools.combinations(floating, n)]
+    for subset in subsets:
+        chosen = [s if i in subset else None for i, s in enumerate(seeds)]
+        try:
+            problem = checker._against_reference(args, chosen)
+        except Exception as err:  # a backward branch that crashes
+            problem = _reason(err)
+        if problem:
+            if subset != tuple(floating):
+                names = checker.output_names()
+                only = " and ".join(names[i] for i in subset)
+                problem = f"with a gradient for {only} alone: {problem}"
+            return problem
+    return None
+
+
 class FunctionChecker:
     def __init__(
         self, fn: FunctionSpec, module, device, dtype, namespace=None, kernels="none"
@@ -718,26 +776,20 @@ class FunctionChecker:
                     f"the output {name} is {str(a.dtype)[6:]}, where the formula "
                     f"gives {str(b.dtype)[6:]}"
                 )
-        # All outputs with a gradient, then each subset of them: a backward
-        # has a branch for each, reading only the gradients it receives.
-        floating = [i for i, s in enumerate(seeds) if s is not None]
-        subsets = [tuple(floating)]
-        if len(floating) > 1:
-            sizes = range(1, len(floating)) if len(floating) <= 3 else [1]
-            subsets += [c for n in sizes for c in itertools.combinations(floating, n)]
-        for subset in subsets:
-            chosen = [s if i in subset else None for i, s in enumerate(seeds)]
-            try:
-                problem = self._against_reference(args, chosen)
-            except Exception as err:  # a backward branch that crashes
-                problem = _reason(err)
+        problem = _against_reference_by_subset(self, args, seeds)
+        for name, narrowed in broadcast_inputs(self.fn, args):
             if problem:
-                if subset != tuple(floating):
-                    names = self.output_names()
-                    only = " and ".join(names[i] for i in subset)
-                    problem = f"with a gradient for {only} alone: {problem}"
-                return problem
-        return self.probe(self.dtype)
+                break
+            try:
+                _, interpret = self.reference_env(narrowed)
+                outs = [interpret(e) for _, e in self.fn.formula.outputs]
+            except (RuntimeError, IndexError, ValueError):
+                continue  # a formula that does not take these shapes (x @ y)
+            seeds = self.seeds(tuple(torch.as_tensor(o) for o in outs))
+            problem = _against_reference_by_subset(self, narrowed, seeds)
+            if problem:
+                problem = f"with {name} one row of the others: {problem}"
+        return problem or self.probe(self.dtype)
 
     def _against_reference(self, args, seeds) -> str | None:
         out_gen, grads_gen = self.grads(self.func, args, seeds)

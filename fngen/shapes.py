@@ -13,8 +13,8 @@ nothing to a broadcast of the tensors it was reduced from).  With them,
 ``sum_to_size(e, S)``, e of shape S    ``e``
 ``ShapeOf(input, target)``             ``ShapeOf(d)``, d a tensor the
                                        backward reads anyway that has it
-``sum_to_size(a, S) + sum_to_size(b,   ``sum_to_size(a + b, S)``
-S)``
+``sum_to_size(a, S) + sum_to_size(b,   ``sum_to_size(a + b, S)``, a
+S)``                                   and b of one shape
 =====================================  =================================
 
 (f: the other operands of the product or sum, together).  Each is exact: the values, and the shape of every result, stay what they
@@ -150,12 +150,40 @@ class ShapeFacts:
                 return arg
             return e
         if isinstance(e, sp.Add):
-            merged = _sums_merged(e)
+            merged = self._sums_merged(e)
             if merged is not e:
                 return self._rule(merged)
         if isinstance(e, (sp.Mul, sp.Add)):
             return self._unexpanded(e)
         return e
+
+    def _sums_merged(self, e: sp.Add) -> sp.Expr:
+        """``sum_to_size(a, S) + c*sum_to_size(b, S)`` as ``sum_to_size(a +
+        c*b, S)`` (c a number) where a and b have one known shape: one
+        reduction, and the grad_input of a kept intermediate reads
+        ``(grad_d + t0).sum_to_size(...)``.  Of different shapes, the sum
+        would broadcast the smaller before summing it: counted again."""
+        groups: dict = {}
+        for term in e.args:
+            coefficient, factor = term.as_coeff_Mul()
+            if isinstance(factor, T.SumToSize):
+                arg, shape = factor.args
+                key = (shape, self.atoms(arg))
+                groups.setdefault(key, []).append((term, coefficient * arg))
+        merged = {
+            key: members
+            for key, members in groups.items()
+            if len(members) > 1 and key[1] is not None
+        }
+        if not merged:
+            return e
+        taken = {term for members in merged.values() for term, _ in members}
+        rest = [term for term in e.args if term not in taken]
+        sums = [
+            T.SumToSize(sp.Add(*[arg for _, arg in members]), key[0])
+            for key, members in merged.items()
+        ]
+        return sp.Add(*rest, *sums)
 
     def _unexpanded(self, e: sp.Expr) -> sp.Expr:
         """A product or sum without ``expand(g, S)`` operands where the
@@ -186,30 +214,3 @@ class ShapeFacts:
             if self.atoms(tensor) == target:
                 return T.ShapeOf(tensor)
         return shape
-
-
-def _sums_merged(e: sp.Add) -> sp.Expr:
-    """``sum_to_size(a, S) + c*sum_to_size(b, S)`` as ``sum_to_size(a +
-    c*b, S)`` (c a number): one reduction, and the grad_input of a kept
-    intermediate reads ``(grad_d + t0).sum_to_size(...)``."""
-    groups: dict = {}
-    rest = []
-    for term in e.args:
-        coefficient, factor = term.as_coeff_Mul()
-        if isinstance(factor, T.SumToSize):
-            groups.setdefault(factor.args[1], []).append(coefficient * factor.args[0])
-        else:
-            rest.append(term)
-    if all(len(terms) < 2 for terms in groups.values()):
-        return e
-    sums = [
-        T.SumToSize(sp.Add(*terms), shape) if len(terms) > 1 else None
-        for shape, terms in groups.items()
-    ]
-    singles = [
-        term
-        for term in e.args
-        if isinstance(term.as_coeff_Mul()[1], T.SumToSize)
-        and len(groups[term.as_coeff_Mul()[1].args[1]]) == 1
-    ]
-    return sp.Add(*rest, *singles, *[s for s in sums if s is not None])

@@ -70,11 +70,17 @@ def test_a_broadcast_shape_is_read_from_a_tensor_that_has_it():
 
 def test_sums_to_one_size_are_one_sum():
     f = facts()
-    a = T.SumToSize(g, T.ShapeOf(w))
+    a = T.SumToSize(x * w, T.ShapeOf(w))
     b = T.SumToSize(x - w, T.ShapeOf(w))
-    assert f.tidy(a - b) == T.SumToSize(g - x + w, T.ShapeOf(w))
+    assert f.tidy(a - b) == T.SumToSize(x * w - x + w, T.ShapeOf(w))
     other = T.SumToSize(x, T.ShapeOf(x, s))
     assert f.tidy(a + other) == a + other
+    # Of two shapes, a + b would broadcast g before summing it: kept apart.
+    wide = T.SumToSize(x * w * s, T.ShapeOf(w))
+    assert f.tidy(a + wide) == a + wide
+    # Of an unknown shape: kept apart too.
+    unknown = T.SumToSize(g, T.ShapeOf(w))
+    assert f.tidy(a + unknown) == a + unknown
 
 
 def test_abs_of_a_positive_expression_is_the_expression():

@@ -564,6 +564,12 @@ FOUND = {
     "transposed zero tangent": ("o0 = floor(x).T", {"x": (3, 4)}),
     # An input returned as it is: its tangent must be a view, so a copy.
     "input as output": ("o0 = x\nm = x > 0.5", {"x": (3, 4)}),
+    # Two sums to x's size, of different shapes, merged into one: the
+    # smaller broadcast before the sum, and counted once per row.
+    "sums of two shapes": (
+        "o0 = x * y\no1 = x / 7 + z",
+        {"x": (4,), "y": (3, 4), "z": (4,)},
+    ),
 }
 
 
@@ -581,6 +587,8 @@ def _torch_of(text: str):
             return (x.sum(), torch.relu(x) @ x.mT)
         if text == "o0 = x @ (x * y)":
             return (x @ (x * y),)
+        if text.startswith("o0 = x * y"):
+            return (x * y, x / 7 + z)
         if text.startswith("o0 = x * x"):
             return (x * x, x > 0)
         if text.startswith("o0 = x\n"):
