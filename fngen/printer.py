@@ -264,6 +264,16 @@ _FLIPPED = {
 }
 
 
+def _prints_a_number(printer, expr: sp.Basic) -> bool:
+    """Whether `expr` prints as a Python number: a number, math on float
+    inputs, or of counts and sizes (``1/(2*x.numel())``, ``x.shape[-1]``)."""
+    ops = expr.atoms(T.TensorOp)
+    if any(not isinstance(op, T.SCALAR_OPS) for op in ops):
+        return False
+    masked = expr.xreplace({op: sp.Integer(2) for op in ops})  # a count
+    return bool(masked.is_number) or printer.is_math(masked)
+
+
 def _one_side(expr: sp.Basic, is_number) -> tuple[sp.Expr, type, sp.Expr]:
     """(lhs, relation, rhs) of a comparison as one writes it: ``v >
     threshold`` for ``threshold - v < 0`` (heaviside(v - threshold)).  Only
@@ -878,10 +888,11 @@ class TorchPrinter(StrPrinter):
                 return f"{self._as_tensor(condition)}.to({self.dtype_of}.dtype)"
             return f"({self._print(condition)}).to({self.dtype_of}.dtype)"
         text = self._print(branches[-1][0])
-        if all(v.is_number or self.is_math(v) for v in values):
+        if all(_prints_a_number(self, v) for v in values):
             # A where of Python numbers only would be computed in the default
-            # dtype (8/7 to float32 precision in a float64 backward): the
-            # last value is a 0-dim tensor of the right dtype and device.
+            # dtype (8/7 or 1/(2*x.numel()) to float32 precision in a float64
+            # backward): the last value is a 0-dim tensor of the right dtype
+            # and device.
             text = f"{self.dtype_of}.new_full((), {text})"
         for value, condition in reversed(branches[:-1]):
             test = self._print(condition)

@@ -617,3 +617,13 @@ def test_a_comparison_moves_one_number_across_as_one_writes_it():
     # Two terms moved would round otherwise; a tensor stays on its side.
     assert print_torch(v - t - 1 > 0, scalars={t}) == "v - t - 1 > 0"
     assert print_torch(v - w > 0) == "v - w > 0"
+
+
+def test_a_where_of_counts_alone_takes_the_gradients_dtype():
+    # 1/(2*x.numel()) is a Python float: a where of two of them would be
+    # float32 in a float64 backward.
+    x = sp.Symbol("x", real=True)
+    count = T.Numel(T.ShapeOf(x), sp.Tuple())
+    expr = sp.Piecewise((1 / (2 * count), x > 0), (0, True))
+    text = print_torch(expr, dtype_of="grad")
+    assert text == "torch.where(x > 0, 1 / (2*x.numel()), grad.new_full((), 0))"

@@ -566,6 +566,12 @@ FOUND = {
     "input as output": ("o0 = x\nm = x > 0.5", {"x": (3, 4)}),
     # Two sums to x's size, of different shapes, merged into one: the
     # smaller broadcast before the sum, and counted once per row.
+    # A where of counts alone (1/(2*x.numel()) at a tie of max) computed
+    # in the default dtype, float32, in a float64 backward.
+    "where of counts": (
+        "t0 = max(x, 0.5)\nt1 = mean(t0)\no0 = t1\no1 = t0\no2 = x",
+        {"x": (3, 1)},
+    ),
     "sums of two shapes": (
         "o0 = x * y\no1 = x / 7 + z",
         {"x": (4,), "y": (3, 4), "z": (4,)},
@@ -587,6 +593,9 @@ def _torch_of(text: str):
             return (x.sum(), torch.relu(x) @ x.mT)
         if text == "o0 = x @ (x * y)":
             return (x @ (x * y),)
+        if text.startswith("t0 = max(x, 0.5)"):
+            t0 = torch.maximum(x, torch.tensor(0.5, dtype=x.dtype))
+            return (t0.mean(), t0, x)
         if text.startswith("o0 = x * y"):
             return (x * y, x / 7 + z)
         if text.startswith("o0 = x * x"):
