@@ -889,10 +889,9 @@ class TorchPrinter(StrPrinter):
             return f"({self._print(condition)}).to({self.dtype_of}.dtype)"
         text = self._print(branches[-1][0])
         if all(_prints_a_number(self, v) for v in values):
-            # A where of Python numbers only would be computed in the default
-            # dtype (8/7 or 1/(2*x.numel()) to float32 precision in a float64
-            # backward): the last value is a 0-dim tensor of the right dtype
-            # and device.
+            # A where of Python numbers only (8/7, 1/(2*x.numel())) would be
+            # float32 in a float64 backward: the last value is a 0-dim tensor
+            # of the right dtype and device.
             text = f"{self.dtype_of}.new_full((), {text})"
         for value, condition in reversed(branches[:-1]):
             test = self._print(condition)
