@@ -440,13 +440,11 @@ class FunctionBuilder:
                 )
         dims = dimension_names(inputs)
         by_name = {i.name: i for i in inputs}
+        parsed = {}
         for init_node, name in self.inits:
-            check_init(
-                *parse_init(init_node.value, init_node.locate, dims),
-                by_name[name].param,
-                init_node.location,
-            )
-        inputs = [_with_init_call(spec, dims) for spec in inputs]
+            parsed[name] = parse_init(init_node.value, init_node.locate, dims)
+            check_init(*parsed[name], by_name[name].param, init_node.location)
+        inputs = [_with_init_call(spec, dims, parsed.get(spec.name)) for spec in inputs]
         names = {i.name for i in inputs}
         for dim in dims:
             if dim in names:
@@ -926,12 +924,15 @@ def default_init(shape) -> str:
     return "kaiming_uniform(a=sqrt(5))" if len(shape) >= 2 else "zeros"
 
 
-def _with_init_call(spec: InputSpec, dims) -> InputSpec:
-    """`spec` with its initialiser parsed, where it is a param."""
+def _with_init_call(spec: InputSpec, dims, parsed=None) -> InputSpec:
+    """`spec` with its initialiser (`parsed` where the spec gave one, the
+    default else), where it is a param."""
     if not spec.is_param:
         return spec
-    text = spec.init if spec.init is not None else default_init(spec.param)
-    name, args, kwargs = parse_init(text, lambda line, col: spec.location, dims)
+    if parsed is None:
+        locate = lambda line, col: spec.location  # noqa: E731
+        parsed = parse_init(default_init(spec.param), locate, dims)
+    name, args, kwargs = parsed
     call = InitCall(name, tuple(args), tuple(kwargs.items()))
     return dataclasses.replace(spec, init_call=call)
 
