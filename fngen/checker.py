@@ -59,8 +59,10 @@ KERNEL_TOL = {
 DEFAULT_SCALARS = {InputKind.FLOAT: 1.5, InputKind.INT: 2, InputKind.BOOL: True}
 DEFAULT_SIZE = 3
 # Where an input on the default domain is also probed (each sign), in the
-# order tried: a formula that overflows in float32 does so by 100 (exp(89)).
-LARGE_MAGNITUDES = (5.0, 10.0, 20.0, 30.0, 50.0, 100.0)
+# order tried: exp(x) overflows in float32 past 89, exp(-x/2) past 177, a
+# square past 1.8e19; one overflowing where float64 does not is a NaN's
+# usual way in (inf - inf, 0 * inf).
+LARGE_MAGNITUDES = (5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 1e3, 1e4)
 SPECIAL_VALUES = (0.0, 1.0)
 # Gradients computed at once by the `batched` check.
 BATCH = 3
@@ -271,10 +273,9 @@ def _compare(
     known = ~torch.isnan(e)
     if torch.allclose(a[known], e[known], equal_nan=True, **tol):
         return None
-    broken = ~torch.isfinite(a) & torch.isfinite(e)
-    if broken.any():
-        flat = int(torch.nonzero(broken)[0])
-        kind = "NaN" if torch.isnan(a[flat]) else "inf"
+    broken = _first_broken(a, e)
+    if broken:
+        flat, kind = broken
         return (
             f"{what} is {kind} {where(flat)}, where {other} is "
             f"{_number(e[flat].item())}"
@@ -288,6 +289,18 @@ def _compare(
         f"{_number(a[flat].item())} against {_number(e[flat].item())} "
         f"(rtol {tol['rtol']:g}, atol {tol['atol']:g})"
     ).replace("  ", " ")
+
+
+def _first_broken(actual, expected, where=True):
+    """The first element (flat index, "NaN" or "inf") that is not finite
+    in `actual` where `expected` is finite (and `where`); None if none."""
+    import torch
+
+    broken = ~torch.isfinite(actual) & torch.isfinite(expected) & where
+    if not broken.any():
+        return None
+    flat = int(torch.nonzero(broken)[0])
+    return flat, "NaN" if torch.isnan(actual[flat]) else "inf"
 
 
 def _outputs(value):
@@ -399,6 +412,29 @@ def _culprit(interpret, expr):
 
 
 # -- the checks -----------------------------------------------------------------
+
+
+def probe_values(spec) -> list[float]:
+    """The values an input is probed at: the ends of its domain, and on
+    the default domain large magnitudes too."""
+    lo, hi = spec.domain
+    values = [lo, hi]
+    # Where formulas most often have a removable singularity: a base
+    # that is 0 there ((1 - exp(x))**g, x*log(x)) divided out.
+    values += [v for v in SPECIAL_VALUES if lo < v < hi]
+    if spec.domain == DEFAULT_DOMAIN:
+        values += [sign * m for m in LARGE_MAGNITUDES for sign in (1.0, -1.0)]
+    return values
+
+
+def _each_alone(names, seeds):
+    """(None, `seeds`), then, with several outputs that take a gradient,
+    (name, the seeds with only that output's left) for each."""
+    yield None, seeds
+    taking = [i for i, s in enumerate(seeds) if s is not None]
+    if len(taking) > 1:
+        for i in taking:
+            yield names[i], [s if j == i else None for j, s in enumerate(seeds)]
 
 
 def broadcast_inputs(fn: FunctionSpec, args) -> list[tuple[str, list]]:
@@ -690,32 +726,20 @@ class FunctionChecker:
             text += f": set {hints} to where the formula is defined"
         return text
 
-    @staticmethod
-    def probe_values(spec) -> list[float]:
-        """The values an input is probed at: the ends of its domain, and on
-        the default domain large magnitudes too."""
-        lo, hi = spec.domain
-        values = [lo, hi]
-        # Where formulas most often have a removable singularity: a base
-        # that is 0 there ((1 - exp(x))**g, x*log(x)) divided out.
-        values += [v for v in SPECIAL_VALUES if lo < v < hi]
-        if spec.domain == DEFAULT_DOMAIN:
-            values += [sign * m for m in LARGE_MAGNITUDES for sign in (1.0, -1.0)]
-        return values
+    probe_values = staticmethod(probe_values)
 
     def probe(self, dtype) -> str | None:
         """Forward and gradients in `dtype` at each probe value (one input
         filled with it, the others sampled) must be finite wherever the
         float64 reference is finite and fits `dtype`: the first value where
-        one is not, as a sentence."""
+        one is not, as a sentence.  With several outputs, also with each
+        alone receiving a gradient: the others' part of the backward must
+        not run (a zero gradient times an overflowing partial is NaN)."""
         torch = self.torch
         base = [
             a.detach().to(dtype) if _differentiable(a) else a
             for a in self.inputs(torch.float64)
         ]
-        largest = torch.finfo(dtype).max
-        names = self.tensor_names()
-        outputs = self.output_names()
         for i, spec in enumerate(self.fn.inputs):
             if not _differentiable(base[i]):
                 continue
@@ -733,29 +757,37 @@ class FunctionChecker:
                 with torch.no_grad():
                     shapes = _outputs(self.func(*narrow))
                 seeds64 = self.seeds(shapes, dtype=torch.float64)
-                seeds = [s if s is None else s.to(dtype) for s in seeds64]
-                try:
-                    out_ref, grads_ref = self.reference_grads(wide, seeds64)
-                except Exception:  # the reference fails: nothing to hold to
-                    continue
-                out_gen, grads_gen = self.grads(self.func, narrow, seeds)
-                labels = [f"the output {n}" for n in outputs[: len(out_gen)]]
-                labels += [f"the gradient of {n}" for n in names]
-                for label, gen, ref in zip(
-                    labels, out_gen + grads_gen, out_ref + grads_ref
-                ):
-                    if gen is None or ref is None or gen.shape != ref.shape:
-                        continue
-                    g, r = gen.detach().reshape(-1), ref.detach().reshape(-1)
-                    bad = ~torch.isfinite(g) & torch.isfinite(r) & (r.abs() <= largest)
-                    if bad.any():
-                        flat = int(torch.nonzero(bad)[0])
-                        kind = "NaN" if torch.isnan(g[flat]) else "inf"
-                        return (
-                            f"{label} is {kind} in {str(dtype)[6:]} at {spec.name} = "
-                            f"{_number(value)}, where the float64 reference is "
-                            f"finite ({_number(r[flat].item())})"
-                        )
+                for alone, seeds64 in _each_alone(self.output_names(), seeds64):
+                    problem = self._probe_at(narrow, wide, seeds64, dtype)
+                    if problem:
+                        where = f" at {spec.name} = {_number(value)}"
+                        if alone:
+                            where += f", with only {alone} receiving a gradient"
+                        return problem.format(where=where)
+        return None
+
+    def _probe_at(self, narrow, wide, seeds64, dtype) -> str | None:
+        torch = self.torch
+        seeds = [s if s is None else s.to(dtype) for s in seeds64]
+        try:
+            out_ref, grads_ref = self.reference_grads(wide, seeds64)
+        except Exception:  # the reference fails: nothing to hold to
+            return None
+        out_gen, grads_gen = self.grads(self.func, narrow, seeds)
+        labels = [f"the output {n}" for n in self.output_names()[: len(out_gen)]]
+        labels += [f"the gradient of {n}" for n in self.tensor_names()]
+        largest = torch.finfo(dtype).max
+        for label, gen, ref in zip(labels, out_gen + grads_gen, out_ref + grads_ref):
+            if gen is None or ref is None or gen.shape != ref.shape:
+                continue
+            g, r = gen.detach().reshape(-1), ref.detach().reshape(-1)
+            broken = _first_broken(g, r, r.abs() <= largest)
+            if broken:
+                flat, kind = broken
+                return (
+                    f"{label} is {kind} in {str(dtype)[6:]}{{where}}, where the "
+                    f"float64 reference is finite ({_number(r[flat].item())})"
+                )
         return None
 
     @property

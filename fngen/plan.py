@@ -20,8 +20,9 @@ from fngen import dag
 from fngen.derive import Derivation, derive, derive_backward
 from fngen.model import FunctionSpec
 
-# Past this many differentiable outputs, zero gradients are materialised
-# instead of a backward branch for each combination of None ones.
+# Up to this many differentiable outputs, the backward has a branch for
+# each combination of None incoming gradients; past it, one part per
+# output, added up (`Branch.additive`).
 MAX_PRESENCE_OUTPUTS = 3
 
 
@@ -34,7 +35,9 @@ class Branch:
     """The code of one combination of absent optional tensors: `absent`,
     its `derivation`, and `by_presence`, the backward for each set of
     outputs that receive a gradient when some may be None (empty where
-    the backward does not branch on that)."""
+    the backward does not branch on that).  With `additive`, those sets
+    part the outputs instead, and the backward is the sum of the parts
+    whose gradients came (it is linear in them)."""
 
     absent: frozenset[str]
     derivation: Derivation
@@ -42,6 +45,7 @@ class Branch:
     # The tensors whose shapes the backward keeps on ctx: its own, and
     # those its branches for some outputs only read, less the saved ones.
     shapes: tuple[sp.Symbol, ...]
+    additive: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,25 +170,42 @@ def variants(fn: FunctionSpec) -> list[tuple[frozenset[str], Derivation]]:
 
 def presence_variants(
     fn: FunctionSpec, absent: frozenset[str], d: Derivation
-) -> tuple[tuple[frozenset[int], Derivation], ...]:
-    """With several differentiable outputs, a backward for each
-    combination of incoming gradients that are None (treated as zero);
-    with kept outputs, the declared outputs alone (the usual backward) or
-    the kept ones alone (double backward through them).  Past
-    `MAX_PRESENCE_OUTPUTS` outputs, none: zero gradients are materialised."""
+) -> tuple[tuple[tuple[frozenset[int], Derivation], ...], bool]:
+    """With several differentiable outputs, the backward for each set of
+    outputs that may be alone in receiving a gradient (the others' are
+    None, and no zeros are materialised), and whether those sets part
+    the outputs (additive) rather than list their combinations.
+
+    Up to `MAX_PRESENCE_OUTPUTS` outputs, every combination.  With kept
+    outputs, or past that many, the parts: the declared outputs, then
+    each kept one (double backward through it), or each output alone.  A
+    materialised zero gradient would not do: times a partial that
+    overflows (``exp(-x/2)`` of a kept ``expm1`` at x = -200 in
+    float32) it makes a NaN where autograd, which skips an output without
+    a gradient, makes none."""
     differentiable = [i for i, diff in enumerate(d.differentiable_outputs) if diff]
-    if not 2 <= len(differentiable) <= MAX_PRESENCE_OUTPUTS:
-        return ()
-    subsets = [
-        frozenset(c)
-        for size in range(1, len(differentiable))
-        for c in itertools.combinations(differentiable, size)
-    ]
+    if len(differentiable) < 2:
+        return (), False
     if fn.kept:
-        subsets = [s for s in kept_groups(fn, d) if s in subsets]
-    return tuple(
+        declared, kept = kept_groups(fn, d)
+        if len(declared) > 1:
+            raise PlanError("kept outputs beside several differentiable outputs")
+        subsets = [s for s in [declared] if s] + [frozenset({i}) for i in sorted(kept)]
+        additive = True
+    elif len(differentiable) > MAX_PRESENCE_OUTPUTS:
+        subsets = [frozenset({i}) for i in differentiable]
+        additive = True
+    else:
+        subsets = [
+            frozenset(c)
+            for size in range(1, len(differentiable))
+            for c in itertools.combinations(differentiable, size)
+        ]
+        additive = False
+    found = tuple(
         (present, derive_backward(fn, absent, present, d.option)) for present in subsets
     )
+    return found, additive
 
 
 def _shapes(d: Derivation, by_presence) -> tuple[sp.Symbol, ...]:
@@ -202,6 +223,7 @@ def plan_function(fn: FunctionSpec, tuple_outputs: bool = False) -> FunctionPlan
     """Every derivation of `fn`'s Function class (see the module)."""
     branches = []
     for absent, d in variants(fn):
-        by_presence = presence_variants(fn, absent, d)
-        branches.append(Branch(absent, d, by_presence, _shapes(d, by_presence)))
+        by_presence, additive = presence_variants(fn, absent, d)
+        shapes = _shapes(d, by_presence)
+        branches.append(Branch(absent, d, by_presence, shapes, additive))
     return FunctionPlan(fn, tuple(branches), tuple_outputs)

@@ -318,8 +318,8 @@ class BackwardWriter(_Writer):
             f"if {' and '.join(f'{g} is None' for g in grads.values())}:",
             f"    return {', '.join('None' for _ in results)}{_trailing(results)}",
         ]
-        if self.fn.kept:
-            return lines + self._by_kept(branch, grads)
+        if branch.additive:
+            return lines + self._additive(branch, grads)
         branches = []
         for present, variant in branch.by_presence:
             tests = [
@@ -329,38 +329,23 @@ class BackwardWriter(_Writer):
             branches.append((" and ".join(tests), (), self._backward(variant, branch)))
         return lines + _hoisted(branches, self._backward(d, branch))
 
-    def _by_kept(self, branch: Branch, grads: dict[int, str]) -> list[str]:
-        """The backward of a Function with kept outputs: the gradients
-        through the declared outputs (the usual backward), then, where the
-        kept ones have gradients too (double backward through them), those
-        added on.  The backward is linear in its incoming gradients, so the
-        two parts sum to the gradient through both.  Among several kept
-        outputs, one without a gradient gets zeros: kept reductions are
-        small."""
-        d = branch.derivation
-        by_present = dict(branch.by_presence)
-        fill = []
-        declared, kept = self.plan.kept_groups()
-        if len(kept) > 1:
-            for i in sorted(kept):
-                if d.outputs[i] not in d.saved:
-                    raise PrintError(f"kept output '{d.outputs[i].name}' is not saved")
-                fill += [
-                    f"if {grads[i]} is None:",
-                    f"    {grads[i]} = torch.zeros_like({d.outputs[i].name})",
-                ]
-        full = self._backward(d, branch)
+    def _additive(self, branch: Branch, grads: dict[int, str]) -> list[str]:
+        """The backward as a sum of parts, one per set of outputs of
+        `branch.by_presence` (the declared outputs, then each kept one:
+        double backward through it; or each output alone), each run where
+        its gradients came.  The backward is linear in its incoming
+        gradients, so the parts sum to the whole."""
+        full = self._backward(branch.derivation, branch)
         lines = list(full.setup)
-        for group, accumulate in ((declared, False), (kept, True)):
-            part = self._backward(by_present[group], branch, accumulate=accumulate)
+        kept = self.plan.kept_groups()[1]
+        for n, (group, variant) in enumerate(branch.by_presence):
+            part = self._backward(variant, branch, accumulate=n > 0)
             body = part.body[:-1]  # without its return
             if not body:
                 continue
             test = " or ".join(f"{grads[i]} is not None" for i in sorted(group))
-            if accumulate:
-                kept_ones = "output" if len(group) == 1 else "outputs"
-                test += f":  # double backward through the kept {kept_ones}"
-                body = fill + body
+            if group <= kept:
+                test += ":  # double backward through the kept output"
             else:
                 test += ":"
             lines.append(f"if {test}")

@@ -290,6 +290,52 @@ def test_nan_from_an_untaken_branch_fails_float32_at_the_first_value():
     )
 
 
+def test_an_overflow_past_100_is_probed_too():
+    # exp(-x/2) first overflows float32 past x = -177: the mask times it is
+    # NaN at -200, which the probes up to 100 passed with a check mark.
+    fn = _fn("  f:\n    formula: y = max(0, -x) + min(0, 2*(exp(-x/2) - 1))\n")
+    function = _pointwise(
+        lambda x: torch.clamp(-x, min=0) + torch.clamp(2 * torch.expm1(-x / 2), max=0),
+        lambda x: -(x < 0).to(x.dtype) - (x >= 0).to(x.dtype) * torch.exp(-x / 2),
+    )
+    report = _run(fn, function, ["reference", "float32"])
+    assert report.outcomes["reference"].ok is True
+    outcome = report.outcomes["float32"]
+    assert outcome.ok is False
+    assert outcome.reason.startswith(
+        "the gradient of x is NaN in float32 at x = -200, where the float64 "
+        "reference is finite ("
+    )
+
+
+class _ZerosMaterialised(torch.autograd.Function):
+    """a = x, d = exp(x), whose backward takes a zero gradient for an
+    output without one: 0 * exp(100) is NaN in float32."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clone(), torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad_a, grad_d):
+        (x,) = ctx.saved_tensors
+        return grad_a + grad_d * torch.exp(x)
+
+
+def test_an_output_without_a_gradient_is_probed_alone():
+    fn = _fn(
+        "  f:\n    formula: |\n      a = x\n      d = exp(x)\n    outputs: [a, d]\n"
+    )
+    report = _run(fn, _apply(_ZerosMaterialised), ["float32"])
+    outcome = report.outcomes["float32"]
+    assert outcome.ok is False
+    assert outcome.reason.startswith(
+        "the gradient of x is NaN in float32 at x = 100, with only a receiving "
+        "a gradient, where the float64 reference is finite ("
+    )
+
+
 def test_a_division_by_the_base_of_a_power_fails_float32_at_17():
     fn = _fn(
         "  focal:\n"

@@ -273,3 +273,36 @@ def test_the_legacy_onnx_exporter_exports_linear_and_a_reciprocal(exported):
     feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
     (out,) = session.run(None, feeds)
     torch.testing.assert_close(torch.from_numpy(out), model(*args).detach())
+
+
+# -- 6. an output without a gradient takes no part in the backward -----------------
+# A zero gradient materialised for it, times a partial that overflows,
+# is a NaN where autograd, which skips the output, has none.
+
+
+def test_a_kept_intermediate_without_a_gradient_adds_no_nan():
+    # The kept 2*expm1(-x/2) is inf at x = -200 in float32 (min() takes 0
+    # there), and its partial exp(-x/2) too.
+    module = load(
+        "z = sigmoid(x)*(max(0, -x) + min(0, 2*(exp(-x/2) - 1))) + x*y/7919",
+        "    save: speed\n",
+    )
+    x = torch.tensor([-200.0, -50.0, 0.5, 3.0], requires_grad=True)
+    y = torch.linspace(-1, 1, 4, requires_grad=True)
+    wide = x.detach().double().requires_grad_()
+    (grad,) = torch.autograd.grad(module.f(x, y).sum(), x)
+    (expected,) = torch.autograd.grad(module.f(wide, y.double()).sum(), wide)
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-4, atol=1e-6)
+    assert "zeros_like" not in inspect.getsource(module.FFunction.backward)
+
+
+def test_past_three_outputs_only_those_with_a_gradient_are_read():
+    module = load("a = x\nb = 2*x\nc = 3*x\nd = exp(x)", "    outputs: [a, b, c, d]\n")
+    x = torch.tensor([1.0, 100.0], requires_grad=True)  # exp(100): inf
+    a, b, c, d = module.f(x)
+    (grad,) = torch.autograd.grad(a.sum() + c.sum(), x)
+    torch.testing.assert_close(grad, torch.full_like(x, 4.0))
+    xd = torch.tensor([1.0, 2.0], dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(module.f, (xd,))
+    assert torch.autograd.gradgradcheck(module.f, (xd,))
