@@ -407,7 +407,9 @@ class SoftClip(torch.nn.Module):
 
 
 class ScaledMseFunction(torch.autograd.Function):
-    """Autograd Function of :func:`scaled_mse`::
+    """Autograd Function of :func:`scaled_mse`.
+
+    Formula::
 
         d = input - target
         loss = mean(d**2) * scale

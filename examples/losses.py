@@ -25,12 +25,14 @@ def _without_jvp(function, name):
 
 
 class CrossEntropyFunction(torch.autograd.Function):
-    """Autograd Function of :func:`cross_entropy`::
+    """Autograd Function of :func:`cross_entropy`.
 
-    logp = log_softmax(logits, dim=-1)
-    q = (1 - smoothing) * one_hot(target, classes) + smoothing / classes
-    kept = where(target != ignore_index, 1, 0)
-    loss = -sum(kept * sum(q * logp, dim=-1)) / sum(kept)"""
+    Formula::
+
+        logp = log_softmax(logits, dim=-1)
+        q = (1 - smoothing) * one_hot(target, classes) + smoothing / classes
+        kept = where(target != ignore_index, 1, 0)
+        loss = -sum(kept * sum(q * logp, dim=-1)) / sum(kept)"""
 
     generate_vmap_rule = True
 
@@ -173,10 +175,12 @@ class CrossEntropy(torch.nn.Module):
 
 
 class FocalLossFunction(torch.autograd.Function):
-    """Autograd Function of :func:`focal_loss`::
+    """Autograd Function of :func:`focal_loss`.
 
-    logpt = gather(log_softmax(logits, dim=-1), -1, target)
-    loss = -mean((1 - exp(logpt))**gamma * logpt)"""
+    Formula::
+
+        logpt = gather(log_softmax(logits, dim=-1), -1, target)
+        loss = -mean((1 - exp(logpt))**gamma * logpt)"""
 
     generate_vmap_rule = True
 

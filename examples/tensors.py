@@ -327,10 +327,12 @@ class Linear(torch.nn.Module):
 
 
 class SimpleFuncFunction(torch.autograd.Function):
-    """Autograd Function of :func:`simple_func`::
+    """Autograd Function of :func:`simple_func`.
 
-    s = sin(x) * x
-    c = cos(x) + x**2"""
+    Formula::
+
+        s = sin(x) * x
+        c = cos(x) + x**2"""
 
     generate_vmap_rule = True
 
@@ -694,7 +696,9 @@ class MseLoss(torch.nn.Module):
 
 
 class HuberLossFunction(torch.autograd.Function):
-    """Autograd Function of :func:`huber_loss`::
+    """Autograd Function of :func:`huber_loss`.
+
+    Formula::
 
         d = input - target
         loss = mean(where(abs(d) < delta, 0.5*d**2, delta*(abs(d) - 0.5*delta)))
@@ -919,7 +923,9 @@ class LogSoftmax(torch.nn.Module):
 
 
 class LayerNormFunction(torch.autograd.Function):
-    """Autograd Function of :func:`layer_norm`::
+    """Autograd Function of :func:`layer_norm`.
+
+    Formula::
 
         mu = mean(x, dim=-1, keepdim=true)
         var = mean((x - mu)**2, dim=-1, keepdim=true)

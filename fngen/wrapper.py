@@ -285,7 +285,9 @@ class WrapperWriter:
         head = f"Autograd Function of :func:`{self.fn.name}`"
         if len(lines) == 1:
             return f"{head}: {lines[0]}"
-        return f"{head}::\n\n" + "\n".join(f"    {line}" for line in lines)
+        # Not "{head}::": a docstring's first line keeps no indentation
+        # (inspect.cleandoc, black), so the block would lose its own.
+        return f"{head}.\n\nFormula::\n\n" + "\n".join(f"    {line}" for line in lines)
 
     @property
     def declared_outputs(self) -> tuple[sp.Symbol, ...]:

@@ -167,6 +167,25 @@ def test_generated_module_is_black_clean_and_compiles(spec_path, in_root):
     compile(source, spec_path.replace(".yaml", ".py"), "exec")
 
 
+@pytest.mark.parametrize("spec_path", SPECS)
+def test_every_literal_block_of_a_docstring_stays_indented(spec_path, in_root):
+    # As Sphinx and help() read them: after inspect.cleandoc.
+    import ast
+    import inspect
+
+    source = fngen.generate(fngen.load_spec(spec_path))
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            continue
+        doc = ast.get_docstring(node)
+        lines = inspect.cleandoc(doc or "").splitlines()
+        for i, line in enumerate(lines):
+            if line.endswith("::"):
+                block = next(text for text in lines[i + 1 :] if text.strip())
+                indent = len(line) - len(line.lstrip())
+                assert len(block) - len(block.lstrip()) > indent, (node.name, doc)
+
+
 def _run_python(code: str, **env) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
     environment.update(env)
