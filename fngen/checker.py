@@ -474,7 +474,11 @@ def broadcast_inputs(fn: FunctionSpec, args) -> list[tuple[str, list]]:
 def _against_reference_by_subset(checker, args, seeds) -> str | None:
     """`checker`'s comparison with the reference for all outputs with a
     gradient, then for each subset of them: a backward has a branch for
-    each, reading only the gradients it receives."""
+    each, reading only the gradients it receives.  First, no value of
+    lower precision than the dtype under check on the way."""
+    problem = _narrow_values(checker, args, seeds)
+    if problem:
+        return problem
     floating = [i for i, s in enumerate(seeds) if s is not None]
     subsets = [tuple(floating)]
     if len(floating) > 1:
@@ -493,6 +497,48 @@ def _against_reference_by_subset(checker, args, seeds) -> str | None:
                 problem = f"with a gradient for {only} alone: {problem}"
             return problem
     return None
+
+
+def _narrow_values(checker, args, seeds) -> str | None:
+    """The first operation of `checker`'s function, forward or backward,
+    that computes a floating tensor narrower than the dtype under check
+    (``torch.where(mask, 1/3, 0)`` is float32, whatever its neighbours):
+    its error is under the float64 tolerance, so the comparison with the
+    reference does not see it.  The 0-dim tensors torch wraps Python
+    numbers in are no values of their own."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    bits = torch.finfo(checker.dtype).bits
+    found = []
+
+    class Narrow(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is not torch.ops.aten.scalar_tensor.default and not found:
+                for value in torch.utils._pytree.tree_leaves(out):
+                    if (
+                        torch.is_tensor(value)
+                        and value.is_floating_point()
+                        and torch.finfo(value.dtype).bits < bits
+                    ):
+                        found.append(f"{func} in {str(value.dtype)[6:]}")
+            return out
+
+    with Narrow():
+        outputs = _outputs(checker.func(*args))
+    if not found:
+        with Narrow():
+            checker.grads(lambda *a: outputs, args, seeds)
+        where = "backward"
+    else:
+        where = "forward"
+    if not found:
+        return None
+    return (
+        f"the {where} computes {found[0]} for {str(checker.dtype)[6:]} inputs, "
+        "losing precision (a tensor of Python numbers alone has the default dtype)"
+    )
 
 
 class FunctionChecker:

@@ -308,6 +308,33 @@ def test_an_overflow_past_100_is_probed_too():
     )
 
 
+class _ThirdInTheDefaultDtype(torch.autograd.Function):
+    """relu(x)/3 whose backward's 1/3 is a where of Python numbers alone:
+    float32 in a float64 backward, 3e-8 off, under gradcheck's notice."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.relu(x) / 3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.where(x > 0, 1 / 3, 0)
+
+
+def test_a_float32_value_in_a_float64_backward_fails_reference():
+    fn = _fn("  f:\n    formula: y = relu(x)/3\n")
+    report = _run(fn, _apply(_ThirdInTheDefaultDtype), ["reference", "gradcheck"])
+    assert report.outcomes["gradcheck"].ok is True  # too small for it
+    outcome = report.outcomes["reference"]
+    assert outcome.ok is False
+    assert outcome.reason == (
+        "the backward computes aten.where.self in float32 for float64 inputs, "
+        "losing precision (a tensor of Python numbers alone has the default dtype)"
+    )
+
+
 class _ZerosMaterialised(torch.autograd.Function):
     """a = x, d = exp(x), whose backward takes a zero gradient for an
     output without one: 0 * exp(100) is NaN in float32."""
