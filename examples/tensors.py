@@ -180,70 +180,48 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, weight, bias):
-        if bias is None:
-            y_matmul = input @ weight.transpose(-2, -1)
-            y = y_matmul
-            return y
-        else:
-            y_matmul = input @ weight.transpose(-2, -1)
+        y_matmul = input @ weight.transpose(-2, -1)
+        if bias is not None:
             y = bias + y_matmul
-            return y
+        else:
+            y = y_matmul
+        return y
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, weight, bias = inputs
         ctx.bias_is_none = bias is None
-        if bias is None:
-            ctx.save_for_backward(input, weight)
-            ctx.save_for_forward(input, weight)
-        else:
-            ctx.save_for_backward(input, weight)
-            ctx.save_for_forward(input, weight)
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+        if bias is not None:
             ctx.bias_shape = bias.shape
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.bias_is_none:
-            input, weight = ctx.saved_tensors
-            needs_input, needs_weight, _ = ctx.needs_input_grad
-            grad_input = grad_weight = None
-            if needs_input:
-                grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
-            if needs_weight:
-                grad_weight = _matmul_grad_b(
-                    input, grad, weight.transpose(-2, -1).shape
-                ).transpose(-2, -1)
-            return grad_input, grad_weight, None
-        else:
-            input, weight = ctx.saved_tensors
-            needs_input, needs_weight, needs_bias = ctx.needs_input_grad
-            grad_input = grad_weight = grad_bias = None
-            if needs_input:
-                grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
-            if needs_weight:
-                grad_weight = _matmul_grad_b(
-                    input, grad, weight.transpose(-2, -1).shape
-                ).transpose(-2, -1)
-            if needs_bias:
-                grad_bias = grad.sum_to_size(ctx.bias_shape)
-            return grad_input, grad_weight, grad_bias
+        input, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            grad_input = _matmul_grad_a(grad, weight.transpose(-2, -1), input.shape)
+        if needs_weight:
+            grad_weight = _matmul_grad_b(
+                input, grad, weight.transpose(-2, -1).shape
+            ).transpose(-2, -1)
+        if needs_bias:
+            grad_bias = grad.sum_to_size(ctx.bias_shape)
+        return grad_input, grad_weight, grad_bias
 
     @staticmethod
     def jvp(ctx, input_t, weight_t, bias_t):
-        if ctx.bias_is_none:
-            input, weight = ctx.saved_tensors
-            y_matmul_t = input @ weight_t.transpose(
-                -2, -1
-            ) + input_t @ weight.transpose(-2, -1)
-            y_t = y_matmul_t
-            return y_t
-        else:
-            input, weight = ctx.saved_tensors
-            y_matmul_t = input @ weight_t.transpose(
-                -2, -1
-            ) + input_t @ weight.transpose(-2, -1)
+        input, weight = ctx.saved_tensors
+        y_matmul_t = input @ weight_t.transpose(-2, -1) + input_t @ weight.transpose(
+            -2, -1
+        )
+        if not ctx.bias_is_none:
             y_t = bias_t + y_matmul_t
-            return y_t
+        else:
+            y_t = y_matmul_t
+        return y_t
 
 
 _LinearTraceable = _without_jvp(LinearFunction, "_LinearTraceable")

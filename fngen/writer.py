@@ -10,6 +10,7 @@ helpers, ``import math``) is collected in `Needs`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import sympy as sp
 
 from fngen import names as N
 from fngen import tensorops as T
+from fngen.merge import guarded, merge, statements
 from fngen.printer import PrintError, TorchPrinter
 
 if TYPE_CHECKING:  # the types of what the writer reads, never called
@@ -93,34 +95,68 @@ class _Writer:
         return lines
 
     def branches(self, body, in_ctx: bool) -> list[str]:
-        """`body(branch)` for each branch of the plan, behind ``if bias is
-        None:`` (or ``ctx.bias_is_none``) tests when there are optional
-        tensors."""
+        """`body(branch)` for each branch of the plan, merged into one
+        block (`fngen.merge`): a statement that not all branches share
+        behind ``if bias is not None:`` (or ``not ctx.bias_is_none``)."""
         branches = self.plan.branches
         if len(branches) == 1:
             return body(branches[0])
-        lines = []
-        for n, branch in enumerate(branches):
-            tests = []
+        programs = [
+            (b.absent, [s for s in statements(body(b)) if s != ("pass",)])
+            for b in reversed(branches)  # the one with all present first
+        ]
+        every = frozenset(b.absent for b in branches)
+        merged = []
+        for keys, statement in merge(programs):
+            # ``if needs_bias:`` runs nothing where bias is None (its needs
+            # flag is False): no test of its own for that.
             for name in self.optional:
-                test = N.ctx_is_none(name) if in_ctx else f"{name} is None"
-                if name not in branch.absent:
-                    test = f"not {test}" if in_ctx else f"{name} is not None"
-                tests.append(test)
-            head = (
-                "else:"
-                if n == len(branches) - 1
-                else f"{'if' if n == 0 else 'elif'} {' and '.join(tests)}:"
-            )
-            lines.append(head)
-            lines += [f"    {line}" for line in body(branch)]
-        return lines
+                if statement[0] == f"if {N.needs(name)}:":
+                    keys |= {k for k in every if name in k}
+            merged.append((keys, statement))
+        lines = guarded(merged, every, lambda keys: self._test(keys, every, in_ctx))
+        return lines or ["pass"]
 
-    def _unpack(self, saved) -> list[str]:
+    def _test(self, keys: frozenset, every: frozenset, in_ctx: bool) -> str:
+        """The test that holds in the branches (sets of absent tensors) of
+        `keys` among those of `every`: the fewest presence tests that tell
+        them apart, or one conjunction per branch."""
+
+        def one(name, absent):
+            if in_ctx:
+                return N.ctx_is_none(name) if absent else f"not {N.ctx_is_none(name)}"
+            return f"{name} is None" if absent else f"{name} is not None"
+
+        for size in range(1, len(self.optional) + 1):
+            for names in itertools.combinations(self.optional, size):
+                for values in itertools.product([False, True], repeat=size):
+                    holds = {
+                        k
+                        for k in every
+                        if all((n in k) == v for n, v in zip(names, values))
+                    }
+                    if holds == keys:
+                        return " and ".join(map(one, names, values))
+        return " or ".join(
+            "(" + " and ".join(one(n, n in k) for n in self.optional) + ")"
+            for k in sorted(keys, key=sorted)
+        )
+
+    def _saved(self, branch: Branch, which: str) -> list[str]:
+        """The names of the tensors `branch` saves (`which`: ``saved`` or
+        ``saved_for_jvp`` of its derivation): those of the branch with all
+        present where they are the same less the absent ones (saved as
+        None), so that every branch saves and unpacks alike."""
+        own = [s.name for s in getattr(branch.derivation, which)]
+        full = [s.name for s in getattr(self.plan.d, which)]
+        if [name for name in full if name not in branch.absent] == own:
+            return full
+        return own
+
+    def _unpack(self, saved: list[str]) -> list[str]:
         if not saved:
             return []
-        names = ", ".join(s.name for s in saved)
-        return [f"{names}{_trailing(saved)} = ctx.saved_tensors"]
+        return [f"{', '.join(saved)}{_trailing(saved)} = ctx.saved_tensors"]
 
     def _scalars(self, read: frozenset[str]) -> list[str]:
         """``eps = ctx.eps`` for the non-tensor inputs in `read`."""
@@ -225,14 +261,12 @@ class FunctionWriter(_Writer):
         def body(branch: Branch):
             v = branch.derivation
             saves = []
-            if v.saved:
-                saves.append(
-                    f"ctx.save_for_backward({', '.join(s.name for s in v.saved)})"
-                )
-            if v.saved_for_jvp:
-                saves.append(
-                    f"ctx.save_for_forward({', '.join(s.name for s in v.saved_for_jvp)})"
-                )
+            saved = self._saved(branch, "saved")
+            if saved:
+                saves.append(f"ctx.save_for_backward({', '.join(saved)})")
+            saved = self._saved(branch, "saved_for_jvp")
+            if saved:
+                saves.append(f"ctx.save_for_forward({', '.join(saved)})")
             for symbol in branch.shapes:
                 if symbol.name not in zero:  # kept above for the jvp
                     saves.append(f"{N.ctx_shape(symbol.name)} = {symbol.name}.shape")
@@ -269,7 +303,8 @@ class FunctionWriter(_Writer):
 
         def body(branch: Branch):
             d = branch.derivation
-            lines = self._unpack(d.saved_for_jvp) + self._scalars(scalars)
+            lines = self._unpack(self._saved(branch, "saved_for_jvp"))
+            lines += self._scalars(scalars)
             tangent = next(t for t in d.tangent_symbols if t is not None)
             lines += self.emit(d.jvp, self.printer(tangent.name), {})
             names = [t.name if t is not None else "None" for t in d.output_tangents]
@@ -359,13 +394,17 @@ class BackwardWriter(_Writer):
         With `accumulate`, each input gradient is added to what an earlier
         part of the backward left in it (``_accumulated``)."""
         full = branch.derivation
-        setup = self._unpack(full.saved) + self._scalars(self.plan.backward_scalars)
+        setup = self._unpack(self._saved(branch, "saved"))
+        setup += self._scalars(self.plan.backward_scalars)
         grad_names = [name for name, symbol in d.grads if symbol is not None]
         needs = {i: N.needs(name) for i, name in enumerate(grad_names)}
+        # An absent optional tensor keeps its names (its needs flag is
+        # False, its gradient None), so that the branches share the lines.
+        named = {n for n, symbol in d.grads if symbol is not None}
+        named |= branch.absent & {n for n, s in self.plan.d.grads if s is not None}
+        grad_names = [name for name, _ in d.grads if name in named]
         if grad_names:
-            flags = [
-                N.needs(name) if symbol is not None else "_" for name, symbol in d.grads
-            ]
+            flags = [N.needs(name) if name in named else "_" for name, _ in d.grads]
             if len(flags) == 1:
                 setup.append(f"{flags[0]} = ctx.needs_input_grad[0]")
             else:
@@ -383,9 +422,7 @@ class BackwardWriter(_Writer):
             needs,
             accumulate=grads if accumulate else frozenset(),
         )
-        results = [
-            N.grad(name) if symbol is not None else "None" for name, symbol in d.grads
-        ]
+        results = [N.grad(name) if name in named else "None" for name, _ in d.grads]
         body.append(f"return {', '.join(results)}{_trailing(results)}")
         return _Body(setup, body)
 
