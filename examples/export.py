@@ -171,9 +171,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
     Gradient of ``x`` overridden: ``grad``."""
     if x.is_complex():
-        raise TypeError(
-            "round_ste is a real function: complex tensors are not supported"
-        )
+        raise TypeError("round_ste is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return RoundSteFunction.apply(x)
     if torch.compiler.is_exporting() or torch.jit.is_tracing():
@@ -251,9 +249,7 @@ def clipped_ste(x: torch.Tensor) -> torch.Tensor:
 
     Gradient of ``x`` overridden: ``where(abs(x) <= 1, grad, 0)``."""
     if x.is_complex():
-        raise TypeError(
-            "clipped_ste is a real function: complex tensors are not supported"
-        )
+        raise TypeError("clipped_ste is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return ClippedSteFunction.apply(x)
     if torch.compiler.is_exporting() or torch.jit.is_tracing():
@@ -380,9 +376,7 @@ def soft_clip(x: torch.Tensor, bound: float = 3.0) -> torch.Tensor:
 
         dy/dx = 1 - tanh(x/bound)**2"""
     if x.is_complex():
-        raise TypeError(
-            "soft_clip is a real function: complex tensors are not supported"
-        )
+        raise TypeError("soft_clip is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return _SoftClipTraceable.apply(x, bound)
     if torch.compiler.is_exporting() or torch.jit.is_tracing():
@@ -541,9 +535,7 @@ def scaled_mse(
         d = input - target
         loss = mean(d**2) * scale"""
     if input.is_complex() or target.is_complex():
-        raise TypeError(
-            "scaled_mse is a real function: complex tensors are not supported"
-        )
+        raise TypeError("scaled_mse is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return _ScaledMseTraceable.apply(input, target, scale)
     if torch.compiler.is_exporting() or torch.jit.is_tracing():

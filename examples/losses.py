@@ -140,9 +140,7 @@ def cross_entropy(
         kept = where(target != ignore_index, 1, 0)
         loss = -sum(kept * sum(q * logp, dim=-1)) / sum(kept)"""
     if logits.is_complex() or target.is_complex():
-        raise TypeError(
-            "cross_entropy is a real function: complex tensors are not supported"
-        )
+        raise TypeError("cross_entropy is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return CrossEntropyFunction.apply(
             logits, target, classes, smoothing, ignore_index
@@ -262,9 +260,7 @@ def focal_loss(
         logpt = gather(log_softmax(logits, dim=-1), -1, target)
         loss = -mean((1 - exp(logpt))**gamma * logpt)"""
     if logits.is_complex() or target.is_complex():
-        raise TypeError(
-            "focal_loss is a real function: complex tensors are not supported"
-        )
+        raise TypeError("focal_loss is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return FocalLossFunction.apply(logits, target, gamma)
     if torch.compiler.is_compiling():

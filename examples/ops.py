@@ -85,7 +85,7 @@ def exp(x: torch.Tensor) -> torch.Tensor:
 
         dy/dx = exp(x)"""
     if x.is_complex():
-        raise TypeError("exp is a real function: complex tensors are not supported")
+        raise TypeError("exp is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return ExpFunction.apply(x)
     if torch.compiler.is_compiling():
@@ -146,7 +146,7 @@ def my_relu(x: torch.Tensor) -> torch.Tensor:
 
         dy/dx = where(x > 0, 1, 0)"""
     if x.is_complex():
-        raise TypeError("my_relu is a real function: complex tensors are not supported")
+        raise TypeError("my_relu is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return MyReluFunction.apply(x)
     if torch.compiler.is_compiling():
@@ -218,9 +218,7 @@ def sqrt_and_inverse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         dz/dx = 1/(2*sqrt(x)) - 1/x**2
         dz/dy = 4*y"""
     if x.is_complex() or y.is_complex():
-        raise TypeError(
-            "sqrt_and_inverse is a real function: complex tensors are not supported"
-        )
+        raise TypeError("sqrt_and_inverse is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return SqrtAndInverseFunction.apply(x, y)
     if torch.compiler.is_compiling():
@@ -288,9 +286,7 @@ def multiply_add(w: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Ten
         dy/dx = w
         dy/db = 1"""
     if w.is_complex() or x.is_complex() or b.is_complex():
-        raise TypeError(
-            "multiply_add is a real function: complex tensors are not supported"
-        )
+        raise TypeError("multiply_add is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return MultiplyAddFunction.apply(w, x, b)
     if torch.compiler.is_compiling():
@@ -350,9 +346,7 @@ def mul_constant(tensor: torch.Tensor, constant: float) -> torch.Tensor:
 
         dout/dtensor = constant"""
     if tensor.is_complex():
-        raise TypeError(
-            "mul_constant is a real function: complex tensors are not supported"
-        )
+        raise TypeError("mul_constant is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return MulConstantFunction.apply(tensor, constant)
     if torch.compiler.is_compiling():
@@ -420,9 +414,7 @@ def legendre3(x: torch.Tensor) -> torch.Tensor:
 
         dy/dx = 15*x**2/2 - 3/2"""
     if x.is_complex():
-        raise TypeError(
-            "legendre3 is a real function: complex tensors are not supported"
-        )
+        raise TypeError("legendre3 is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return Legendre3Function.apply(x)
     if torch.compiler.is_compiling():
@@ -489,7 +481,7 @@ def prelu(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         dy/dx = where(x > 0, 1, a)
         dy/da = where(x > 0, 0, x)"""
     if x.is_complex() or a.is_complex():
-        raise TypeError("prelu is a real function: complex tensors are not supported")
+        raise TypeError("prelu is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return PreluFunction.apply(x, a)
     if torch.compiler.is_compiling():

@@ -405,9 +405,7 @@ def atan_spike(
     Gradient of ``v`` overridden: ``alpha*grad/(pi**2*alpha**2*(v - threshold)**2/2 + 2)``.
     """
     if v.is_complex():
-        raise TypeError(
-            "atan_spike is a real function: complex tensors are not supported"
-        )
+        raise TypeError("atan_spike is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return AtanSpikeFunction.apply(v, threshold, alpha)
     if torch.compiler.is_compiling():
@@ -490,9 +488,7 @@ def super_spike(v: torch.Tensor, alpha: float = 100.0) -> torch.Tensor:
 
     Gradient of ``v`` overridden: ``grad/(alpha*abs(v) + 1)**2``."""
     if v.is_complex():
-        raise TypeError(
-            "super_spike is a real function: complex tensors are not supported"
-        )
+        raise TypeError("super_spike is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return SuperSpikeFunction.apply(v, alpha)
     if torch.compiler.is_compiling():
@@ -569,9 +565,7 @@ def straight_through(v: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
 
     Gradient of ``v`` overridden: ``grad``."""
     if v.is_complex():
-        raise TypeError(
-            "straight_through is a real function: complex tensors are not supported"
-        )
+        raise TypeError("straight_through is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return StraightThroughFunction.apply(v, alpha)
     if torch.compiler.is_compiling():

@@ -73,6 +73,14 @@ def _matmul_grad_b(a, grad, shape):
     return grad_b.sum_to_size(shape)
 
 
+def _autocasting(device_type: str) -> bool:
+    """Whether torch.autocast is on for `device_type` (a device type
+    without autocast, ``meta``, has it off)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    )
+
+
 def _autocast_cast(tensor, device_type, dtype):
     """`tensor` cast to `dtype` where torch.autocast would cast it (as
     torch.amp.custom_fwd does): floating point but not float64, on the
@@ -156,9 +164,7 @@ def sum_sqrt(x: torch.Tensor) -> torch.Tensor:
 
         z = sum(sqrt(x*x - 1))"""
     if x.is_complex():
-        raise TypeError(
-            "sum_sqrt is a real function: complex tensors are not supported"
-        )
+        raise TypeError("sum_sqrt is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return SumSqrtFunction.apply(x)
     if torch.compiler.is_compiling():
@@ -240,13 +246,11 @@ def linear(
         or weight.is_complex()
         or (bias is not None and bias.is_complex())
     ):
-        raise TypeError("linear is a real function: complex tensors are not supported")
+        raise TypeError("linear is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return LinearFunction.apply(input, weight, bias)
     device_type = input.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
-        device_type
-    ):
+    if _autocasting(device_type):
         # Like a built-in matrix product: run in the autocast dtype.
         dtype = torch.get_autocast_dtype(device_type)
         input = _autocast_cast(input, device_type, dtype)
@@ -374,9 +378,7 @@ def simple_func(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ds/dx = x*cos(x) + sin(x)
         dc/dx = 2*x - sin(x)"""
     if x.is_complex():
-        raise TypeError(
-            "simple_func is a real function: complex tensors are not supported"
-        )
+        raise TypeError("simple_func is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         raise RuntimeError(
             "torch.jit.script cannot call simple_func, which returns 2 tensors: use torch.jit.trace or torch.compile"
@@ -450,7 +452,7 @@ def spike(v: torch.Tensor, threshold: float = 1.0, alpha: float = 4.0) -> torch.
     Gradient of ``v`` overridden: ``alpha*grad*sigmoid(-alpha*(v - threshold))*sigmoid(alpha*(v - threshold))``.
     """
     if v.is_complex():
-        raise TypeError("spike is a real function: complex tensors are not supported")
+        raise TypeError("spike is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return SpikeFunction.apply(v, threshold, alpha)
     if torch.compiler.is_compiling():
@@ -521,9 +523,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
     Gradient of ``x`` overridden: ``grad``."""
     if x.is_complex():
-        raise TypeError(
-            "round_ste is a real function: complex tensors are not supported"
-        )
+        raise TypeError("round_ste is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return RoundSteFunction.apply(x)
     if torch.compiler.is_compiling():
@@ -646,19 +646,14 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
         loss = mean((input - target)**2)"""
     if input.is_complex() or target.is_complex():
-        raise TypeError(
-            "mse_loss is a real function: complex tensors are not supported"
-        )
+        raise TypeError("mse_loss is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return _MseLossTraceable.apply(input, target)
     device_type = input.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
-        device_type
-    ):
+    if _autocasting(device_type):
         # Declared autocast: float32: run in full precision.
-        dtype = torch.float32
-        input = _autocast_cast(input, device_type, dtype)
-        target = _autocast_cast(target, device_type, dtype)
+        input = _autocast_cast(input, device_type, torch.float32)
+        target = _autocast_cast(target, device_type, torch.float32)
         with torch.autocast(device_type, enabled=False):
             return mse_loss(input, target)
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -803,9 +798,7 @@ def huber_loss(
         d = input - target
         loss = mean(where(abs(d) < delta, 0.5*d**2, delta*(abs(d) - 0.5*delta)))"""
     if input.is_complex() or target.is_complex():
-        raise TypeError(
-            "huber_loss is a real function: complex tensors are not supported"
-        )
+        raise TypeError("huber_loss is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return _HuberLossTraceable.apply(input, target, delta)
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -874,18 +867,13 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
 
         y = x - log(sum(exp(x), dim=-1, keepdim=true))"""
     if x.is_complex():
-        raise TypeError(
-            "log_softmax is a real function: complex tensors are not supported"
-        )
+        raise TypeError("log_softmax is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return LogSoftmaxFunction.apply(x)
     device_type = x.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
-        device_type
-    ):
+    if _autocasting(device_type):
         # Declared autocast: float32: run in full precision.
-        dtype = torch.float32
-        x = _autocast_cast(x, device_type, dtype)
+        x = _autocast_cast(x, device_type, torch.float32)
         with torch.autocast(device_type, enabled=False):
             return log_softmax(x)
     if torch.compiler.is_compiling():
@@ -1026,18 +1014,13 @@ def layer_norm(x: torch.Tensor, eps: float = 1e-05) -> torch.Tensor:
         var = mean((x - mu)**2, dim=-1, keepdim=true)
         y = (x - mu) / sqrt(var + eps)"""
     if x.is_complex():
-        raise TypeError(
-            "layer_norm is a real function: complex tensors are not supported"
-        )
+        raise TypeError("layer_norm is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return _LayerNormTraced.apply(x, eps)
     device_type = x.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
-        device_type
-    ):
+    if _autocasting(device_type):
         # Declared autocast: float32: run in full precision.
-        dtype = torch.float32
-        x = _autocast_cast(x, device_type, dtype)
+        x = _autocast_cast(x, device_type, torch.float32)
         with torch.autocast(device_type, enabled=False):
             return layer_norm(x, eps)
     if torch.jit.is_tracing():
@@ -1177,19 +1160,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-06) -> torch
 
         y = x / sqrt(mean(x**2, dim=-1, keepdim=true) + eps) * weight"""
     if x.is_complex() or weight.is_complex():
-        raise TypeError(
-            "rms_norm is a real function: complex tensors are not supported"
-        )
+        raise TypeError("rms_norm is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return _RmsNormTraced.apply(x, weight, eps)
     device_type = x.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
-        device_type
-    ):
+    if _autocasting(device_type):
         # Declared autocast: float32: run in full precision.
-        dtype = torch.float32
-        x = _autocast_cast(x, device_type, dtype)
-        weight = _autocast_cast(weight, device_type, dtype)
+        x = _autocast_cast(x, device_type, torch.float32)
+        weight = _autocast_cast(weight, device_type, torch.float32)
         with torch.autocast(device_type, enabled=False):
             return rms_norm(x, weight, eps)
     if torch.jit.is_tracing():

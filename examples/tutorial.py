@@ -94,6 +94,14 @@ def _matmul_grad_b(a, grad, shape):
     return grad_b.sum_to_size(shape)
 
 
+def _autocasting(device_type: str) -> bool:
+    """Whether torch.autocast is on for `device_type` (a device type
+    without autocast, ``meta``, has it off)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    )
+
+
 def _autocast_cast(tensor, device_type, dtype):
     """`tensor` cast to `dtype` where torch.autocast would cast it (as
     torch.amp.custom_fwd does): floating point but not float64, on the
@@ -164,7 +172,7 @@ def mish(x: torch.Tensor) -> torch.Tensor:
 
         dy/dx = x*sigmoid(x)*(1 - tanh(softplus(x))**2) + tanh(softplus(x))"""
     if x.is_complex():
-        raise TypeError("mish is a real function: complex tensors are not supported")
+        raise TypeError("mish is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return MishFunction.apply(x)
     if torch.compiler.is_compiling():
@@ -228,9 +236,7 @@ def scaled_sqrt(x: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
 
         dy/dx = scale/(2*sqrt(x))"""
     if x.is_complex():
-        raise TypeError(
-            "scaled_sqrt is a real function: complex tensors are not supported"
-        )
+        raise TypeError("scaled_sqrt is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return ScaledSqrtFunction.apply(x, scale)
     if torch.compiler.is_compiling():
@@ -319,13 +325,11 @@ def linear(
         or weight.is_complex()
         or (bias is not None and bias.is_complex())
     ):
-        raise TypeError("linear is a real function: complex tensors are not supported")
+        raise TypeError("linear is a real function, not for complex tensors")
     if torch.jit.is_scripting():
         return LinearFunction.apply(input, weight, bias)
     device_type = input.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
-        device_type
-    ):
+    if _autocasting(device_type):
         # Like a built-in matrix product: run in the autocast dtype.
         dtype = torch.get_autocast_dtype(device_type)
         input = _autocast_cast(input, device_type, dtype)

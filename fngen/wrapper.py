@@ -54,17 +54,19 @@ class WrapperWriter:
             dtype = "torch.get_autocast_dtype(device_type)"
         else:
             return []
-        self.needs.helpers.add("_autocast_cast")
+        self.needs.helpers.update({"_autocast_cast", "_autocasting"})
         names = [spec.name for spec in self.fn.tensor_inputs]
         lines = [
             f"device_type = {self.first_tensor}.device.type",
-            "if torch.amp.is_autocast_available(device_type) and "
-            "torch.is_autocast_enabled(device_type):",
+            "if _autocasting(device_type):",
             f"    {comment}",
-            f"    dtype = {dtype}",
         ]
+        if len(names) > 1 and dtype != "torch.float32":
+            lines.append(f"    dtype = {dtype}")
+            dtype = "dtype"
         lines += [
-            f"    {name} = _autocast_cast({name}, device_type, dtype)" for name in names
+            f"    {name} = _autocast_cast({name}, device_type, {dtype})"
+            for name in names
         ]
         call = ", ".join(i.name for i in self.fn.inputs)
         lines += [
@@ -90,7 +92,7 @@ class WrapperWriter:
             )
             for i in fn.tensor_inputs
         ]
-        message = f"{fn.name} is a real function: complex tensors are not supported"
+        message = f"{fn.name} is a real function, not for complex tensors"
         lines = [f"if {' or '.join(tests)}:", f"    raise TypeError({message!r})"]
 
         def apply(which: str) -> str:

@@ -93,6 +93,14 @@ def _matmul_grad_b(a, grad, shape):
     return grad_b.sum_to_size(shape)
 
 
+def _autocasting(device_type: str) -> bool:
+    """Whether torch.autocast is on for `device_type` (a device type
+    without autocast, ``meta``, has it off)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type
+    )
+
+
 def _autocast_cast(tensor, device_type, dtype):
     """`tensor` cast to `dtype` where torch.autocast would cast it (as
     torch.amp.custom_fwd does): floating point but not float64, on the
