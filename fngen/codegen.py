@@ -86,11 +86,14 @@ def runtime_source(helpers: set[str]) -> str:
     return "\n\n\n".join(source for name, source in functions.items() if name in wanted)
 
 
-def class_context(plan: FunctionPlan, needs: Needs) -> dict:
+def class_context(
+    plan: FunctionPlan, needs: Needs, wrapper: WrapperWriter | None = None
+) -> dict:
     """The template context of the eager Function class of `plan`, its
-    wrapper and its Module."""
+    wrapper and its Module (written by `wrapper`, or a new one)."""
     fn = plan.fn
-    writer, wrapper = FunctionWriter(plan, needs), WrapperWriter(plan, needs)
+    writer = FunctionWriter(plan, needs)
+    wrapper = wrapper or WrapperWriter(plan, needs)
     return dict(
         name=fn.name,
         function_class=N.function_class(fn.name),
@@ -285,8 +288,8 @@ def render_function(
     try:
         choices = function_choices(fn, kernels)
         fused, kept, fn, plan = choices.fused, choices.kept, choices.fn, choices.plan
-        context = class_context(plan, needs)
         wrapper = WrapperWriter(plan, needs)
+        context = class_context(plan, needs, wrapper)
         function_class = N.function_class(fn.name)
         eager = (context["function_class"], wrapper.apply_suffix())
         compiled = (context["traceable_class"], wrapper.apply_suffix())

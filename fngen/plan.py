@@ -83,6 +83,12 @@ class FunctionPlan:
     save_note: str = ""
 
     @property
+    def first_tensor(self) -> str:
+        """The first float tensor input that is always given: where the
+        code takes its dtype and device from."""
+        return next(i.name for i in self.fn.float_inputs if not i.optional)
+
+    @property
     def full(self) -> Branch:
         return self.branches[-1]
 

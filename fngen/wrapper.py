@@ -34,7 +34,7 @@ class WrapperWriter:
         self.fn = plan.fn
         self.d = plan.d
         self.needs = needs
-        self.first_tensor = next(i.name for i in self.fn.float_inputs if not i.optional)
+        self.first_tensor = plan.first_tensor
 
     def autocast_lines(self) -> list[str]:
         """Under autocast, cast the tensor inputs the way a built-in op

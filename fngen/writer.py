@@ -48,7 +48,7 @@ class _Writer:
         self.d = plan.d
         self.needs = needs if needs is not None else Needs()
         self.optional = [i.name for i in self.fn.inputs if i.optional]
-        self.first_tensor = next(i.name for i in self.fn.float_inputs if not i.optional)
+        self.first_tensor = plan.first_tensor
 
     def printer(self, dtype_of: str, shape_names=None) -> TorchPrinter:
         safe = {sp.Symbol(g.name, real=True) for g in self.d.grad_symbols}
