@@ -433,9 +433,7 @@ class TorchPrinter(StrPrinter):
     def _print_float(self, value: float) -> str:
         if not math.isfinite(value):
             raise PrintError(f"constant {value} is out of the float range")
-        # A negative one in parentheses only as an operand that needs them
-        # (`parenthesize`: (-0.5)**x), not as an argument.
-        return repr(value)
+        return repr(value)  # (-0.5)**x: `parenthesize` adds what is needed
 
     def _print_Float(self, expr):
         return self._print_float(float(expr))
