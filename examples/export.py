@@ -468,7 +468,7 @@ class ScaledMseFunction(torch.autograd.Function):
         (d,) = ctx.saved_tensors
         scale = ctx.scale
         t0 = 2 * d
-        loss_mean_t = torch.addcmul(-t0 * target_t, input_t, t0).mean()
+        loss_mean_t = (input_t * t0 - t0 * target_t).mean()
         loss_t = loss_mean_t * scale
         d_t = input_t - target_t
         return loss_t, d_t

@@ -237,10 +237,12 @@ class FocalLossFunction(torch.autograd.Function):
         t0 = -torch.expm1(logpt)
         loss_mean_t = (
             logpt_t
-            * torch.addcmul(
-                t0**gamma,
-                -gamma * logpt * t0 ** (0 if gamma == 0 else gamma - 1),
-                torch.exp(logpt),
+            * (
+                t0**gamma
+                - gamma
+                * logpt
+                * t0 ** (0 if gamma == 0 else gamma - 1)
+                * torch.exp(logpt)
             )
         ).mean()
         loss_t = -loss_mean_t

@@ -193,10 +193,9 @@ class SqrtAndInverseFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, y_t):
         x, y = ctx.saved_tensors
-        z_t = torch.addcmul(
-            4 * y * y_t,
-            x_t,
-            torch.reciprocal(2 * torch.sqrt(x)) - torch.reciprocal(x**2),
+        z_t = (
+            x_t * (torch.reciprocal(2 * torch.sqrt(x)) - torch.reciprocal(x**2))
+            + 4 * y * y_t
         )
         return z_t
 
@@ -240,7 +239,7 @@ class MultiplyAddFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(w, x, b):
-        y = torch.addcmul(b, w, x)
+        y = b + w * x
         return y
 
     @staticmethod
@@ -266,7 +265,7 @@ class MultiplyAddFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, w_t, x_t, b_t):
         w, x = ctx.saved_tensors
-        y_t = torch.addcmul(torch.addcmul(b_t, w_t, x), w, x_t)
+        y_t = b_t + w * x_t + w_t * x
         return y_t
 
 
@@ -462,7 +461,7 @@ class PreluFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_t, a_t):
         x, a = ctx.saved_tensors
-        y_t = torch.where(x > 0, x_t, torch.addcmul(a_t * x, a, x_t))
+        y_t = torch.where(x > 0, x_t, a * x_t + a_t * x)
         return y_t
 
 

@@ -357,7 +357,7 @@ class SimpleFuncFunction(torch.autograd.Function):
     def jvp(ctx, x_t):
         (x,) = ctx.saved_tensors
         t0 = torch.sin(x)
-        s_t = x_t * torch.addcmul(t0, x, torch.cos(x))
+        s_t = x_t * (t0 + x * torch.cos(x))
         c_t = x_t * (2 * x - t0)
         return s_t, c_t
 
@@ -600,7 +600,7 @@ class MseLossFunction(torch.autograd.Function):
             target_t = like.new_zeros(ctx.target_shape)
         (kept,) = ctx.saved_tensors
         t0 = 2 * kept
-        loss_t = torch.addcmul(-t0 * target_t, input_t, t0).mean()
+        loss_t = (input_t * t0 - t0 * target_t).mean()
         kept_t = input_t - target_t
         return loss_t, kept_t
 
@@ -950,11 +950,9 @@ class LayerNormFunction(torch.autograd.Function):
         mu = x.mean(dim=-1, keepdim=True)
         mu_t = x_t.mean(dim=-1, keepdim=True)
         t0 = mu - x
-        var_t = torch.addcmul(-2 * t0 * x_t, mu_t, t0, value=2).mean(
-            dim=-1, keepdim=True
-        )
+        var_t = (2 * mu_t * t0 - 2 * t0 * x_t).mean(dim=-1, keepdim=True)
         t1 = var_t / 2
-        y_t = rstd * torch.addcmul(x_t - mu_t, t0 * t1, rstd**2)
+        y_t = rstd * (rstd**2 * t0 * t1 + x_t - mu_t)
         rstd_t = -(rstd**3) * t1
         return y_t, rstd_t
 
@@ -1102,9 +1100,7 @@ class RmsNormFunction(torch.autograd.Function):
         x, weight, rstd = ctx.saved_tensors
         y_mean_t = (2 * x * x_t).mean(dim=-1, keepdim=True)
         t0 = y_mean_t / 2
-        y_t = rstd * torch.addcmul(
-            torch.addcmul(weight_t * x, weight, x_t), t0 * weight * x, rstd**2, value=-1
-        )
+        y_t = rstd * (weight * x_t + weight_t * x - rstd**2 * t0 * weight * x)
         rstd_t = -(rstd**3) * t0
         return y_t, rstd_t
 
