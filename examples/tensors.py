@@ -992,7 +992,7 @@ class _LayerNormTraced(torch.autograd.Function):
         t0 = x - mu
         var = (t0**2).mean(dim=-1, keepdim=True)
         t1 = eps + var
-        grad_var = -(grad * t0).sum_to_size(mu.shape) / (2 * t1**1.5)
+        grad_var = -(grad * t0).sum_to_size(mu.shape) / (2 * t1 * torch.sqrt(t1))
         t2 = torch.rsqrt(t1)
         grad_mu = -t2 * grad.sum_to_size(mu.shape)
         t3 = 1 / x.shape[-1]
@@ -1138,7 +1138,9 @@ class _RmsNormTraced(torch.autograd.Function):
         t0 = eps + y_mean
         if needs_x:
             t1 = grad * weight
-            grad_y_mean = -(t1 * x).sum_to_size(y_mean.shape) / (2 * t0**1.5)
+            grad_y_mean = -(t1 * x).sum_to_size(y_mean.shape) / (
+                2 * t0 * torch.sqrt(t0)
+            )
         t2 = torch.rsqrt(t0)
         if needs_x:
             grad_x = torch.addcmul(

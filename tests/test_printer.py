@@ -473,6 +473,34 @@ def test_a_sum_with_a_product_of_tensors_is_one_addcmul(expr, expected):
     assert TENSORS.doprint(expr) == expected
 
 
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        # A half power of a tensor name: a root and products, not pow.
+        (x ** sp.Rational(3, 2), "x*torch.sqrt(x)"),
+        (x ** sp.Rational(5, 2), "x**2*torch.sqrt(x)"),
+        (x ** sp.Rational(-3, 2), "torch.rsqrt(x)/x"),
+        (x ** sp.Rational(-5, 2), "torch.rsqrt(x)/x**2"),
+        (y / x ** sp.Rational(3, 2), "y/(x*torch.sqrt(x))"),
+        (2 * x ** sp.Rational(3, 2), "2*(x*torch.sqrt(x))"),
+        (sp.Pow(x ** sp.Rational(3, 2), 2, evaluate=False), "(x*torch.sqrt(x))**2"),
+        # Of a sum, which the product would compute twice: pow.
+        ((x + y) ** sp.Rational(3, 2), "(x + y)**1.5"),
+    ],
+)
+def test_a_half_power_of_a_tensor_is_a_root_and_products(expr, expected):
+    assert TENSORS.doprint(expr) == expected
+    values = {str(s): torch.rand(5, dtype=torch.float64) + 0.5 for s in (x, y)}
+    printed = eval(TENSORS.doprint(expr), {"torch": torch}, values)  # test's own text
+    wanted = sp.lambdify((x, y), expr, "math")
+    expected_values = [
+        wanted(float(a), float(b)) for a, b in zip(values["x"], values["y"])
+    ]
+    torch.testing.assert_close(
+        printed, torch.tensor(expected_values, dtype=torch.float64)
+    )
+
+
 def test_addcmul_needs_no_parentheses():
     assert TENSORS.doprint(z * (b + w * x)) == "z*torch.addcmul(b, w, x)"
     mean = T.TensorMean(b + w * x, sp.Tuple(-1), sp.true)
