@@ -428,13 +428,15 @@ def probe_values(spec) -> list[float]:
 
 
 def _each_alone(names, seeds):
-    """(None, `seeds`), then, with several outputs that take a gradient,
-    (name, the seeds with only that output's left) for each."""
-    yield None, seeds
+    """("", `seeds`), then, with several outputs that take a gradient,
+    for each (", with only NAME receiving a gradient", the seeds with only
+    that output's left)."""
+    yield "", seeds
     taking = [i for i, s in enumerate(seeds) if s is not None]
     if len(taking) > 1:
         for i in taking:
-            yield names[i], [s if j == i else None for j, s in enumerate(seeds)]
+            only = [s if j == i else None for j, s in enumerate(seeds)]
+            yield f", with only {names[i]} receiving a gradient", only
 
 
 def broadcast_inputs(fn: FunctionSpec, args) -> list[tuple[str, list]]:
@@ -474,11 +476,7 @@ def broadcast_inputs(fn: FunctionSpec, args) -> list[tuple[str, list]]:
 def _against_reference_by_subset(checker, args, seeds) -> str | None:
     """`checker`'s comparison with the reference for all outputs with a
     gradient, then for each subset of them: a backward has a branch for
-    each, reading only the gradients it receives.  First, no value of
-    lower precision than the dtype under check on the way."""
-    problem = _narrow_values(checker, args, seeds)
-    if problem:
-        return problem
+    each, reading only the gradients it receives."""
     floating = [i for i, s in enumerate(seeds) if s is not None]
     subsets = [tuple(floating)]
     if len(floating) > 1:
@@ -527,12 +525,11 @@ def _narrow_values(checker, args, seeds) -> str | None:
 
     with Narrow():
         outputs = _outputs(checker.func(*args))
+    where = "forward"
     if not found:
         with Narrow():
             checker.grads(lambda *a: outputs, args, seeds)
         where = "backward"
-    else:
-        where = "forward"
     if not found:
         return None
     return (
@@ -804,16 +801,14 @@ class FunctionChecker:
                     shapes = _outputs(self.func(*narrow))
                 seeds64 = self.seeds(shapes, dtype=torch.float64)
                 for alone, seeds64 in _each_alone(self.output_names(), seeds64):
-                    problem = self._probe_at(narrow, wide, seeds64, dtype)
+                    where = f" at {spec.name} = {_number(value)}{alone}"
+                    problem = self._probe_at(narrow, wide, seeds64, dtype, where)
                     if problem:
-                        where = f" at {spec.name} = {_number(value)}"
-                        if alone:
-                            where += f", with only {alone} receiving a gradient"
-                        return problem.format(where=where)
+                        return problem
         return None
 
-    def _probe_at(self, narrow, wide, seeds64, dtype) -> str | None:
-        torch = self.torch
+    def _probe_at(self, narrow, wide, seeds64, dtype, where: str) -> str | None:
+        """The probe's first value not finite where the reference is."""
         seeds = [s if s is None else s.to(dtype) for s in seeds64]
         try:
             out_ref, grads_ref = self.reference_grads(wide, seeds64)
@@ -822,7 +817,7 @@ class FunctionChecker:
         out_gen, grads_gen = self.grads(self.func, narrow, seeds)
         labels = [f"the output {n}" for n in self.output_names()[: len(out_gen)]]
         labels += [f"the gradient of {n}" for n in self.tensor_names()]
-        largest = torch.finfo(dtype).max
+        largest = self.torch.finfo(dtype).max
         for label, gen, ref in zip(labels, out_gen + grads_gen, out_ref + grads_ref):
             if gen is None or ref is None or gen.shape != ref.shape:
                 continue
@@ -831,7 +826,7 @@ class FunctionChecker:
             if broken:
                 flat, kind = broken
                 return (
-                    f"{label} is {kind} in {str(dtype)[6:]}{{where}}, where the "
+                    f"{label} is {kind} in {str(dtype)[6:]}{where}, where the "
                     f"float64 reference is finite ({_number(r[flat].item())})"
                 )
         return None
@@ -854,7 +849,8 @@ class FunctionChecker:
                     f"the output {name} is {str(a.dtype)[6:]}, where the formula "
                     f"gives {str(b.dtype)[6:]}"
                 )
-        problem = _against_reference_by_subset(self, args, seeds)
+        problem = _narrow_values(self, args, seeds)
+        problem = problem or _against_reference_by_subset(self, args, seeds)
         for name, narrowed in broadcast_inputs(self.fn, args):
             if problem:
                 break

@@ -113,7 +113,7 @@ def test_the_runtime_import_finder_sees_imports():
 # Classes still over 300 lines, and the most lines each may have: a class
 # may shrink off this list, never grow, and no other may join it.
 LONG_CLASSES = {
-    ("checker", "FunctionChecker"): 1305,
+    ("checker", "FunctionChecker"): 1304,
     ("derive", "Deriver"): 867,
     ("printer", "TorchPrinter"): 750,
     ("formula", "FormulaParser"): 566,
