@@ -196,7 +196,8 @@ def presence_variants(
         declared, kept = kept_groups(fn, d)
         if len(declared) > 1:
             raise PlanError("kept outputs beside several differentiable outputs")
-        subsets = [s for s in [declared] if s] + [frozenset({i}) for i in sorted(kept)]
+        subsets = [declared] if declared else []
+        subsets += [frozenset({i}) for i in sorted(kept)]
         additive = True
     elif len(differentiable) > MAX_PRESENCE_OUTPUTS:
         subsets = [frozenset({i}) for i in differentiable]

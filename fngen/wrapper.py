@@ -46,12 +46,14 @@ class WrapperWriter:
         type without autocast (``meta``) has nothing to cast."""
         if self.fn.autocast == "float32":
             comment = "# Declared autocast: float32: run in full precision."
-            dtype = "torch.float32"
+            dtype, setup = "torch.float32", []
         elif self.fn.formula.ops and any(
             isinstance(op.expr, T.TensorMatmul) for op in self.fn.formula.ops
         ):
             comment = "# Like a built-in matrix product: run in the autocast dtype."
-            dtype = "torch.get_autocast_dtype(device_type)"
+            dtype, setup = "dtype", [
+                "    dtype = torch.get_autocast_dtype(device_type)"
+            ]
         else:
             return []
         self.needs.helpers.update({"_autocast_cast", "_autocasting"})
@@ -60,10 +62,8 @@ class WrapperWriter:
             f"device_type = {self.first_tensor}.device.type",
             "if _autocasting(device_type):",
             f"    {comment}",
+            *setup,
         ]
-        if len(names) > 1 and dtype != "torch.float32":
-            lines.append(f"    dtype = {dtype}")
-            dtype = "dtype"
         lines += [
             f"    {name} = _autocast_cast({name}, device_type, {dtype})"
             for name in names

@@ -398,14 +398,13 @@ class BackwardWriter(_Writer):
         """The backward of `d`; saved tensors and shapes are `branch`'s.
         With `accumulate`, each input gradient is added to what an earlier
         part of the backward left in it (``_accumulated``)."""
-        full = branch.derivation
         setup = self._unpack(self._saved(branch, "saved"))
         setup += self._scalars(self.plan.backward_scalars)
-        grad_names = [name for name, symbol in d.grads if symbol is not None]
-        needs = {i: N.needs(name) for i, name in enumerate(grad_names)}
+        derived = [name for name, symbol in d.grads if symbol is not None]
+        needs = {i: N.needs(name) for i, name in enumerate(derived)}
         # An absent optional tensor keeps its names (its needs flag is
         # False, its gradient None), so that the branches share the lines.
-        named = {n for n, symbol in d.grads if symbol is not None}
+        named = set(derived)
         named |= branch.absent & {n for n, s in self.plan.d.grads if s is not None}
         grad_names = [name for name, _ in d.grads if name in named]
         if grad_names:
